@@ -1,0 +1,3 @@
+from m2a_pipe.cli import main
+
+main()
