@@ -8,7 +8,7 @@ bilinearly sampled values. The core has two implementations with the same result
   stack, weight, sum), kept as the executable specification for tests;
 * :func:`ms_deform_attn`: the one the model runs. It reads each level's values in place
   (no per-level transpose copy), samples one level at a time and accumulates the weighted
-  sum, so the (B*heads, C/heads, queries, levels*points) tensor is never materialised.
+  sum in place, so the (B*heads, C/heads, queries, levels*points) tensor is never built.
 """
 
 from __future__ import annotations
@@ -54,22 +54,26 @@ def ms_deform_attn(value_t: torch.Tensor, shapes: list[tuple[int, int]],
     Args:
         value_t: (B, M, D, S) values, channels first, levels flattened along S.
         shapes: [(H_l, W_l)] per level.
-        grids: (B, M, L, Q, P, 2) sampling locations in grid_sample coordinates [-1, 1].
-        weights: (B, M, L, Q, P) attention weights (softmax over L*P).
+        grids: (B, M, L, P, Q, 2) sampling locations in grid_sample coordinates [-1, 1].
+        weights: (B, M, L, P, Q) attention weights (softmax over L*P).
     Returns:
         (B, M*D, Q): the attended values, channels first.
+
+    Sampling with the points as rows and the queries as columns gives (B*M, D, P, Q), so
+    the weighted sum over points is P fused multiply-adds over contiguous (B*M, D, Q) slices.
     """
     b, m, d, _ = value_t.shape
-    _, _, _, q, p, _ = grids.shape
-    out = None
+    _, _, _, p, q, _ = grids.shape
+    out = torch.zeros(b * m, d, q, dtype=value_t.dtype, device=value_t.device)
     start = 0
     for lvl, (h, w) in enumerate(shapes):
         v = value_t[..., start:start + h * w].reshape(b * m, d, h, w)
         start += h * w
-        g = grids[:, :, lvl].reshape(b * m, q, p, 2)
-        s = F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)
-        term = torch.einsum("ndqp,nqp->ndq", s, weights[:, :, lvl].reshape(b * m, q, p))
-        out = term if out is None else out.add_(term)
+        s = F.grid_sample(v, grids[:, :, lvl].reshape(b * m, p, q, 2), mode="bilinear",
+                          padding_mode="zeros", align_corners=False)
+        wl = weights[:, :, lvl].reshape(b * m, 1, p, q)
+        for i in range(p):
+            out.addcmul_(s[:, :, i], wl[:, :, i])
     return out.reshape(b, m * d, q)
 
 
@@ -127,12 +131,12 @@ class MSDeformAttn(nn.Module):
         value_t = (value_t + self.value_proj.bias[:, None]).view(b, m, d, -1)
         offsets = self.sampling_offsets(query).view(b, q, m, n_lvl, p, 2)
         weights = self.attention_weights(query).view(b, q, m, n_lvl * p).softmax(-1)
-        weights = weights.view(b, q, m, n_lvl, p).permute(0, 2, 3, 1, 4)  # (B, M, L, Q, P)
+        weights = weights.view(b, q, m, n_lvl, p).permute(0, 2, 3, 4, 1)  # (B, M, L, P, Q)
         # Locations in [0, 1] -> grid_sample's [-1, 1]: 2 * (ref + off / (W, H)) - 1.
         normaliser = torch.tensor([[w, h] for h, w in shapes], dtype=query.dtype,
                                   device=query.device)  # (L, 2) as (x, y)
         locations = reference_points[None, :, None, None, None, :] + \
             offsets / normaliser[None, None, None, :, None, :]
-        grids = (2 * locations - 1).permute(0, 2, 3, 1, 4, 5)  # (B, M, L, Q, P, 2)
+        grids = (2 * locations - 1).permute(0, 2, 3, 4, 1, 5)  # (B, M, L, P, Q, 2)
         out = ms_deform_attn(value_t, shapes, grids, weights)  # (B, C, Q)
         return self.output_proj(out.transpose(1, 2))

@@ -1,0 +1,221 @@
+"""High-level inference: images in, anomaly / semantic / open-set maps out.
+
+:class:`Predictor` wraps a loaded :class:`~m2a_pipe.model.mask2anomaly.Mask2Anomaly` and runs
+the official test-time path of Mask2Anomaly:
+
+1. optional resize of the short side to 1024 with Pillow's uint8 bilinear (``resize=True``,
+   what the official ``DefaultPredictor`` does), normalise, pad to /32;
+2. forward pass (batched when the images share a size);
+3. mask logits upsampled to the padded size, official semantic inference (Eq. 3 plus one
+   channel per confident stuff query), crop the padding, resize to the image size;
+4. anomaly map: Eq. 5 refined by Eq. 13 (official rule) or another score of
+   :data:`m2a_pipe.scoring.SCORES`; optional horizontal-flip averaging;
+5. semantic labels (argmax of Eq. 3) and, given a threshold, open-set labels (Eq. 14).
+
+Step 3 is evaluated in bands of rows so the (Q, Hp, Wp) upsampled masks never exist at
+once: each band upsamples only the mask rows it needs (the same interpolation weights as
+the full upsampling; values agree to float rounding) and memory stays bounded at full HD.
+
+Example::
+
+    from m2a_pipe.inference import Predictor
+    predictor = Predictor.from_weights("weights/demo.safetensors", device="cpu")
+    result = predictor(frame_rgb_uint8)          # (H, W, 3) -> Result
+    result.anomaly                               # (H, W) float32, higher = more anomalous
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from m2a_pipe.config import ModelConfig
+from m2a_pipe.model.mask2anomaly import Mask2Anomaly
+from m2a_pipe.preprocess import normalize_and_pad, padded_size, resize_uint8, shortest_edge_size
+from m2a_pipe.scoring import (SCORES, crop_and_resize, flip_average, official_anomaly_map,
+                              official_semantic_inference, open_set_semantic)
+
+BAND_ROWS = 128
+
+
+@dataclass
+class Result:
+    """Maps of one image, at its original size (H, W).
+
+    anomaly: (H, W) float32, higher = more anomalous (flip-averaged when ``flip``).
+    semantic: (H, W) int64 known-class labels, argmax of Eq. 3.
+    open_set: (H, W) int64 labels with K = unknown (Eq. 14), when a threshold is set.
+    sem_seg: (K + n_kept, H, W) float32 official semantic output (un-flipped pass).
+    pred_logits: (Q, K+1) and pred_masks: (Q, Hp/4, Wp/4), raw decoder outputs (un-flipped).
+    """
+
+    anomaly: np.ndarray
+    semantic: np.ndarray
+    open_set: np.ndarray | None
+    sem_seg: torch.Tensor
+    pred_logits: torch.Tensor
+    pred_masks: torch.Tensor
+
+
+def upsample_rows(masks: torch.Tensor, rows: tuple[int, int], scale: int) -> torch.Tensor:
+    """Rows ``[r0, r1)`` of ``F.interpolate(masks, scale_factor=scale, bilinear,
+    align_corners=False)``, computed from the few input rows they need (the same source
+    rows and weights; values agree to one float32 ulp).
+
+    Args:
+        masks: (Q, h, w) mask logits.
+        rows: output row range, with ``r0`` a multiple of ``scale``.
+        scale: integer upsampling factor (the padded size is ``scale`` x the mask size).
+    Returns:
+        (Q, r1 - r0, w * scale).
+    """
+    r0, r1 = rows
+    h = masks.shape[-2]
+    first = max(r0 // scale - 1, 0)  # one row of context each side keeps the weights equal
+    last = min(-(-r1 // scale) + 1, h)
+    band = masks[None, :, first:last]
+    up = F.interpolate(band, size=((last - first) * scale, masks.shape[-1] * scale),
+                       mode="bilinear", align_corners=False)[0]
+    offset = r0 - first * scale
+    return up[:, offset:offset + (r1 - r0)]
+
+
+def full_resolution_semantic(pred_logits: torch.Tensor, pred_masks: torch.Tensor,
+                             refine_ids: Sequence[int], keep_threshold: float,
+                             band_rows: int = BAND_ROWS) -> torch.Tensor:
+    """Official semantic inference at the padded input size, band by band.
+
+    Args:
+        pred_logits: (Q, K+1) class logits.
+        pred_masks: (Q, h, w) mask logits at 1/4 of the padded size.
+    Returns:
+        (K + n_kept, 4h, 4w) float32: Eq. 3 per class, then ``score * sigmoid(mask)`` of each
+        confident refinement-class query (see ``official_semantic_inference``).
+    """
+    scale = 4
+    hp = pred_masks.shape[-2] * scale
+    band_rows = max(scale, band_rows - band_rows % scale)
+    bands = [official_semantic_inference(pred_logits, upsample_rows(pred_masks, (r, min(r + band_rows, hp)), scale),
+                                         refine_ids, keep_threshold)
+             for r in range(0, hp, band_rows)]
+    return torch.cat(bands, dim=1)
+
+
+class Predictor:
+    """Run a Mask2Anomaly network on RGB uint8 images.
+
+    Args:
+        model: the network (moved to ``device``, put in inference mode, batch norm folded).
+        device: torch device for the forward pass and the post-processing.
+        resize: resize the short side to ``preprocess.min_size_test`` first (the official
+            test-time behaviour); False runs the network at the image's own size.
+        flip: average with the horizontally flipped image's map (official evaluation).
+        score: ``"official"`` (Eq. 5 with the Eq. 13 refinement, exactly as the official
+            evaluation) or a name of :data:`m2a_pipe.scoring.SCORES` (no refinement).
+        open_set_threshold: anomaly threshold for Eq. 14 open-set labels (None: skip).
+    """
+
+    def __init__(self, model: Mask2Anomaly, device: str | torch.device = "cpu", *,
+                 resize: bool = True, flip: bool = False, score: str = "official",
+                 open_set_threshold: float | None = None) -> None:
+        if score != "official" and score not in SCORES:
+            raise ValueError(f"unknown score {score!r}; known: official, {', '.join(SCORES)}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).prepare_for_inference()
+        self.config: ModelConfig = model.config
+        self.resize, self.flip, self.score = resize, flip, score
+        self.open_set_threshold = open_set_threshold
+
+    @classmethod
+    def from_weights(cls, weights: str | Path = "demo", device: str | torch.device = "cpu",
+                     config: ModelConfig | None = None, **kwargs) -> "Predictor":
+        """Load weights by registry name or path (``.safetensors`` carry their config;
+        official ``.pth`` / ``.pkl`` need ``config``)."""
+        from m2a_pipe.model.checkpoint import load_model
+
+        return cls(load_model(weights, cfg=config), device, **kwargs)
+
+    def __call__(self, images: np.ndarray | Sequence[np.ndarray]) -> Result | list[Result]:
+        """One (H, W, 3) RGB uint8 image -> Result; a batch (B, H, W, 3) or a list -> list."""
+        single = isinstance(images, np.ndarray) and images.ndim == 3
+        batch = [images] if single else list(images)
+        for i, image in enumerate(batch):
+            if not (isinstance(image, np.ndarray) and image.dtype == np.uint8
+                    and image.ndim == 3 and image.shape[2] == 3):
+                raise ValueError(f"image {i}: expected an (H, W, 3) uint8 RGB array, got "
+                                 f"{getattr(image, 'shape', None)} {getattr(image, 'dtype', type(image))}")
+        results = self.predict(batch)
+        return results[0] if single else results
+
+    @torch.inference_mode()
+    def forward(self, images: Sequence[np.ndarray]) -> dict:
+        """Preprocess and run the network on images of one size.
+
+        Returns a dict with ``pred_logits`` (B, Q, K+1), ``pred_masks`` (B, Q, Hp/4, Wp/4)
+        and ``input_size`` (h, w), the network input size before padding.
+        """
+        pre = self.config.preprocess
+        h, w = images[0].shape[:2]
+        size = shortest_edge_size(h, w, pre.min_size_test, pre.max_size_test) if self.resize else (h, w)
+        batch = np.stack([resize_uint8(im, size) for im in images])
+        x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2)
+        x = normalize_and_pad(x, pre.pixel_mean, pre.pixel_std, pre.size_divisibility)
+        out = self.model(x)
+        return {"pred_logits": out["pred_logits"], "pred_masks": out["pred_masks"], "input_size": size}
+
+    @torch.inference_mode()
+    def sem_seg(self, pred_logits: torch.Tensor, pred_masks: torch.Tensor,
+                input_size: tuple[int, int], output_size: tuple[int, int]) -> torch.Tensor:
+        """Official semantic output of one image: (K + n_kept, H, W) at ``output_size``."""
+        cfg = self.config
+        sem = full_resolution_semantic(pred_logits, pred_masks, cfg.refine_ids, cfg.keep_threshold)
+        return crop_and_resize(sem, input_size, output_size)
+
+    @torch.inference_mode()
+    def anomaly_map(self, pred_logits: torch.Tensor, pred_masks: torch.Tensor,
+                    input_size: tuple[int, int], output_size: tuple[int, int],
+                    sem: torch.Tensor | None = None) -> torch.Tensor:
+        """(H, W) anomaly map of one image from its decoder outputs (score per ``self.score``)."""
+        if self.score == "official":
+            if sem is None:
+                sem = self.sem_seg(pred_logits, pred_masks, input_size, output_size)
+            return official_anomaly_map(sem, self.config.num_classes)
+        hp, wp = padded_size(*input_size, self.config.preprocess.size_divisibility)
+        masks = F.interpolate(pred_masks[None], size=(hp, wp), mode="bilinear", align_corners=False)
+        score = SCORES[self.score](pred_logits[None], masks)
+        return crop_and_resize(score, input_size, output_size)[0]
+
+    def predict(self, images: list[np.ndarray]) -> list[Result]:
+        """Results for a list of images; images of equal size share one forward pass."""
+        results: list[Result | None] = [None] * len(images)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            groups.setdefault(image.shape[:2], []).append(i)
+        for (h, w), idx in groups.items():
+            group = [images[i] for i in idx]
+            out = self.forward(group)
+            out_lr = self.forward([np.ascontiguousarray(im[:, ::-1]) for im in group]) if self.flip else None
+            for j, i in enumerate(idx):
+                results[i] = self._finish(out, out_lr, j, (h, w))
+        return results  # type: ignore[return-value]
+
+    def _finish(self, out: dict, out_lr: dict | None, j: int, size: tuple[int, int]) -> Result:
+        logits, masks = out["pred_logits"][j], out["pred_masks"][j]
+        sem = self.sem_seg(logits, masks, out["input_size"], size)
+        anomaly = self.anomaly_map(logits, masks, out["input_size"], size, sem)
+        if out_lr is not None:
+            lr = self.anomaly_map(out_lr["pred_logits"][j], out_lr["pred_masks"][j],
+                                  out_lr["input_size"], size)
+            anomaly = flip_average(anomaly, lr)
+        known = sem[: self.config.num_classes]
+        open_set = None
+        if self.open_set_threshold is not None:
+            open_set = open_set_semantic(known, anomaly, self.open_set_threshold).cpu().numpy()
+        return Result(anomaly=anomaly.float().cpu().numpy(), semantic=known.argmax(0).cpu().numpy(),
+                      open_set=open_set, sem_seg=sem.cpu(), pred_logits=logits.cpu(),
+                      pred_masks=masks.cpu())

@@ -1,0 +1,92 @@
+"""Shared fixtures: the golden reference folder and a model loaded from it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def golden_path() -> Path:
+    """``$M2A_GOLDEN_DIR``, else ``../shared/golden/golden_a`` next to the repository."""
+    env = os.environ.get("M2A_GOLDEN_DIR")
+    path = Path(env) if env else REPO_ROOT.parent / "shared" / "golden" / "golden_a"
+    return path if path.is_absolute() else (REPO_ROOT / path).resolve()
+
+
+class Golden:
+    """One golden folder: its outputs, config and (lazily) models built from it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.outputs = dict(np.load(path / "outputs.npz"))
+        self.config_json = json.loads((path / "config.json").read_text())
+        self._models: dict[str, torch.nn.Module] = {}
+
+    @property
+    def config(self):
+        from m2a_pipe.config import ModelConfig
+
+        return ModelConfig.from_reference_json(self.path / "config.json")
+
+    def has(self, key: str) -> bool:
+        return key in self.outputs
+
+    def variants(self) -> list[str]:
+        """Class-embed override variants present (``biased``, ``biased1``, ...)."""
+        return sorted(p.name[: -len("_class_embed_override.pth")]
+                      for p in self.path.glob("*_class_embed_override.pth"))
+
+    def state_dict(self, variant: str | None = None) -> dict[str, torch.Tensor]:
+        sd = torch.load(self.path / "checkpoint.pth", map_location="cpu", weights_only=True)["model"]
+        if variant:
+            override = torch.load(self.path / f"{variant}_class_embed_override.pth",
+                                  map_location="cpu", weights_only=True)
+            for key, value in override.items():
+                assert key in sd, f"override key {key} does not name a checkpoint tensor"
+                sd[key] = value
+        return sd
+
+    def model(self, variant: str | None = None):
+        """The golden network (eval mode, unfolded batch norm), cached per variant."""
+        key = variant or ""
+        if key not in self._models:
+            from m2a_pipe.model.mask2anomaly import build_model
+
+            model = build_model(self.config)
+            model.load_state_dict(self.state_dict(variant), strict=True)
+            self._models[key] = model.eval()
+        return self._models[key]
+
+
+@pytest.fixture(scope="session")
+def golden() -> Golden:
+    path = golden_path()
+    if not (path / "outputs.npz").is_file():
+        pytest.skip(f"golden folder not found at {path} (set M2A_GOLDEN_DIR)")
+    return Golden(path)
+
+
+def assert_close(name: str, got, ref, *, abs_tol: float = 0.0, rel_scale: float = 0.0,
+                 rel: float = 0.0, allowed_frac: float = 0.0, allowed_where=None) -> None:
+    """``|got - ref| <= abs + rel_scale * max|ref| + rel * |ref|`` elementwise (the golden
+    README's rule). Up to ``allowed_frac`` of the elements may fail; if ``allowed_where``
+    (bool, same shape) is given, every failing element must also lie inside it."""
+    got = np.asarray(got.detach().cpu() if isinstance(got, torch.Tensor) else got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    assert got.shape == ref.shape, f"{name}: shape {got.shape} != reference {ref.shape}"
+    tol = abs_tol + rel_scale * np.abs(ref).max() + rel * np.abs(ref)
+    bad = np.abs(got - ref) > tol
+    n_bad = int(bad.sum())
+    worst = float(np.abs(got - ref).max()) if ref.size else 0.0
+    assert n_bad <= allowed_frac * ref.size, (
+        f"{name}: {n_bad} of {ref.size} elements out of tolerance (max |diff| {worst:.3g})")
+    if n_bad and allowed_where is not None:
+        outside = bad & ~np.asarray(allowed_where, dtype=bool)
+        assert not outside.any(), f"{name}: {int(outside.sum())} differing pixels outside the allowed region"
