@@ -79,7 +79,12 @@ def ms_deform_attn(value_t: torch.Tensor, shapes: list[tuple[int, int]],
 
 class MSDeformAttn(nn.Module):
     """Deformable attention layer (keys ``sampling_offsets``, ``attention_weights``,
-    ``value_proj``, ``output_proj`` as in the official module)."""
+    ``value_proj``, ``output_proj`` as in the official module).
+
+    ``use_reference_core = True`` switches to the straightforward core (for comparisons).
+    """
+
+    use_reference_core: bool = False
 
     def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8,
                  n_points: int = 4) -> None:
@@ -126,17 +131,19 @@ class MSDeformAttn(nn.Module):
         b, q, _ = query.shape
         m, n_lvl, p = self.n_heads, self.n_levels, self.n_points
         d = self.d_model // m
-        # Values channels-first (B, M, D, S) straight out of the projection (no copy later).
-        value_t = torch.matmul(self.value_proj.weight, value_in.transpose(1, 2))
-        value_t = (value_t + self.value_proj.bias[:, None]).view(b, m, d, -1)
         offsets = self.sampling_offsets(query).view(b, q, m, n_lvl, p, 2)
         weights = self.attention_weights(query).view(b, q, m, n_lvl * p).softmax(-1)
-        weights = weights.view(b, q, m, n_lvl, p).permute(0, 2, 3, 4, 1)  # (B, M, L, P, Q)
-        # Locations in [0, 1] -> grid_sample's [-1, 1]: 2 * (ref + off / (W, H)) - 1.
+        weights = weights.view(b, q, m, n_lvl, p)
         normaliser = torch.tensor([[w, h] for h, w in shapes], dtype=query.dtype,
                                   device=query.device)  # (L, 2) as (x, y)
         locations = reference_points[None, :, None, None, None, :] + \
-            offsets / normaliser[None, None, None, :, None, :]
+            offsets / normaliser[None, None, None, :, None, :]  # (B, Q, M, L, P, 2) in [0, 1]
+        if self.use_reference_core:
+            value = self.value_proj(value_in).view(b, -1, m, d)
+            return self.output_proj(ms_deform_attn_reference(value, shapes, locations, weights))
+        # Values channels-first (B, M, D, S) straight out of the projection (no copy later).
+        value_t = torch.matmul(self.value_proj.weight, value_in.transpose(1, 2))
+        value_t = (value_t + self.value_proj.bias[:, None]).view(b, m, d, -1)
         grids = (2 * locations - 1).permute(0, 2, 3, 4, 1, 5)  # (B, M, L, P, Q, 2)
-        out = ms_deform_attn(value_t, shapes, grids, weights)  # (B, C, Q)
+        out = ms_deform_attn(value_t, shapes, grids, weights.permute(0, 2, 3, 4, 1))  # (B, C, Q)
         return self.output_proj(out.transpose(1, 2))

@@ -1,0 +1,165 @@
+"""Unit tests of the network's parts (beyond the golden parity tests)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from m2a_pipe.config import BackboneConfig, ConfigError, DecoderConfig, preset
+from m2a_pipe.model.backbone import ResNet
+from m2a_pipe.model.mask2anomaly import build_model
+from m2a_pipe.model.ms_deform_attn import MSDeformAttn, ms_deform_attn, ms_deform_attn_reference
+from m2a_pipe.model.position_encoding import sine_position_encoding
+from m2a_pipe.model.transformer_decoder import _allow_all_if_empty
+
+
+def test_lean_deformable_core_equals_reference():
+    torch.manual_seed(0)
+    b, m, d, p = 2, 3, 4, 5
+    shapes = [(3, 5), (6, 10), (12, 20)]
+    s = sum(h * w for h, w in shapes)
+    q = 17
+    value = torch.randn(b, s, m, d)
+    locations = torch.rand(b, q, m, len(shapes), p, 2) * 1.4 - 0.2  # some points fall outside
+    weights = torch.rand(b, q, m, len(shapes), p)
+    expected = ms_deform_attn_reference(value, shapes, locations, weights)  # (B, Q, M*D)
+    value_t = value.permute(0, 2, 3, 1)  # (B, M, D, S)
+    grids = (2 * locations - 1).permute(0, 2, 3, 4, 1, 5)
+    got = ms_deform_attn(value_t, shapes, grids, weights.permute(0, 2, 3, 4, 1))
+    torch.testing.assert_close(got.transpose(1, 2), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_deformable_layer_cores_agree():
+    torch.manual_seed(1)
+    layer = MSDeformAttn(d_model=16, n_levels=2, n_heads=4, n_points=3)
+    torch.nn.init.normal_(layer.sampling_offsets.weight, std=0.1)
+    torch.nn.init.normal_(layer.attention_weights.weight, std=0.1)
+    shapes = [(4, 6), (2, 3)]
+    s = sum(h * w for h, w in shapes)
+    src = torch.randn(2, s, 16)
+    ref = torch.rand(s, 2)
+    lean = layer(src, ref, src, shapes)
+    try:
+        MSDeformAttn.use_reference_core = True
+        straightforward = layer(src, ref, src, shapes)
+    finally:
+        MSDeformAttn.use_reference_core = False
+    torch.testing.assert_close(lean, straightforward, atol=1e-5, rtol=1e-5)
+
+
+def test_sine_position_encoding_matches_formula():
+    h, w, f = 3, 4, 6
+    pos = sine_position_encoding(2, h, w, f)
+    assert pos.shape == (2, 2 * f, h, w)
+    scale = 2 * math.pi
+    for y in range(h):
+        for x in range(w):
+            for i in range(f):
+                freq = 10000 ** (2 * (i // 2) / f)
+                ay = (y + 1) / (h + 1e-6) * scale / freq
+                ax = (x + 1) / (w + 1e-6) * scale / freq
+                fy = math.sin(ay) if i % 2 == 0 else math.cos(ay)
+                fx = math.sin(ax) if i % 2 == 0 else math.cos(ax)
+                assert pos[1, i, y, x].item() == pytest.approx(fy, abs=1e-5)
+                assert pos[1, f + i, y, x].item() == pytest.approx(fx, abs=1e-5)
+
+
+@pytest.mark.parametrize("depth,blocks,res2", [(18, (2, 2, 2, 2), 64), (34, (3, 4, 6, 3), 64),
+                                                (50, (3, 4, 6, 3), 256), (101, (3, 4, 23, 3), 256)])
+def test_resnet_depths(depth, blocks, res2):
+    net = ResNet(BackboneConfig(depth=depth, res2_out_channels=res2))
+    keys = net.state_dict().keys()
+    for stage, n in zip(("res2", "res3", "res4", "res5"), blocks):
+        assert f"{stage}.{n - 1}.conv1.weight" in keys and f"{stage}.{n}.conv1.weight" not in keys
+    assert ("res2.0.conv3.weight" in keys) == (depth >= 50)
+    out = net.eval()(torch.randn(1, 3, 64, 96))
+    for i, (name, feat) in enumerate(out.items()):
+        assert feat.shape == (1, res2 * 2**i, 64 // 2 ** (i + 2), 96 // 2 ** (i + 2)), name
+
+
+def test_stride_in_1x1_moves_the_stride():
+    a = ResNet(BackboneConfig(depth=50, stride_in_1x1=False))
+    b = ResNet(BackboneConfig(depth=50, stride_in_1x1=True))
+    assert a.res3[0].conv1.stride == (1, 1) and a.res3[0].conv2.stride == (2, 2)
+    assert b.res3[0].conv1.stride == (2, 2) and b.res3[0].conv2.stride == (1, 1)
+
+
+def test_res5_dilation_keeps_stride_16():
+    net = ResNet(BackboneConfig(depth=50, res5_dilation=2)).eval()
+    out = net(torch.randn(1, 3, 64, 64))
+    assert out["res5"].shape[-2:] == out["res4"].shape[-2:]
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="depth"):
+        BackboneConfig(depth=42)
+    with pytest.raises(ConfigError, match="attention"):
+        DecoderConfig(attention="local")
+    cfg = preset("small")
+    assert cfg.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="bogus"):
+        cfg.from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+def test_empty_attention_rows_attend_everywhere():
+    allowed = torch.tensor([[[True, False, False], [False, False, False]]])
+    out = _allow_all_if_empty(allowed)
+    assert out.tolist() == [[[True, False, False], [True, True, True]]]
+
+
+def small_model(**decoder_changes):
+    cfg = preset("small")
+    cfg = cfg.replace(decoder=dataclasses.replace(cfg.decoder, **decoder_changes))
+    torch.manual_seed(0)
+    return build_model(cfg).eval()
+
+
+def test_forward_shapes_and_aux_count():
+    model = small_model(dec_layers=6)  # 5 layers: the feature level wraps around (0,1,2,0,1)
+    with torch.inference_mode():
+        out = model(torch.randn(2, 3, 96, 128))
+    k = model.config.num_classes
+    assert out["pred_logits"].shape == (2, 20, k + 1)
+    assert out["pred_masks"].shape == (2, 20, 24, 32)
+    assert len(out["aux_outputs"]) == 5
+
+
+def test_batch_equals_single_images():
+    model = small_model()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.inference_mode():
+        both = model(x)
+        one = model(x[1:])
+    torch.testing.assert_close(both["pred_masks"][1], one["pred_masks"][0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(both["pred_logits"][1], one["pred_logits"][0], atol=1e-4, rtol=1e-4)
+
+
+def test_global_and_plain_masked_attention_differ_and_pre_norm_runs():
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        gma = small_model()(x)["pred_logits"]
+        plain = small_model(attention="masked")(x)["pred_logits"]
+        pre = small_model(pre_norm=True)(x)["pred_logits"]
+    assert not torch.allclose(gma, plain)
+    assert torch.isfinite(pre).all()
+    keys = small_model(attention="masked").state_dict().keys()
+    assert not any("background" in k or "fusion_layer" in k for k in keys)
+
+
+def test_folded_batch_norm_survives_device_moves_and_reloads():
+    model = small_model()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        expected = model.backbone(x)["res5"]
+        model.prepare_for_inference()
+        folded = model.backbone(x)["res5"]
+    torch.testing.assert_close(folded, expected, atol=1e-4, rtol=1e-4)
+    conv = model.backbone.stem.conv1
+    assert conv.folded_weight is not None and "stem.conv1.folded_weight" not in model.backbone.state_dict()
+    model.load_state_dict(model.state_dict())
+    assert conv.folded_weight is None  # reloading weights drops the stale folded copy
+    model.prepare_for_inference().train()
+    assert conv.folded_weight is None
