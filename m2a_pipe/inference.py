@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from m2a_pipe.config import ModelConfig
+from m2a_pipe.instances import background_region, mine_unknown_instances, open_set_panoptic
 from m2a_pipe.model.mask2anomaly import Mask2Anomaly
 from m2a_pipe.preprocess import normalize_and_pad, padded_size, resize_uint8, shortest_edge_size
 from m2a_pipe.scoring import (SCORES, crop_and_resize, flip_average, official_anomaly_map,
@@ -52,6 +53,7 @@ class Result:
     open_set: (H, W) int64 labels with K = unknown (Eq. 14), when a threshold is set.
     sem_seg: (K + n_kept, H, W) float32 official semantic output (un-flipped pass).
     pred_logits: (Q, K+1) and pred_masks: (Q, Hp/4, Wp/4), raw decoder outputs (un-flipped).
+    input_size: (h, w) of the network input before padding (after the optional resize).
     """
 
     anomaly: np.ndarray
@@ -60,6 +62,7 @@ class Result:
     sem_seg: torch.Tensor
     pred_logits: torch.Tensor
     pred_masks: torch.Tensor
+    input_size: tuple[int, int]
 
 
 def upsample_rows(masks: torch.Tensor, rows: tuple[int, int], scale: int) -> torch.Tensor:
@@ -218,4 +221,25 @@ class Predictor:
             open_set = open_set_semantic(known, anomaly, self.open_set_threshold).cpu().numpy()
         return Result(anomaly=anomaly.float().cpu().numpy(), semantic=known.argmax(0).cpu().numpy(),
                       open_set=open_set, sem_seg=sem.cpu(), pred_logits=logits.cpu(),
-                      pred_masks=masks.cpu())
+                      pred_masks=masks.cpu(), input_size=out["input_size"])
+
+    @torch.inference_mode()
+    def panoptic(self, result: Result, *, bg_threshold: float = 0.5,
+                          iou_threshold: float = 0.5, min_area: int = 1
+                          ) -> tuple[np.ndarray, list[dict]]:
+        """Open-set panoptic segmentation of one result at its image size: known segments
+        (Mask2Former panoptic inference) plus unknown instances mined from the background
+        region (Eq. 15, Sec. 6.3), with the thing/stuff split of the weights' config.
+
+        Returns (panoptic (H, W) int32 ids, segments_info); category K = unknown.
+        """
+        size = result.anomaly.shape
+        hp, wp = padded_size(*result.input_size, self.config.preprocess.size_divisibility)
+        masks = F.interpolate(result.pred_masks[None], size=(hp, wp), mode="bilinear",
+                              align_corners=False)
+        masks = crop_and_resize(masks, result.input_size, size)[0]
+        background = background_region(result.pred_logits, masks)
+        unknown = mine_unknown_instances(background, result.pred_logits, masks, self.config.thing_ids,
+                                         bg_threshold=bg_threshold, iou_threshold=iou_threshold,
+                                         min_area=min_area)
+        return open_set_panoptic(result.pred_logits, masks, self.config.thing_ids, unknown)
