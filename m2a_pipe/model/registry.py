@@ -1,0 +1,271 @@
+"""The weights registry: every known weight file as data (file, sha256, config, metadata).
+
+Modelled on torchvision's weights API: a :class:`WeightsEntry` names a file, the sha256 it
+must have, the config preset it was trained with and free-form metadata; :func:`resolve`
+turns a name (or a path to an existing file) into a path, :func:`verify` recomputes the
+hash. Relative files live in the weights folder: ``<repo root>/weights`` (the parent of
+the installed ``m2a_pipe`` package source), or ``$M2A_WEIGHTS_DIR`` when set.
+
+``demo`` is reserved for the small demo model; its sha256 is ``None`` until it is trained,
+and resolving it raises a :class:`WeightsError` saying so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from m2a_pipe.config import PRESETS, ConfigError, ModelConfig, preset
+from m2a_pipe.model.checkpoint import sha256_file
+
+WEIGHTS_DIR_ENV = "M2A_WEIGHTS_DIR"
+
+
+class WeightsError(LookupError):
+    """A weights name is unknown, its file is missing, or it is not built yet."""
+
+    def __str__(self) -> str:  # LookupError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    """One known weight file.
+
+    ``file`` is relative to :func:`weights_dir` or absolute; ``sha256`` is the hex digest
+    the file must have (``None``: reserved, not built yet); ``config`` names the
+    :data:`m2a_pipe.config.PRESETS` entry it was built with (``None``: the config stored in
+    the safetensors file is authoritative).
+    """
+
+    name: str
+    file: str
+    sha256: str | None
+    description: str
+    config: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name or os.sep in self.name or "/" in self.name:
+            raise WeightsError(f"invalid weights name {self.name!r}")
+        if self.sha256 is not None:
+            digest = self.sha256.lower()
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise WeightsError(f"{self.name}: sha256 must be 64 hex digits, got {self.sha256!r}")
+            object.__setattr__(self, "sha256", digest)
+        if self.config is not None and self.config not in PRESETS:
+            raise WeightsError(f"{self.name}: unknown config preset {self.config!r}; known: {sorted(PRESETS)}")
+
+    @property
+    def path(self) -> Path:
+        """Where the file is (it may not exist)."""
+        file = Path(self.file)
+        return file if file.is_absolute() else weights_dir() / file
+
+    @property
+    def built(self) -> bool:
+        """Whether the entry is released (has a sha256)."""
+        return self.sha256 is not None
+
+    @property
+    def present(self) -> bool:
+        return self.path.is_file()
+
+
+def weights_dir() -> Path:
+    """``$M2A_WEIGHTS_DIR``, else ``weights/`` beside the ``m2a_pipe`` package source."""
+    override = os.environ.get(WEIGHTS_DIR_ENV)
+    if override:
+        return Path(override).expanduser()
+    return Path(__file__).resolve().parents[2] / "weights"
+
+
+REGISTRY: dict[str, WeightsEntry] = {}
+"""Known weights by name. Add with :func:`register`."""
+
+
+def register(entry: WeightsEntry, *, overwrite: bool = False) -> WeightsEntry:
+    """Add ``entry``; an existing name is an error unless ``overwrite``."""
+    if entry.name in REGISTRY and not overwrite:
+        raise WeightsError(f"weights {entry.name!r} already registered")
+    REGISTRY[entry.name] = entry
+    return entry
+
+
+def unregister(name: str) -> None:
+    REGISTRY.pop(name, None)
+
+
+def list_entries() -> list[WeightsEntry]:
+    """Registered entries, sorted by name."""
+    return [REGISTRY[name] for name in sorted(REGISTRY)]
+
+
+def get(name: str) -> WeightsEntry:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise WeightsError(f"unknown weights {name!r}; known: {', '.join(sorted(REGISTRY)) or 'none'}") from None
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """The file of a registered name, or ``name_or_path`` itself when it is an existing file.
+
+    Raises :class:`WeightsError` for an unknown name, an entry whose file is missing, or
+    an entry not built yet (no sha256, e.g. ``demo`` before it is trained).
+    """
+    text = os.fspath(name_or_path)
+    if text in REGISTRY:
+        entry = REGISTRY[text]
+        if not entry.built:
+            raise WeightsError(
+                f"the {entry.name} weights are not built yet: no sha256 is registered for "
+                f"{entry.path} (train them, or pass a weights file path instead)")
+        if not entry.present:
+            raise WeightsError(f"weights {entry.name!r}: file {entry.path} is missing")
+        return entry.path
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    if path.exists():
+        raise WeightsError(f"{path} is not a file")
+    known = ", ".join(sorted(REGISTRY)) or "none"
+    raise WeightsError(f"unknown weights name or missing file {text!r} (registered names: {known})")
+
+
+def registered_config(name: str | os.PathLike) -> ModelConfig | None:
+    """The preset config a registered name declares (``None`` for paths and entries without)."""
+    entry = REGISTRY.get(os.fspath(name))
+    return preset(entry.config) if entry is not None and entry.config else None
+
+
+def expected_sha256(name_or_path: str | os.PathLike) -> str | None:
+    """The registered sha256 of a name, ``None`` for a path."""
+    entry = REGISTRY.get(os.fspath(name_or_path))
+    return entry.sha256 if entry else None
+
+
+@dataclass(frozen=True)
+class Sha256Check:
+    """Outcome of :func:`check_sha256`."""
+
+    path: Path
+    expected: str
+    actual: str
+
+    @property
+    def ok(self) -> bool:
+        return self.expected == self.actual
+
+
+def check_sha256(name_or_path: str | os.PathLike, sha256: str | None = None) -> Sha256Check:
+    """Recompute the sha256 of a name's (or path's) file and compare it with ``sha256``
+    (default: the registered one; a path without ``sha256`` is an error)."""
+    expected = sha256 or expected_sha256(name_or_path)
+    if expected is None:
+        raise WeightsError(f"no sha256 to check {os.fspath(name_or_path)!r} against: "
+                           "give one (--sha256), or register the file with its sha256")
+    path = resolve(name_or_path)
+    return Sha256Check(path=path, expected=expected.strip().lower(), actual=sha256_file(path))
+
+
+def verify(name_or_path: str | os.PathLike, sha256: str | None = None) -> bool:
+    """Whether the file's sha256 equals ``sha256`` (default: the registered one)."""
+    return check_sha256(name_or_path, sha256).ok
+
+
+def describe(name_or_path: str | os.PathLike, cfg: ModelConfig | None = None) -> dict[str, Any]:
+    """Facts about a weights file, for ``m2a-pipe weights info``.
+
+    Keys: path, name (registered name or None), format, size_bytes, sha256,
+    registered_sha256, num_tensors, num_elements, config (stored in the file, else
+    ``cfg``, else the entry's preset, else None), num_parameters (None without a config),
+    metadata (stored in the file, else the entry's).
+    """
+    from m2a_pipe.model import checkpoint
+
+    text = os.fspath(name_or_path)
+    entry = REGISTRY.get(text)
+    path = resolve(text)
+    suffix = path.suffix.lower()
+    metadata: dict[str, Any] = dict(entry.metadata) if entry else {}
+    if suffix in checkpoint.SAFETENSORS_SUFFIXES:
+        stored, stored_meta = checkpoint.read_metadata(path)
+        cfg, metadata = stored, {**metadata, **stored_meta}
+        shapes = checkpoint.read_shapes(path)
+        fmt = f"safetensors ({checkpoint.FORMAT})"
+    else:
+        shapes = {k: tuple(v.shape) for k, v in checkpoint.read_state_dict(path).items()}
+        fmt = "detectron2 pickle (.pkl)" if suffix in checkpoint.PICKLE_SUFFIXES else "torch checkpoint (.pth)"
+        cfg = cfg or registered_config(text)
+    num_elements = 0
+    for shape in shapes.values():
+        n = 1
+        for dim in shape:
+            n *= dim
+        num_elements += n
+    return {
+        "path": path,
+        "name": entry.name if entry else None,
+        "format": fmt,
+        "size_bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+        "registered_sha256": entry.sha256 if entry else None,
+        "num_tensors": len(shapes),
+        "num_elements": num_elements,
+        "config": cfg,
+        "num_parameters": checkpoint.count_parameters(cfg) if cfg is not None else None,
+        "metadata": metadata,
+    }
+
+
+def resolve_config(spec: str | os.PathLike | ModelConfig,
+                   class_names: Sequence[str] | None = None) -> ModelConfig:
+    """A :class:`ModelConfig` from a preset name, a reference ``config.json`` (the golden
+    export layout, with ``architecture``) or a JSON file of ``ModelConfig.to_dict``;
+    ``class_names``, when given, replace the config's (the count must match)."""
+    cfg = _load_config(spec)
+    if class_names is not None:
+        names = tuple(class_names)
+        if len(names) != cfg.num_classes:
+            raise ConfigError(f"{len(names)} class names given, the config has {cfg.num_classes} classes")
+        cfg = cfg.replace(class_names=names)
+    return cfg
+
+
+def _load_config(spec: str | os.PathLike | ModelConfig) -> ModelConfig:
+    if isinstance(spec, ModelConfig):
+        return spec
+    text = os.fspath(spec)
+    if text in PRESETS:
+        return preset(text)
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"config {text!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a file")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: not a JSON config ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a JSON object")
+    try:
+        if "architecture" in data:
+            return ModelConfig.from_reference_json(path)
+        return ModelConfig.from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    except (KeyError, TypeError, ValueError) as err:
+        raise ConfigError(f"{path}: invalid config ({type(err).__name__}: {err})") from None
+
+
+register(WeightsEntry(
+    name="demo",
+    file="demo.safetensors",
+    sha256=None,  # set when the demo model is trained
+    description="small Mask2Anomaly (preset 'small', R18, 64-dim) for the demo and tests",
+    config="small",
+    metadata={"status": "reserved", "classes": "cityscapes-19"},
+))

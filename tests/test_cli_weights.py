@@ -1,0 +1,177 @@
+"""``m2a-pipe weights``: list, info, convert, verify — exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from m2a_pipe.cli import cli
+from m2a_pipe.config import preset
+from m2a_pipe.model.checkpoint import load_weights, read_state_dict, sha256_file
+from m2a_pipe.model.mask2anomaly import build_model
+from m2a_pipe.model.registry import REGISTRY, WeightsEntry, register
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _golden_dir() -> Path:
+    env = os.environ.get("M2A_GOLDEN_DIR")
+    path = Path(env) if env else REPO_ROOT.parent / "shared" / "golden" / "golden_a"
+    return path if path.is_absolute() else (REPO_ROOT / path).resolve()
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, ["weights", *map(str, args)])
+
+
+def assert_one_line_error(result, needle: str) -> None:
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("Error: ") and needle in lines[0], result.output
+
+
+@pytest.fixture
+def small_pth(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(preset("small"))
+    path = tmp_path / "small_final.pth"
+    torch.save({"model": model.state_dict(), "iteration": 10}, path)
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def golden_converted(tmp_path_factory):
+    folder = _golden_dir()
+    if not (folder / "checkpoint.pth").is_file():
+        pytest.skip(f"golden folder not found at {folder}")
+    out = tmp_path_factory.mktemp("conv") / "golden.safetensors"
+    result = run("convert", folder / "checkpoint.pth", "--config", folder / "config.json", "-o", out)
+    return folder, out, result
+
+
+def test_list_shows_demo_not_built():
+    result = run("list")
+    assert result.exit_code == 0, result.output
+    header, *rows = result.output.strip().splitlines()
+    assert header.split()[:4] == ["NAME", "FILE", "PRESENT", "SHA256"]
+    demo = next(row for row in rows if row.startswith("demo "))
+    assert "demo.safetensors" in demo and "(not built)" in demo
+
+
+def test_info_demo_and_unknown_name_are_clear_errors():
+    assert_one_line_error(run("info", "demo"), "demo weights are not built yet")
+    assert_one_line_error(run("info", "no-such-weights"), "unknown weights name or missing file 'no-such-weights'")
+    assert_one_line_error(run("verify", "no-such-weights", "--sha256", "0" * 64), "no-such-weights")
+
+
+def test_convert_small_pth_info_and_verify(small_pth, tmp_path):
+    model, src = small_pth
+    out = tmp_path / "out" / "small.safetensors"
+    result = run("convert", src, "--config", "small", "-o", out,
+                 "--class-names", ",".join(f"k{i}" for i in range(19)))
+    assert result.exit_code == 0, result.output
+    digest = sha256_file(out)
+    assert f"sha256 {digest}" in result.output
+    sd, cfg, meta = load_weights(out)
+    assert cfg == preset("small").replace(class_names=tuple(f"k{i}" for i in range(19)))
+    assert meta["source_file"] == "small_final.pth" and meta["source_sha256"] == sha256_file(src)
+    for key, value in model.state_dict().items():
+        assert torch.equal(sd[key], value), key
+
+    info = run("info", out)
+    assert info.exit_code == 0, info.output
+    params = sum(p.numel() for p in model.parameters())
+    assert f"parameters  {params:,}" in info.output
+    assert "ResNet-18" in info.output and "20 queries" in info.output and "3 layers" in info.output
+    assert "19: k0, k1" in info.output and "thing ids   [11, 12" in info.output
+    assert digest in info.output and 'meta.source_file  "small_final.pth"' in info.output
+
+    ok = run("verify", out, "--sha256", digest)
+    assert ok.exit_code == 0 and ok.output.startswith("OK ")
+    bad = run("verify", out, "--sha256", "f" * 64)
+    assert bad.exit_code == 1
+    assert_one_line_error(bad, "sha256 mismatch")
+
+
+def test_verify_registered_name(small_pth, tmp_path):
+    _, src = small_pth
+    saved = dict(REGISTRY)
+    try:
+        register(WeightsEntry("small-test", str(src), sha256_file(src), "test entry", config="small"))
+        assert run("verify", "small-test").exit_code == 0
+        register(WeightsEntry("small-test", str(src), "0" * 64, "wrong hash", config="small"),
+                 overwrite=True)
+        assert_one_line_error(run("verify", "small-test"), "sha256 mismatch")
+        info = run("info", "small-test")  # a .pth entry takes its preset config
+        assert info.exit_code == 0 and "ResNet-18" in info.output, info.output
+    finally:
+        REGISTRY.clear()
+        REGISTRY.update(saved)
+
+
+def test_convert_with_wrong_config_names_keys_without_traceback(small_pth, tmp_path):
+    _, src = small_pth
+    out = tmp_path / "x.safetensors"
+    cfg = preset("small").replace(decoder=preset("small").decoder.__class__(
+        hidden_dim=64, num_queries=21, nheads=4, dim_feedforward=256, dec_layers=4))
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(json.dumps(cfg.to_dict()))
+    result = run("convert", src, "--config", cfg_path, "-o", out)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert result.output.startswith("Error: ")
+    assert "mis-shaped: sem_seg_head.predictor.query_feat.weight expected [21, 64] got [20, 64]" in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--config", "nope"), "neither a preset"),
+    (("--config", "small", "--class-names", "a,b"), "2 class names given"),
+])
+def test_convert_bad_options(small_pth, tmp_path, args, needle):
+    _, src = small_pth
+    assert_one_line_error(run("convert", src, *args, "-o", tmp_path / "x.safetensors"), needle)
+
+
+def test_convert_bad_source(tmp_path):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    assert_one_line_error(run("convert", junk, "--config", "small", "-o", tmp_path / "o.safetensors"),
+                          "junk.pth")
+    assert_one_line_error(run("convert", tmp_path / "absent.pkl", "--config", "small",
+                              "-o", tmp_path / "o.safetensors"), "no such file")
+
+
+def test_convert_golden(golden_converted):
+    folder, out, result = golden_converted
+    assert result.exit_code == 0, result.output
+    assert f"sha256 {sha256_file(out)}" in result.output
+    sd, cfg, meta = load_weights(out)
+    ref = read_state_dict(folder / "checkpoint.pth")
+    assert set(sd) == set(ref)
+    for key, value in ref.items():
+        assert torch.equal(sd[key], value), key
+    recorded = json.loads((folder / "config.json").read_text())["checkpoint"]["sha256"]
+    assert meta["source_sha256"] == recorded
+
+
+def test_info_and_verify_golden(golden_converted):
+    folder, out, _ = golden_converted
+    info = run("info", out)
+    assert info.exit_code == 0, info.output
+    cfg = load_weights(out)[1]
+    params = sum(p.numel() for p in build_model(cfg).parameters())
+    assert f"parameters  {params:,}" in info.output
+    assert "ResNet-50" in info.output and "20 queries" in info.output
+
+    recorded = json.loads((folder / "config.json").read_text())["checkpoint"]["sha256"]
+    ok = run("verify", folder / "checkpoint.pth", "--sha256", recorded)
+    assert ok.exit_code == 0, ok.output
+    assert_one_line_error(run("verify", out, "--sha256", recorded), "sha256 mismatch")
