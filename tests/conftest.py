@@ -44,7 +44,9 @@ class Golden:
                       for p in self.path.glob("*_class_embed_override.pth"))
 
     def state_dict(self, variant: str | None = None) -> dict[str, torch.Tensor]:
-        sd = torch.load(self.path / "checkpoint.pth", map_location="cpu", weights_only=True)["model"]
+        from m2a_pipe.model.checkpoint import read_state_dict
+
+        sd = read_state_dict(self.path / "checkpoint.pth")
         if variant:
             override = torch.load(self.path / f"{variant}_class_embed_override.pth",
                                   map_location="cpu", weights_only=True)
@@ -54,13 +56,15 @@ class Golden:
         return sd
 
     def model(self, variant: str | None = None):
-        """The golden network (eval mode, unfolded batch norm), cached per variant."""
+        """The golden network (eval mode, unfolded batch norm), cached per variant, loaded
+        by the project's strict loader (which also accepts FrozenBN checkpoints)."""
         key = variant or ""
         if key not in self._models:
+            from m2a_pipe.model.checkpoint import load_into
             from m2a_pipe.model.mask2anomaly import build_model
 
             model = build_model(self.config)
-            model.load_state_dict(self.state_dict(variant), strict=True)
+            load_into(model, self.state_dict(variant), source=str(self.path / "checkpoint.pth"))
             self._models[key] = model.eval()
         return self._models[key]
 

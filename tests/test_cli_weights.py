@@ -155,7 +155,8 @@ def test_convert_golden(golden_converted):
     assert f"sha256 {sha256_file(out)}" in result.output
     sd, cfg, meta = load_weights(out)
     ref = read_state_dict(folder / "checkpoint.pth")
-    assert set(sd) == set(ref)
+    missing_in_file = set(sd) - set(ref)  # only a FrozenBN export's num_batches_tracked
+    assert set(sd) >= set(ref) and all(k.endswith("num_batches_tracked") for k in missing_in_file)
     for key, value in ref.items():
         assert torch.equal(sd[key], value), key
     recorded = json.loads((folder / "config.json").read_text())["checkpoint"]["sha256"]
@@ -169,7 +170,8 @@ def test_info_and_verify_golden(golden_converted):
     cfg = load_weights(out)[1]
     params = sum(p.numel() for p in build_model(cfg).parameters())
     assert f"parameters  {params:,}" in info.output
-    assert "ResNet-50" in info.output and "20 queries" in info.output
+    assert f"ResNet-{cfg.backbone.depth} " in info.output
+    assert f"{cfg.decoder.num_queries} queries" in info.output
 
     recorded = json.loads((folder / "config.json").read_text())["checkpoint"]["sha256"]
     ok = run("verify", folder / "checkpoint.pth", "--sha256", recorded)
