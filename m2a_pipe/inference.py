@@ -41,7 +41,10 @@ from m2a_pipe.preprocess import normalize_and_pad, padded_size, resize_uint8, sh
 from m2a_pipe.scoring import (SCORES, crop_and_resize, flip_average, official_anomaly_map,
                               official_semantic_inference, open_set_semantic)
 
-BAND_ROWS = 128
+BAND_BYTES = 16 * 2**20
+"""Size of one band of upsampled masks (Q x rows x Wp float32): about 16 MB keeps a band in
+the last-level cache (measured: 0.09 s at 512x1024 with 100 queries, against 0.17 s for
+the full upsampling and 0.19 s for 50 MB bands)."""
 
 
 @dataclass
@@ -90,7 +93,7 @@ def upsample_rows(masks: torch.Tensor, rows: tuple[int, int], scale: int) -> tor
 
 def full_resolution_semantic(pred_logits: torch.Tensor, pred_masks: torch.Tensor,
                              refine_ids: Sequence[int], keep_threshold: float,
-                             band_rows: int = BAND_ROWS) -> torch.Tensor:
+                             band_rows: int | None = None) -> torch.Tensor:
     """Official semantic inference at the padded input size, band by band.
 
     Args:
@@ -99,9 +102,13 @@ def full_resolution_semantic(pred_logits: torch.Tensor, pred_masks: torch.Tensor
     Returns:
         (K + n_kept, 4h, 4w) float32: Eq. 3 per class, then ``score * sigmoid(mask)`` of each
         confident refinement-class query (see ``official_semantic_inference``).
+    ``band_rows`` defaults to what fits :data:`BAND_BYTES`.
     """
     scale = 4
-    hp = pred_masks.shape[-2] * scale
+    q, h, w = pred_masks.shape
+    hp = h * scale
+    if band_rows is None:
+        band_rows = BAND_BYTES // (q * w * scale * pred_masks.element_size())
     band_rows = max(scale, band_rows - band_rows % scale)
     bands = [official_semantic_inference(pred_logits, upsample_rows(pred_masks, (r, min(r + band_rows, hp)), scale),
                                          refine_ids, keep_threshold)
