@@ -20,6 +20,14 @@ def golden_path() -> Path:
     return path if path.is_absolute() else (REPO_ROOT / path).resolve()
 
 
+def golden_dir() -> Path:
+    """:func:`golden_path`, skipping the calling test when the folder is absent."""
+    path = golden_path()
+    if not (path / "outputs.npz").is_file():
+        pytest.skip(f"golden folder not found at {path} (set M2A_GOLDEN_DIR)")
+    return path
+
+
 class Golden:
     """One golden folder: its outputs, config and (lazily) models built from it."""
 
@@ -71,10 +79,7 @@ class Golden:
 
 @pytest.fixture(scope="session")
 def golden() -> Golden:
-    path = golden_path()
-    if not (path / "outputs.npz").is_file():
-        pytest.skip(f"golden folder not found at {path} (set M2A_GOLDEN_DIR)")
-    return Golden(path)
+    return Golden(golden_dir())
 
 
 def assert_close(name: str, got, ref, *, abs_tol: float = 0.0, rel_scale: float = 0.0,

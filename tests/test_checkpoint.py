@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import golden_path
 from m2a_pipe.config import ModelConfig, preset
 from m2a_pipe.model.checkpoint import (
     FORMAT,
@@ -32,10 +33,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 KEYS_MANIFEST = REPO_ROOT.parent / "shared" / "golden" / "keys_r50_cityscapes.json"
 
 
-def _golden_dir() -> Path:
-    env = os.environ.get("M2A_GOLDEN_DIR")
-    path = Path(env) if env else REPO_ROOT.parent / "shared" / "golden" / "golden_a"
-    return path if path.is_absolute() else (REPO_ROOT / path).resolve()
 
 
 def _manifest() -> dict:
@@ -47,7 +44,7 @@ def _manifest() -> dict:
 @pytest.fixture(scope="module")
 def golden():
     """(folder, config, state dict read from checkpoint.pth)."""
-    folder = _golden_dir()
+    folder = golden_path()
     if not (folder / "checkpoint.pth").is_file() or not (folder / "config.json").is_file():
         pytest.skip(f"golden folder not found at {folder}")
     cfg = ModelConfig.from_reference_json(folder / "config.json")

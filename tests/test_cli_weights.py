@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import golden_path
 from m2a_pipe.cli import cli
 from m2a_pipe.config import preset
 from m2a_pipe.model.checkpoint import load_weights, read_state_dict, sha256_file
 from m2a_pipe.model.mask2anomaly import build_model
 from m2a_pipe.model.registry import REGISTRY, WeightsEntry, register
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _golden_dir() -> Path:
-    env = os.environ.get("M2A_GOLDEN_DIR")
-    path = Path(env) if env else REPO_ROOT.parent / "shared" / "golden" / "golden_a"
-    return path if path.is_absolute() else (REPO_ROOT / path).resolve()
 
 
 def run(*args: str):
@@ -49,7 +43,7 @@ def small_pth(tmp_path):
 
 @pytest.fixture(scope="module")
 def golden_converted(tmp_path_factory):
-    folder = _golden_dir()
+    folder = golden_path()
     if not (folder / "checkpoint.pth").is_file():
         pytest.skip(f"golden folder not found at {folder}")
     out = tmp_path_factory.mktemp("conv") / "golden.safetensors"

@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import golden_dir
 from m2a_pipe import instances as I
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 ON, OFF = 12.0, -12.0  # mask logits: sigmoid ~ 1 / ~ 0
 
 
-def golden_dir() -> Path:
-    """The golden folder (env M2A_GOLDEN_DIR, relative paths from the repo root); skip if absent."""
-    path = Path(os.environ.get("M2A_GOLDEN_DIR", "../shared/golden/golden_a"))
-    if not path.is_absolute():
-        path = REPO_ROOT / path
-    if not (path / "outputs.npz").is_file():
-        pytest.skip(f"golden reference folder not found: {path}")
-    return path
 
 
 def _logits(probs) -> torch.Tensor:

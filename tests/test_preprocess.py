@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from conftest import golden_dir
 from m2a_pipe.config import PIXEL_MEAN_RGB, PIXEL_STD_RGB
 from m2a_pipe.preprocess import (normalize_and_pad, padded_size, resize_uint8, shortest_edge_size,
                                  to_chw_tensor)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def golden_dir() -> Path:
-    """The golden folder (env M2A_GOLDEN_DIR, relative paths from the repo root); skip if absent."""
-    path = Path(os.environ.get("M2A_GOLDEN_DIR", "../shared/golden/golden_a"))
-    if not path.is_absolute():
-        path = REPO_ROOT / path
-    if not (path / "outputs.npz").is_file():
-        pytest.skip(f"golden reference folder not found: {path}")
-    return path
 
 
 @pytest.mark.parametrize("hw, expected", [

@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import golden_dir
 from m2a_pipe import scoring as S
 from m2a_pipe.config import CITYSCAPES_REFINE_IDS
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def golden_dir() -> Path:
-    """The golden folder (env M2A_GOLDEN_DIR, relative paths from the repo root); skip if absent."""
-    path = Path(os.environ.get("M2A_GOLDEN_DIR", "../shared/golden/golden_a"))
-    if not path.is_absolute():
-        path = REPO_ROOT / path
-    if not (path / "outputs.npz").is_file():
-        pytest.skip(f"golden reference folder not found: {path}")
-    return path
 
 
 # -- independent numpy references (explicit loops) --------------------------------------
