@@ -84,3 +84,14 @@ def test_bad_input_names_the_image(model):
         predictor([image(32, 32), np.zeros((32, 32), dtype=np.uint8)])
     with pytest.raises(ValueError, match="uint8"):
         predictor(np.zeros((32, 32, 3), dtype=np.float32))
+
+
+def test_from_weights_loads_a_saved_file(model, tmp_path):
+    from m2a_pipe.model.checkpoint import save_weights
+
+    path = save_weights(model, model.config, tmp_path / "small.safetensors")
+    a = image(64, 96)
+    loaded = Predictor.from_weights(path, resize=False)
+    np.testing.assert_allclose(loaded(a).anomaly, Predictor(model, resize=False)(a).anomaly, atol=1e-5)
+    with pytest.raises(Exception, match="missing file .*missing.safetensors"):
+        Predictor.from_weights(tmp_path / "missing.safetensors")
