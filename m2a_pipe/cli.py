@@ -207,5 +207,14 @@ def bench_model_cmd(preset_name: str, size: tuple[int, int], device: str, batch:
         Path(json_path).write_text(json.dumps(result.to_dict(), indent=1) + "\n")
 
 
+def _register_subgroups() -> None:
+    from m2a_pipe.evaluation.cli import evaluate
+
+    cli.add_command(evaluate)
+
+
+_register_subgroups()
+
+
 def main() -> None:
     cli()

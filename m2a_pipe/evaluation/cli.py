@@ -1,0 +1,230 @@
+"""``m2a-pipe evaluate``: anomaly, open-set and panoptic metrics. Parses and delegates to
+:mod:`m2a_pipe.evaluation.report`; bad input ends with one line naming the file."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from m2a_pipe.evaluation.components import PROFILES
+from m2a_pipe.evaluation.pixel import AP_CONVENTIONS, DEFAULT_MAX_EXACT_PIXELS
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from m2a_pipe.evaluation.datasets import DatasetError
+    from m2a_pipe.evaluation.inputs import EvaluationInputError
+
+    from m2a_pipe.config import ConfigError
+    from m2a_pipe.model.checkpoint import CheckpointError
+    from m2a_pipe.model.registry import WeightsError
+
+    return (EvaluationInputError, DatasetError, OSError, ConfigError, CheckpointError, WeightsError)
+
+
+@contextmanager
+def _one_line_errors():
+    try:
+        yield
+    except _user_errors() as err:
+        text = str(err).strip()
+        raise click.ClickException(text.splitlines()[0] if text else type(err).__name__) from None
+
+
+def _emit(report: dict, json_path: Path | None) -> None:
+    text = json.dumps(report, indent=2)
+    if json_path is not None:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(text + "\n")
+    click.echo(text)
+
+
+def _model_options(f):
+    f = click.option("--flip/--no-flip", default=True, show_default=True,
+                     help="Horizontal-flip averaging (the official evaluation uses it).")(f)
+    f = click.option("--device", default="cpu", show_default=True, help="Torch device for --weights runs.")(f)
+    f = click.option("--out", "out_dir", type=click.Path(path_type=Path),
+                     help="Folder for the model's outputs (default: ./m2a-eval/<dataset name>); "
+                          "files already there are reused, so a rerun needs no model.")(f)
+    f = click.option("--weights", default="demo", show_default=True, metavar="NAME|PATH",
+                     help="Weights for --dataset runs (registry name or file).")(f)
+    return f
+
+
+def _out(out_dir: Path | None, dataset: Path) -> Path:
+    return out_dir if out_dir is not None else Path("m2a-eval") / Path(dataset).resolve().name
+
+
+@click.group()
+def evaluate() -> None:
+    """Benchmark metrics (paper Sec. 7.2) from score files or a model run."""
+
+
+@evaluate.command("anomaly")
+@click.option("--scores", type=click.Path(path_type=Path),
+              help="Folder of <stem>.npy float score maps, or a pipeline scores.h5.")
+@click.option("--labels", type=click.Path(path_type=Path), help="Folder of <stem>.png masks (0 / 1 / 255).")
+@click.option("--dataset", type=click.Path(path_type=Path),
+              help="Benchmark folder (SMIYC, Fishyscapes, Road Anomaly, Lost & Found, StreetHazards).")
+@click.option("--dataset-type", type=click.Choice(["auto", "smiyc", "fishyscapes", "road-anomaly",
+                                                   "lost-and-found", "streethazards"]), default="auto",
+              show_default=True, help="Layout of --dataset.")
+@_model_options
+@click.option("--profile", type=click.Choice(sorted(PROFILES)), default="anomaly-track", show_default=True,
+              help="Component size limits (Anomaly Track: 500 / 100 px, Obstacle Track: 50 / 10 px).")
+@click.option("--ap", "ap_convention", type=click.Choice(AP_CONVENTIONS), default="exact", show_default=True,
+              help="exact: scikit-learn on pooled pixels; smiyc: the benchmark's per-image percentile bins.")
+@click.option("--threshold", type=float, help="Component binarisation threshold (default: best pixel F1).")
+@click.option("--max-exact-pixels", type=int, default=DEFAULT_MAX_EXACT_PIXELS, show_default=True,
+              help="Pixels kept verbatim before the exact mode switches to its fine histogram.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report here.")
+@click.option("--plots", "plots_dir", type=click.Path(path_type=Path), help="Write pr.png and roc.png here.")
+def anomaly(scores, labels, dataset, dataset_type, weights, out_dir, device, flip, profile, ap_convention,
+            threshold, max_exact_pixels, json_path, plots_dir) -> None:
+    """Pixel AuPRC / FPR95 / AUROC and component sIoU / PPV / F1*."""
+    from m2a_pipe.evaluation import datasets as ds
+    from m2a_pipe.evaluation import inputs, predict, report
+
+    with _one_line_errors():
+        if dataset is not None:
+            data = ds.detect_dataset(dataset) if dataset_type == "auto" else ds.READERS[dataset_type](dataset)
+            if not data.samples:
+                raise ds.DatasetError(f"{dataset}: no images found")
+            scores_dir = scores or _out(out_dir, dataset) / "scores"
+            missing = [s for s in data.samples if not (scores_dir / f"{predict.file_stem(s.stem)}.npy").is_file()]
+            if missing:
+                predictor = predict.load_predictor(weights, device, flip)
+                scores_dir = predict.write_anomaly_scores(predictor, data, scores_dir.parent, progress=_bar)
+            pairs = [_npy_pair(inputs, s, scores_dir / f"{predict.file_stem(s.stem)}.npy") for s in data.samples]
+        elif scores is not None and labels is not None:
+            pairs = inputs.score_pairs(scores, labels)
+        else:
+            raise click.UsageError("give --scores and --labels, or --dataset")
+        result = report.evaluate_anomaly(pairs, profile=profile, ap_convention=ap_convention, threshold=threshold,
+                                         max_exact_pixels=max_exact_pixels, plots_dir=plots_dir)
+    _emit(result, json_path)
+
+
+def _npy_pair(inputs, sample, path: Path):
+    """A dataset sample paired with its score file (label mapping of the dataset)."""
+    return inputs.ScorePair(sample.stem, lambda: inputs.load_npy_scores(path), sample.label, sample.mapping,
+                            sample.subset, source=str(path))
+
+
+def _bar(items):
+    items = list(items)
+    with click.progressbar(items, label="running the model", file=click.get_text_stream("stderr")) as bar:
+        yield from bar
+
+
+def _open_items(scores_dir: Path, semantic_dir: Path, labels_dir: Path, lut) -> list:
+    from m2a_pipe.evaluation.inputs import EvaluationInputError
+    from m2a_pipe.evaluation.report import OpenSetItem
+
+    items = []
+    for folder in (scores_dir, semantic_dir, labels_dir):
+        if not Path(folder).is_dir():
+            raise EvaluationInputError(f"{folder}: not a folder")
+    for label in sorted(Path(labels_dir).glob("*.png")):
+        score = Path(scores_dir) / f"{label.stem}.npy"
+        sem = next((p for p in (Path(semantic_dir) / f"{label.stem}.npy", Path(semantic_dir) / f"{label.stem}.png")
+                    if p.is_file()), None)
+        if not score.is_file():
+            raise EvaluationInputError(f"{label}: no scores {score.name} in {scores_dir}")
+        if sem is None:
+            raise EvaluationInputError(f"{label}: no semantic prediction {label.stem}.npy/.png in {semantic_dir}")
+        items.append(OpenSetItem(label.stem, score, sem, label, lut))
+    if not items:
+        raise EvaluationInputError(f"{labels_dir}: no .png labels")
+    return items
+
+
+@evaluate.command("open-set", short_help="Open-IoU per known class, its mean, closed-set mIoU.")
+@click.option("--scores", type=click.Path(path_type=Path), help="Folder of <stem>.npy anomaly maps.")
+@click.option("--semantic", type=click.Path(path_type=Path), help="Folder of <stem>.npy/.png known-class labels.")
+@click.option("--labels", type=click.Path(path_type=Path),
+              help="Folder of <stem>.png ground truth: 0..K-1 known, --anomaly-id unknown, 255 void.")
+@click.option("--num-known", type=int, help="K, the number of known classes (with --labels).")
+@click.option("--anomaly-id", type=int, help="Ground-truth value of the unknown class (default K).")
+@click.option("--threshold", type=float, help="Anomaly threshold (default: 95% TPR on the calibration split).")
+@click.option("--calib-scores", type=click.Path(path_type=Path), help="Calibration split: anomaly maps.")
+@click.option("--calib-semantic", type=click.Path(path_type=Path), help="Calibration split: known-class labels.")
+@click.option("--calib-labels", type=click.Path(path_type=Path), help="Calibration split: ground truth.")
+@click.option("--dataset", type=click.Path(path_type=Path),
+              help="StreetHazards folder (t5 / t6 cross-calibration of Sec. 7.4).")
+@_model_options
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report here.")
+def open_set(scores, semantic, labels, num_known, anomaly_id, threshold, calib_scores, calib_semantic,
+             calib_labels, dataset, weights, out_dir, device, flip, json_path) -> None:
+    """Open-IoU per known class and its mean (Eq. 23-24), and closed-set mIoU."""
+    from m2a_pipe.evaluation import datasets as ds
+    from m2a_pipe.evaluation import predict, report
+
+    with _one_line_errors():
+        calibration = None
+        if dataset is not None:
+            data = ds.read_streethazards(dataset)
+            if not data.samples:
+                raise ds.DatasetError(f"{dataset}: no images found")
+            out = _out(out_dir, dataset)
+            names = [predict.file_stem(s.stem) for s in data.samples]
+            if not all((out / "scores" / f"{n}.npy").is_file() and (out / "semantic" / f"{n}.npy").is_file()
+                       for n in names):
+                predictor = predict.load_predictor(weights, device, flip)
+                predict.write_anomaly_scores(predictor, data, out, semantic=True, progress=_bar)
+            k = ds.STREETHAZARDS_NUM_KNOWN
+            items = [report.OpenSetItem(n, out / "scores" / f"{n}.npy", out / "semantic" / f"{n}.npy", s.label,
+                                        ds.STREETHAZARDS_SEMANTIC, s.subset) for n, s in zip(names, data.samples)]
+        elif scores is not None and semantic is not None and labels is not None and num_known:
+            k = num_known
+            lut = report.open_set_lut(k, k if anomaly_id is None else anomaly_id)
+            items = _open_items(scores, semantic, labels, lut)
+            if calib_scores or calib_semantic or calib_labels:
+                if not (calib_scores and calib_semantic and calib_labels):
+                    raise click.UsageError("give all of --calib-scores, --calib-semantic and --calib-labels")
+                calibration = _open_items(calib_scores, calib_semantic, calib_labels, lut)
+        else:
+            raise click.UsageError("give --scores, --semantic, --labels and --num-known, or --dataset")
+        result = report.evaluate_open_set(items, k, threshold=threshold, calibration=calibration)
+    _emit(result, json_path)
+
+
+@evaluate.command("panoptic", short_help="PQ / SQ / RQ for all, things, stuff and unknown.")
+@click.option("--pred-json", type=click.Path(path_type=Path), help="COCO-format panoptic predictions JSON.")
+@click.option("--pred-dir", type=click.Path(path_type=Path), help="Folder of the predicted panoptic PNGs.")
+@click.option("--gt-json", type=click.Path(path_type=Path), help="COCO panoptic ground-truth JSON.")
+@click.option("--gt-dir", type=click.Path(path_type=Path), help="Folder of the ground-truth panoptic PNGs.")
+@click.option("--unknown-split", type=click.Choice(["5", "10", "20"]),
+              help="Percent of unknown classes (Sec. 7.1); their ground truth becomes 'unknown'.")
+@click.option("--dataset", type=click.Path(path_type=Path),
+              help="COCO root: annotations/panoptic_val2017.json, annotations/panoptic_val2017/, val2017/.")
+@_model_options
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report here.")
+def panoptic(pred_json, pred_dir, gt_json, gt_dir, unknown_split, dataset, weights, out_dir, device, flip,
+             json_path) -> None:
+    """PQ / SQ / RQ for all, things, stuff and unknown (Eq. 25)."""
+    from m2a_pipe.evaluation import datasets as ds
+    from m2a_pipe.evaluation import predict, report
+
+    split = int(unknown_split) if unknown_split else None
+    with _one_line_errors():
+        if dataset is not None:
+            root = Path(dataset)
+            gt_json = gt_json or root / "annotations" / "panoptic_val2017.json"
+            gt_dir = gt_dir or root / "annotations" / "panoptic_val2017"
+            gt = ds.read_coco_panoptic(gt_json, gt_dir, root / "val2017", split)
+            all_ids = [int(c["id"]) for c in json.loads(Path(gt_json).read_text())["categories"]]
+            out = _out(out_dir, dataset)
+            pred_json, pred_dir = out / "panoptic.json", out / "panoptic"
+            done = set(report.read_prediction_json(pred_json)) if pred_json.is_file() else set()
+            if any(im.stem not in done for im in gt.images):
+                predictor = predict.load_predictor(weights, device, flip=False)
+                pred_json, pred_dir = predict.write_panoptic(predictor, gt, out, all_ids, progress=_bar)
+        elif pred_json and pred_dir and gt_json and gt_dir:
+            gt = ds.read_coco_panoptic(gt_json, gt_dir, None, split)
+        else:
+            raise click.UsageError("give --pred-json, --pred-dir, --gt-json and --gt-dir, or --dataset")
+        result = report.evaluate_panoptic(gt, pred_json, pred_dir)
+    _emit(result, json_path)

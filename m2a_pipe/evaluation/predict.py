@@ -1,0 +1,91 @@
+"""Run a model over a dataset and write its outputs to files, so that an evaluation can be
+repeated without the model (a file already there is kept and reused).
+
+* anomaly: ``<out>/scores/<stem>.npy`` (H, W) float32 anomaly maps;
+* open set: the same plus ``<out>/semantic/<stem>.npy`` (H, W) int16 known-class labels;
+* panoptic: ``<out>/panoptic/<stem>.png`` (COCO RGB ids) + ``<out>/panoptic.json``.
+
+Stems with sub-folders (``t5/300``) are written with ``__`` in place of ``/``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from m2a_pipe.evaluation.datasets import (
+    UNKNOWN_CATEGORY_ID,
+    AnomalyDataset,
+    PanopticDataset,
+    read_image,
+    write_panoptic_png,
+)
+
+
+def file_stem(stem: str) -> str:
+    return stem.replace("/", "__").replace("\\", "__")
+
+
+def load_predictor(weights: str, device: str = "cpu", flip: bool = False):
+    """``Predictor.from_weights(weights, ...)`` with the official score (Eq. 5 + Eq. 13)."""
+    from m2a_pipe.inference import Predictor
+
+    return Predictor.from_weights(weights, device=device, resize=True, flip=flip, score="official")
+
+
+def write_anomaly_scores(predictor, dataset: AnomalyDataset, out: Path, semantic: bool = False,
+                         progress: Callable[[Iterable], Iterable] = iter) -> Path:
+    """Anomaly maps (and known-class labels with ``semantic``) of every sample; returns the
+    scores folder."""
+    scores_dir = Path(out) / "scores"
+    sem_dir = Path(out) / "semantic"
+    scores_dir.mkdir(parents=True, exist_ok=True)
+    if semantic:
+        sem_dir.mkdir(parents=True, exist_ok=True)
+    for sample in progress(dataset.samples):
+        name = file_stem(sample.stem)
+        score_path, sem_path = scores_dir / f"{name}.npy", sem_dir / f"{name}.npy"
+        if score_path.is_file() and (not semantic or sem_path.is_file()):
+            continue
+        result = predictor(read_image(sample.image))
+        np.save(score_path, result.anomaly.astype(np.float32))
+        if semantic:
+            np.save(sem_path, result.semantic.astype(np.int16))
+    return scores_dir
+
+
+def write_panoptic(predictor, dataset: PanopticDataset, out: Path, category_ids: list[int],
+                   progress: Callable[[Iterable], Iterable] = iter) -> tuple[Path, Path]:
+    """Open-set panoptic predictions in COCO format.
+
+    ``category_ids[c]`` is the dataset category of the model's class index ``c``; the model's
+    unknown index K and any class of the dataset's unknown split become
+    :data:`UNKNOWN_CATEGORY_ID` (a model that still names a removed class is credited as having
+    found an unknown object; an open-set model never does). Returns (json path, png folder).
+    """
+    png_dir = Path(out) / "panoptic"
+    png_dir.mkdir(parents=True, exist_ok=True)
+    json_path = Path(out) / "panoptic.json"
+    known = dataset.things | dataset.stuff
+    annotations = json.loads(json_path.read_text())["annotations"] if json_path.is_file() else []
+    done = {Path(a["file_name"]).stem for a in annotations}
+    for image in progress(dataset.images):
+        if image.stem in done and (png_dir / f"{image.stem}.png").is_file():
+            continue
+        if image.image is None:
+            raise FileNotFoundError(f"{image.png}: no image path for {image.stem}")
+        result = predictor(read_image(image.image))
+        ids, info = predictor.panoptic(result)
+        segments = []
+        for seg in info:
+            c = int(seg["category_id"])
+            cat = category_ids[c] if c < len(category_ids) else UNKNOWN_CATEGORY_ID
+            segments.append({"id": int(seg["id"]), "category_id": cat if cat in known else UNKNOWN_CATEGORY_ID,
+                             "isthing": bool(seg.get("isthing", True))})
+        write_panoptic_png(png_dir / f"{image.stem}.png", ids)
+        annotations.append({"file_name": f"{image.stem}.png", "segments_info": segments})
+        json_path.write_text(json.dumps({"annotations": annotations}))
+    return json_path, png_dir
