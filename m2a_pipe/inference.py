@@ -38,8 +38,14 @@ from m2a_pipe.config import ModelConfig
 from m2a_pipe.instances import background_region, mine_unknown_instances, open_set_panoptic
 from m2a_pipe.model.mask2anomaly import Mask2Anomaly
 from m2a_pipe.preprocess import normalize_and_pad, padded_size, resize_uint8, shortest_edge_size
-from m2a_pipe.scoring import (SCORES, crop_and_resize, flip_average, official_anomaly_map,
-                              official_semantic_inference, open_set_semantic)
+from m2a_pipe.scoring import (
+    SCORES,
+    crop_and_resize,
+    flip_average,
+    official_anomaly_map,
+    official_semantic_inference,
+    open_set_semantic,
+)
 
 BAND_BYTES = 16 * 2**20
 """Size of one band of upsampled masks (Q x rows x Wp float32): about 16 MB keeps a band in
@@ -110,9 +116,10 @@ def full_resolution_semantic(pred_logits: torch.Tensor, pred_masks: torch.Tensor
     if band_rows is None:
         band_rows = BAND_BYTES // (q * w * scale * pred_masks.element_size())
     band_rows = max(scale, band_rows - band_rows % scale)
-    bands = [official_semantic_inference(pred_logits, upsample_rows(pred_masks, (r, min(r + band_rows, hp)), scale),
-                                         refine_ids, keep_threshold)
-             for r in range(0, hp, band_rows)]
+    bands = []
+    for r in range(0, hp, band_rows):
+        masks = upsample_rows(pred_masks, (r, min(r + band_rows, hp)), scale)
+        bands.append(official_semantic_inference(pred_logits, masks, refine_ids, keep_threshold))
     return torch.cat(bands, dim=1)
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import golden_path
+
 from m2a_pipe.config import ModelConfig, preset
 from m2a_pipe.model.checkpoint import (
     FORMAT,

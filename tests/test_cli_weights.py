@@ -7,16 +7,13 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import golden_path
+
 from m2a_pipe.cli import cli
 from m2a_pipe.config import preset
 from m2a_pipe.model.checkpoint import load_weights, read_state_dict, sha256_file
 from m2a_pipe.model.mask2anomaly import build_model
 from m2a_pipe.model.registry import REGISTRY, WeightsEntry, register
-
-
-
 
 
 def run(*args: str):

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import golden_dir
+
 from m2a_pipe import instances as I
 
 ON, OFF = 12.0, -12.0  # mask logits: sigmoid ~ 1 / ~ 0

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import assert_close
 from PIL import Image
 
-from conftest import assert_close
 from m2a_pipe.inference import Predictor, full_resolution_semantic
 from m2a_pipe.preprocess import resize_uint8, shortest_edge_size
 from m2a_pipe.scoring import official_semantic_inference, upsample_masks

@@ -9,8 +9,8 @@ import dataclasses
 
 import pytest
 import torch
-
 from conftest import assert_close
+
 from m2a_pipe.model.checkpoint import load_into
 from m2a_pipe.model.mask2anomaly import build_model
 from m2a_pipe.model.transformer_decoder import plain_state_dict_from_gma

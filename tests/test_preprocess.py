@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
+from conftest import golden_dir
 from PIL import Image
 
-from conftest import golden_dir
 from m2a_pipe.config import PIXEL_MEAN_RGB, PIXEL_STD_RGB
-from m2a_pipe.preprocess import (normalize_and_pad, padded_size, resize_uint8, shortest_edge_size,
-                                 to_chw_tensor)
-
-
-
+from m2a_pipe.preprocess import normalize_and_pad, padded_size, resize_uint8, shortest_edge_size, to_chw_tensor
 
 
 @pytest.mark.parametrize("hw, expected", [

@@ -7,14 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import golden_dir
+
 from m2a_pipe import scoring as S
 from m2a_pipe.config import CITYSCAPES_REFINE_IDS
-
-
-
-
 
 # -- independent numpy references (explicit loops) --------------------------------------
 

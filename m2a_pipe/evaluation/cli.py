@@ -14,10 +14,9 @@ from m2a_pipe.evaluation.pixel import AP_CONVENTIONS, DEFAULT_MAX_EXACT_PIXELS
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
+    from m2a_pipe.config import ConfigError
     from m2a_pipe.evaluation.datasets import DatasetError
     from m2a_pipe.evaluation.inputs import EvaluationInputError
-
-    from m2a_pipe.config import ConfigError
     from m2a_pipe.model.checkpoint import CheckpointError
     from m2a_pipe.model.registry import WeightsError
 

@@ -77,7 +77,10 @@ def pq_image(gt: np.ndarray, gt_segments: list[dict], pred: np.ndarray, pred_seg
     inter = {(int(k // OFFSET), int(k % OFFSET)): int(c) for k, c in zip(keys, counts)}
 
     stats: dict[int, CategoryStat] = {}
-    stat = lambda cat: stats.setdefault(int(cat), CategoryStat())
+
+    def stat(cat: int) -> CategoryStat:
+        return stats.setdefault(int(cat), CategoryStat())
+
     gt_matched, pred_matched = set(), set()
     for (g, p), n in inter.items():
         if g not in gt_info or p not in pred_info:

@@ -110,7 +110,8 @@ class OpenSetItem:
                 sem = np.array(im)
         for name, arr in ((self.scores, scores), (self.semantic, sem)):
             if arr.shape != gt.shape:
-                raise EvaluationInputError(f"{name}: size {arr.shape} does not match label {self.label.name} {gt.shape}")
+                raise EvaluationInputError(
+                    f"{name}: size {arr.shape} does not match label {self.label.name} {gt.shape}")
         if not np.isfinite(scores).all():
             raise EvaluationInputError(f"{self.scores}: scores contain NaN or infinite values")
         return gt, sem.astype(np.int64), scores
@@ -160,7 +161,9 @@ def evaluate_open_set(items: list[OpenSetItem], num_known: int, *, threshold: fl
     (Sec. 7.4).
     """
     if threshold is not None or calibration:
-        thr = threshold if threshold is not None else calibrate_threshold(_anomalous_scores(calibration, num_known), tpr)
+        thr = threshold
+        if thr is None:
+            thr = calibrate_threshold(_anomalous_scores(calibration, num_known), tpr)
         return _open_report(_evaluate_open(items, num_known, thr), class_names)
     subsets = sorted({item.subset for item in items})
     if len(subsets) < 2:

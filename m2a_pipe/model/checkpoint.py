@@ -427,7 +427,8 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Mode
     """(state dict, config, metadata) of an m2a-pipe safetensors file."""
     path = Path(path)
     if path.suffix.lower() not in SAFETENSORS_SUFFIXES:
-        raise CheckpointError(f"{path}: load_weights reads .safetensors files; use read_state_dict for {path.suffix or 'this file'}")
+        raise CheckpointError(f"{path}: load_weights reads .safetensors files; "
+                              f"use read_state_dict for {path.suffix or 'this file'}")
     cfg, meta = read_metadata(path)
     return read_state_dict(path), cfg, meta
 

@@ -19,7 +19,6 @@ Module and parameter names follow the official code, so official checkpoints loa
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
