@@ -388,3 +388,18 @@ def test_golden_safetensors_round_trip(golden, tmp_path):
     assert got_cfg == cfg
     assert meta["source_sha256"] == json.loads((folder / "config.json").read_text())["checkpoint"]["sha256"]
     assert math.prod(got_sd["criterion.empty_weight"].shape) == cfg.num_classes + 1
+
+
+def test_float16_storage_halves_the_file_and_loads_back(small_model, tmp_path):
+    full = save_weights(small_model, None, tmp_path / "full.safetensors")
+    half = save_weights(small_model, None, tmp_path / "half.safetensors", float_dtype=torch.float16)
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    sd, cfg, _ = load_weights(half)
+    assert sd["backbone.stem.conv1.weight"].dtype == torch.float16
+    assert sd["backbone.stem.conv1.norm.num_batches_tracked"].dtype == torch.int64
+    model = load_model(half)
+    for key, value in small_model.state_dict().items():
+        got = model.state_dict()[key]
+        assert got.dtype == value.dtype, key
+        if value.is_floating_point():
+            torch.testing.assert_close(got, value, atol=2e-3, rtol=1e-3)

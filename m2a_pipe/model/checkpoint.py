@@ -340,12 +340,15 @@ def load_into(model: nn.Module, state_dict: Mapping[str, Any], source: str = "<s
 
 def save_weights(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
                  cfg: ModelConfig | None, path: str | os.PathLike,
-                 metadata: Mapping[str, Any] | None = None) -> Path:
+                 metadata: Mapping[str, Any] | None = None,
+                 float_dtype: torch.dtype | None = None) -> Path:
     """Write weights as safetensors with their config, atomically.
 
     The header metadata holds ``m2a_format`` (:data:`FORMAT`), ``m2a_config``
     (``cfg.to_json()``) and each ``metadata`` entry JSON-encoded. ``cfg`` may be None when
-    a model carrying ``.config`` is given. The file appears complete or not at all.
+    a model carrying ``.config`` is given. ``float_dtype`` (e.g. ``torch.float16``) stores
+    the floating-point tensors in that type to halve the file; loading casts them back to
+    the model's dtype. The file appears complete or not at all.
     """
     from safetensors.torch import save_file
 
@@ -365,7 +368,12 @@ def save_weights(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
             header[str(key)] = json.dumps(value, sort_keys=True)
         except TypeError as err:
             raise CheckpointError(f"metadata {key!r} is not JSON-serialisable: {err}") from None
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    tensors = {}
+    for key, value in state_dict.items():
+        value = value.detach().to("cpu")
+        if float_dtype is not None and value.is_floating_point():
+            value = value.to(float_dtype)
+        tensors[key] = value.contiguous().clone()
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
