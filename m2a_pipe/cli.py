@@ -209,8 +209,11 @@ def bench_model_cmd(preset_name: str, size: tuple[int, int], device: str, batch:
 
 def _register_subgroups() -> None:
     from m2a_pipe.evaluation.cli import evaluate
+    from m2a_pipe.synth.cli import synth
+    from m2a_pipe.training.cli import train
 
-    cli.add_command(evaluate)
+    for group in (evaluate, synth, train):
+        cli.add_command(group)
 
 
 _register_subgroups()

@@ -1,0 +1,115 @@
+"""``m2a-pipe synth``: make synthetic datasets, outlier sources and clips. Parses and delegates."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+_FAMILIES = click.Choice(["eval", "train", "hard", "none"])
+
+
+def _size(value: str) -> tuple[int, int]:
+    from m2a_pipe.synth.sample import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+
+
+@contextmanager
+def _errors():
+    try:
+        yield
+    except (ValueError, OSError) as err:
+        text = str(err).strip()
+        raise click.ClickException(text.splitlines()[0] if text else type(err).__name__) from None
+
+
+@contextmanager
+def _bar(total: int, label: str, quiet: bool):
+    if quiet:
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=label, unit="img", leave=False) as bar:
+        yield bar.update
+
+
+def _positive(ctx, param, value):
+    if value is not None and value <= 0:
+        raise click.BadParameter("must be > 0")
+    return value
+
+
+@click.group()
+def synth() -> None:
+    """Synthetic dashcam world: labelled stills (SMIYC layout), outliers, video clips."""
+
+
+@synth.command("images")
+@click.option("--seed", type=int, required=True, help="Dataset seed; stems are synth_<seed>_<index>.")
+@click.option("--count", type=int, required=True, callback=_positive, help="Number of images.")
+@click.option("--anomalies", type=_FAMILIES, default="eval", show_default=True,
+              help="Anomaly family: eval (evaluation only), train (AnomalyMix source only), hard, none.")
+@click.option("-o", "--out", "out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--size", default="512x256", show_default=True, help="WIDTHxHEIGHT (even).")
+@click.option("--workers", type=int, default=1, show_default=True, callback=_positive, help="Processes.")
+@click.option("--start", type=int, default=0, show_default=True, help="First image index.")
+@click.option("--overwrite", is_flag=True, help="Write into a non-empty folder.")
+@click.option("--quiet", is_flag=True)
+def images(seed, count, anomalies, out, size, workers, start, overwrite, quiet):
+    """Write a still-image dataset: images/, labels_masks/, semantic/, panoptic/, panoptic.json, meta.json."""
+    from m2a_pipe.synth.dataset import write_image_dataset
+
+    wh = _size(size)
+    t0 = time.perf_counter()
+    with _errors(), _bar(count, "synth images", quiet) as progress:
+        write_image_dataset(out, seed, count, anomalies, wh, workers=workers, start=start, overwrite=overwrite,
+                            progress=progress)
+    dt = time.perf_counter() - t0
+    if not quiet:
+        click.echo(f"{count} images ({anomalies}) {wh[0]}x{wh[1]} -> {out} in {dt:.1f} s ({count / dt:.1f} img/s)")
+
+
+@synth.command("outliers")
+@click.option("--seed", type=int, required=True)
+@click.option("--count", type=int, required=True, callback=_positive)
+@click.option("-o", "--out", "out", type=click.Path(path_type=Path), required=True,
+              help="Output folder (cut-outs go to OUT/outliers/).")
+@click.option("--workers", type=int, default=1, show_default=True, callback=_positive)
+@click.option("--overwrite", is_flag=True)
+@click.option("--quiet", is_flag=True)
+def outliers(seed, count, out, workers, overwrite, quiet):
+    """Write RGBA cut-outs of the train anomaly family (the AnomalyMix outlier source)."""
+    from m2a_pipe.synth.dataset import write_outliers
+
+    with _errors(), _bar(count, "synth outliers", quiet) as progress:
+        write_outliers(out, seed, count, workers=workers, overwrite=overwrite, progress=progress)
+    if not quiet:
+        click.echo(f"{count} outliers -> {out / 'outliers'}")
+
+
+@synth.command("video")
+@click.option("--seed", type=int, required=True)
+@click.option("--seconds", type=float, required=True, callback=_positive)
+@click.option("--fps", type=float, required=True, callback=_positive)
+@click.option("-o", "--out", "out", type=click.Path(path_type=Path), required=True, help="CLIP.mp4")
+@click.option("--size", default="640x320", show_default=True, help="WIDTHxHEIGHT (even).")
+@click.option("--anomalies", type=_FAMILIES, default="eval", show_default=True)
+@click.option("--crf", type=click.IntRange(0, 51), default=28, show_default=True, help="x264 quality.")
+@click.option("--quiet", is_flag=True)
+def video(seed, seconds, fps, out, size, anomalies, crf, quiet):
+    """Write an H.264 clip with CLIP.gt.h5 (per-frame masks, track ids) and CLIP.tracks.json."""
+    from m2a_pipe.synth.video import write_video
+
+    wh = _size(size)
+    with _errors(), _bar(max(1, round(seconds * fps)), "synth video", quiet) as progress:
+        summary = write_video(out, seed, seconds, fps, wh, anomalies, crf=crf, progress=progress)
+    if not quiet:
+        click.echo(f"{summary['frames']} frames -> {out} ({summary['bytes'] / 1e6:.2f} MB), "
+                   f"{len(summary['tracks'])} anomaly tracks")

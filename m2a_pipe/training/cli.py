@@ -1,0 +1,53 @@
+"""``m2a-pipe train``: run a training recipe (register with ``cli.add_command(train)``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.group()
+def train() -> None:
+    """Train Mask2Anomaly: stage 1 (closed set) and stage 2 (outlier fine-tuning)."""
+
+
+@train.command("run")
+@click.argument("recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--data", "data", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Training data folder (replaces the recipe's data.root).")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default: runs/<recipe name>).")
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --out.")
+@click.option("--device", default="auto", show_default=True,
+              type=click.Choice(["auto", "cpu", "cuda"]), help="Training device.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None,
+              help="Stop after this step (the schedule still spans the recipe's max_steps).")
+@click.option("--init", "init", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Initial weights (replaces the recipe's init_weights; stage 2 from stage 1).")
+@click.option("--val", "val", type=click.Path(file_okay=False), default=None,
+              help="Validation folder (images/ + labels_masks/), replaces the recipe's val.root.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def run(recipe: Path, data: Path | None, out: Path | None, resume: bool, device: str,
+        max_steps: int | None, init: str | None, val: str | None, quiet: bool) -> None:
+    """Train with RECIPE.json (see train/README.md)."""
+    from m2a_pipe.config import ConfigError
+    from m2a_pipe.evaluation.datasets import DatasetError
+    from m2a_pipe.model.checkpoint import CheckpointError
+    from m2a_pipe.training.recipes import Recipe
+    from m2a_pipe.training.trainer import Trainer
+
+    try:
+        r = Recipe.load(recipe)
+        if init:
+            r.init_weights = init
+        if val:
+            r.val = {**(r.val or {"every": 0}), "root": val}
+        trainer = Trainer(r, out or Path("runs") / r.name, data_root=data, device=device,
+                          resume=resume, max_steps=max_steps, progress=not quiet)
+        summary = trainer.run()
+    except (ConfigError, DatasetError, CheckpointError, OSError) as err:
+        text = str(err).strip()
+        raise click.ClickException(text.splitlines()[0] if text else type(err).__name__) from None
+    click.echo(json.dumps(summary, default=str))
