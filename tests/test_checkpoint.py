@@ -30,7 +30,7 @@ from m2a_pipe.model.checkpoint import (
 from m2a_pipe.model.mask2anomaly import build_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-KEYS_MANIFEST = REPO_ROOT.parent / "shared" / "golden" / "keys_r50_cityscapes.json"
+KEYS_MANIFEST = golden_path().parent / "keys_r50_cityscapes.json"  # beside the golden folder
 
 
 

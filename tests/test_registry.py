@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import golden_dir
 
 from m2a_pipe.config import ConfigError, ModelConfig, preset
 from m2a_pipe.model import registry
@@ -142,10 +142,7 @@ def test_resolve_config_sources(tmp_path):
 
 
 def test_resolve_config_reference_json():
-    env = os.environ.get("M2A_GOLDEN_DIR")
-    folder = Path(env) if env else REPO_ROOT.parent / "shared" / "golden" / "golden_a"
-    ref = (folder if folder.is_absolute() else REPO_ROOT / folder) / "config.json"
-    if not ref.is_file():
-        pytest.skip("golden config.json not found")
+    ref = golden_dir() / "config.json"
     assert resolve_config(ref) == ModelConfig.from_reference_json(ref)
-    assert resolve_config(ref).decoder.num_queries == 20
+    stated = json.loads(ref.read_text())["architecture"]["transformer_decoder"]["num_queries"]
+    assert resolve_config(ref).decoder.num_queries == stated
