@@ -17,7 +17,7 @@ def test_images_and_errors(tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads((out / "meta.json").read_text())["anomalies"] == "hard"
     res = runner.invoke(synth, ["images", "--seed", "1", "--count", "2", "-o", str(out), "--quiet"])
-    assert res.exit_code == 1 and "not empty" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 1 and "already holds" in res.output and "Traceback" not in res.output
     res = runner.invoke(synth, ["images", "--seed", "1", "--count", "2", "-o", str(tmp_path / "x"),
                                 "--size", "12x7"])
     assert res.exit_code == 1 and "Error: size 12x7" in res.output and len(res.output.strip().splitlines()) == 1

@@ -89,10 +89,14 @@ def test_parallel_equals_serial(tmp_path):
     assert (tmp_path / "a" / "panoptic.json").read_text() == (tmp_path / "b" / "panoptic.json").read_text()
 
 
-def test_refuses_non_empty_folder(dataset):
+def test_refuses_to_overwrite_but_outliers_join_a_dataset(dataset):
     out, _ = dataset
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(FileExistsError, match="already holds images"):
         write_image_dataset(out, seed=1, count=1, size=SIZE)
+    write_outliers(out, seed=1, count=2)  # the trainer reads <dataset>/outliers
+    assert len(list((out / "outliers").glob("*.png"))) == 2
+    with pytest.raises(FileExistsError, match="already holds outliers"):
+        write_outliers(out, seed=1, count=2)
 
 
 def test_outliers(tmp_path):

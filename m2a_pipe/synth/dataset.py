@@ -97,11 +97,15 @@ def _run(fn: Callable, jobs: list, workers: int, progress: Callable[[int], None]
             yield res
 
 
-def _prepare(out: Path, subdirs: tuple[str, ...], overwrite: bool) -> None:
+def _prepare(out: Path, subdirs: tuple[str, ...], overwrite: bool, files: tuple[str, ...] = ()) -> None:
+    """Create the sub-folders; refuse (unless ``overwrite``) when any of them or of ``files``
+    already holds data, so outliers can be written into an existing dataset folder."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out}: folder is not empty (use --overwrite to write into it)")
+    taken = [sub for sub in subdirs if (out / sub).is_dir() and any((out / sub).iterdir())]
+    taken += [name for name in files if (out / name).exists()]
+    if taken and not overwrite:
+        raise FileExistsError(f"{out}: already holds {', '.join(taken)} (use --overwrite to write into it)")
     for sub in subdirs:
         (out / sub).mkdir(parents=True, exist_ok=True)
 
@@ -116,7 +120,8 @@ def write_image_dataset(out_dir, seed: int, count: int, anomalies: str = "eval",
         raise ValueError(f"count must be >= 1, got {count}")
     width, height = parse_size(size)
     out = Path(out_dir)
-    _prepare(out, ("images", "labels_masks", "semantic", "panoptic"), overwrite)
+    _prepare(out, ("images", "labels_masks", "semantic", "panoptic"), overwrite,
+             ("meta.json", "panoptic.json"))
     jobs = [(str(out), int(seed), i, (width, height), anomalies) for i in range(start, start + count)]
     results = sorted(_run(_write_one, jobs, workers, progress), key=lambda r: r["index"])
     panoptic = {
@@ -181,7 +186,7 @@ def write_outliers(out_dir, seed: int, count: int, *, workers: int = 1, overwrit
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     out = Path(out_dir)
-    _prepare(out, ("outliers",), overwrite)
+    _prepare(out, ("outliers",), overwrite, ("outliers_meta.json",))
     jobs = [(str(out), int(seed), k) for k in range(count)]
     results = sorted(_run(_write_outlier, jobs, workers, progress), key=lambda r: r["k"])
     meta = {"generator": GENERATOR, "version": FORMAT_VERSION, "seed": int(seed), "count": count,
