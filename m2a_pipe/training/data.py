@@ -34,6 +34,7 @@ from m2a_pipe.evaluation.datasets import (
     STREETHAZARDS_NUM_KNOWN,
     STREETHAZARDS_SEMANTIC,
     DatasetError,
+    read_image,
     read_panoptic_png,
 )
 
@@ -56,14 +57,6 @@ class TrainSample:
     segments: np.ndarray | None = None
     segment_classes: dict[int, int] = field(default_factory=dict)
     ood: np.ndarray | None = None
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))
-    except (OSError, ValueError) as err:
-        raise DatasetError(f"{path}: cannot read image ({err})") from None
 
 
 def read_gray(path: Path) -> np.ndarray:
@@ -105,7 +98,7 @@ class SemanticFolder:
         semantic = read_gray(self._semantic(image)).astype(np.uint8)
         ood_path = self.root / "labels_masks" / self._rel(image)
         ood = read_gray(ood_path).astype(np.uint8) if ood_path.is_file() else None
-        return TrainSample(read_rgb(image), semantic=semantic, ood=ood)
+        return TrainSample(read_image(image), semantic=semantic, ood=ood)
 
 
 class CityscapesSemantic:
@@ -131,7 +124,7 @@ class CityscapesSemantic:
 
     def load(self, i: int) -> TrainSample:
         image, label = self.pairs[i]
-        return TrainSample(read_rgb(image), semantic=read_gray(label).astype(np.uint8))
+        return TrainSample(read_image(image), semantic=read_gray(label).astype(np.uint8))
 
 
 class StreetHazardsSemantic:
@@ -162,7 +155,7 @@ class StreetHazardsSemantic:
         sem = self.lut[raw]
         if (sem < 0).any():
             raise DatasetError(f"{label}: values {np.unique(raw[sem < 0])[:8].tolist()} not in the StreetHazards map")
-        return TrainSample(read_rgb(image), semantic=sem.astype(np.uint8))
+        return TrainSample(read_image(image), semantic=sem.astype(np.uint8))
 
 
 class CocoPanoptic:
@@ -202,7 +195,7 @@ class CocoPanoptic:
         ids = read_panoptic_png(png).astype(np.int32)
         classes = {int(s["id"]): self.contiguous[int(s["category_id"])] for s in segments
                    if int(s["category_id"]) in self.contiguous and not s.get("iscrowd", 0)}
-        return TrainSample(read_rgb(image), segments=ids, segment_classes=classes)
+        return TrainSample(read_image(image), segments=ids, segment_classes=classes)
 
 
 # --------------------------------------------------------------------------------------
@@ -308,7 +301,7 @@ class CocoInstanceOutliers:
 
     def cutout(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         path, info, ann = self.items[i]
-        rgb = read_rgb(path)
+        rgb = read_image(path)
         mask = decode_segmentation(ann["segmentation"], int(info["height"]), int(info["width"]))
         return crop_to_mask(rgb, mask)
 
