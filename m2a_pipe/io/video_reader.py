@@ -1,0 +1,509 @@
+"""Decoding edge of the pipeline: one video file in, upright RGB frames out (PyAV).
+
+:class:`VideoReader` opens a file, decodes its first frame at once (so that a file that cannot
+give a single frame fails at open, and so that the rotation and displayed size are known),
+then yields :class:`Frame` objects one at a time. Damaged data does not stop it: packets that
+fail to demux or decode are counted in ``errors`` and skipped, and decoding goes on until the
+end of the file or until ``max_consecutive_errors`` failures in a row. ``partial_reason`` then
+says, on one line, why the result is incomplete.
+
+Every failure to open is a :class:`VideoError` whose text is one line: ``"<path>: <reason>"``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+
+DEFAULT_FPS = 30.0
+TS_PACKET_BYTES = 188          # MPEG-TS packet size
+M2TS_PACKET_BYTES = 192        # Blu-ray / AVCHD transport packet (4-byte timecode + 188)
+TS_SUFFIXES = (".ts", ".mts", ".m2ts", ".m2t", ".tsv", ".tts")
+MP4_FORMAT_NAMES = ("mov", "mp4")
+MP4_TOP_LEVEL_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"uuid", b"meta", b"pnot",
+                       b"udta", b"moof", b"mfra", b"styp", b"sidx", b"pdin", b"junk", b"prfl", b"PICT"}
+MP4_BOX_SCAN_LIMIT = 10_000    # top-level boxes inspected before giving up
+PTS_EPSILON_S = 1e-6           # tolerance when comparing timestamps to sample times
+EARLY_END_MIN_S = 1.0          # a stream may end this much before its announced duration unflagged ...
+EARLY_END_FRACTION = 0.1       # ... or this fraction of it, whichever is larger
+MAX_REASON_CHARS = 300         # error messages are clipped to this many characters
+
+
+class VideoError(Exception):
+    """A video that cannot be read.
+
+    ``str(err)`` is one line, ``"<path>: <reason>"``, e.g.
+    ``"clips/a.mp4: not a video (no video stream)"``.
+
+    Attributes:
+        path: the file as given (str).
+        reason: why it cannot be read, one line.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = str(path)
+        self.reason = _one_line(reason)
+        super().__init__(f"{self.path}: {self.reason}")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What is known about a video once it is opened.
+
+    ``width``/``height`` are the displayed size, after ``rotation``; ``rotation`` is the
+    clockwise angle in degrees (0, 90, 180 or 270) applied to decoded pictures to make them
+    upright (the convention of the legacy ``rotate`` tag that phones write).
+    ``n_frames`` is the container's estimate (the MP4 index count, else duration * fps),
+    ``None`` if unknown; the true count is :attr:`VideoReader.n_decoded` after iteration.
+    """
+
+    path: str
+    width: int
+    height: int
+    fps: float
+    n_frames: int | None
+    duration_s: float | None
+    rotation: int
+    codec: str
+    container: str
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded video frame.
+
+    Attributes:
+        index: 0-based position among all decoded video frames of the file (before sampling).
+        pts_s: presentation time in seconds (stream timestamps, not shifted to start at 0).
+        image: (H, W, 3) uint8 RGB, upright (rotation applied), C-contiguous.
+    """
+
+    index: int
+    pts_s: float
+    image: np.ndarray
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Open ``path``, decode its first frame and return its :class:`VideoInfo`.
+
+    Raises:
+        VideoError: the file cannot be read or holds no decodable video frame.
+    """
+    with VideoReader(path) as reader:
+        return reader.info
+
+
+class VideoReader:
+    """Frames of one video file, decoded with PyAV (frame-threaded), one at a time.
+
+    Args:
+        path: the video file.
+        sample_fps: keep at most one frame per 1/sample_fps seconds: the first frame whose
+            pts is at or after ``t0 + k / sample_fps`` (t0 = first frame's pts, k = 0, 1, ...);
+            evenly spaced samples even for variable-frame-rate input.
+        stride: keep every ``stride``-th decoded frame (``index % stride == 0``).
+        max_consecutive_errors: stop decoding after this many demux/decode failures in a row.
+        threads: decoder threads, 0 for FFmpeg's automatic choice.
+
+    ``sample_fps`` and ``stride`` (other than 1) exclude each other.
+
+    Raises:
+        VideoError: at construction, for a file that cannot be read (missing, unreadable, not a
+            video, no video stream, MP4 index missing, no decodable frame).
+        ValueError: invalid arguments.
+
+    After iteration:
+        errors: list[str], the demux/decode problems met, one line each.
+        partial_reason: None if the whole file decoded, else one line saying why frames were lost.
+        n_decoded: video frames decoded (before sampling).
+
+    The reader is iterable once and is a context manager.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, sample_fps: float | None = None, stride: int = 1,
+                 max_consecutive_errors: int = 25, threads: int = 0) -> None:
+        if sample_fps is not None and stride != 1:
+            raise ValueError("give either sample_fps or stride, not both")
+        if sample_fps is not None and not (sample_fps > 0 and math.isfinite(sample_fps)):
+            raise ValueError(f"sample_fps must be a positive number, got {sample_fps!r}")
+        if int(stride) != stride or stride < 1:
+            raise ValueError(f"stride must be an integer >= 1, got {stride!r}")
+        if int(max_consecutive_errors) != max_consecutive_errors or max_consecutive_errors < 1:
+            raise ValueError(f"max_consecutive_errors must be an integer >= 1, got {max_consecutive_errors!r}")
+        if int(threads) != threads or threads < 0:
+            raise ValueError(f"threads must be an integer >= 0, got {threads!r}")
+        self.path = str(path)
+        self.sample_fps = None if sample_fps is None else float(sample_fps)
+        self.stride = int(stride)
+        self.max_consecutive_errors = int(max_consecutive_errors)
+        self.errors: list[str] = []
+        self.partial_reason: str | None = None
+        self.n_decoded = 0
+        self._stopped_on_errors = False
+        self._first_pts_s: float | None = None
+        self._last_pts_s: float | None = None
+        self._iterated = False
+        self._container = _open_container(self.path)
+        try:
+            self._stream = _video_stream(self.path, self._container)
+            ctx = self._stream.codec_context
+            ctx.thread_type = "AUTO"
+            ctx.thread_count = int(threads)
+            self._raw = self._decode_frames()
+            first = next(self._raw, None)
+            if first is None:
+                raise VideoError(self.path, self._no_frame_reason())
+            self._first = first
+            self.info = self._make_info(first)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- public --------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Frame]:
+        if self._iterated:
+            raise RuntimeError("a VideoReader can be iterated only once; open a new one")
+        self._iterated = True
+        return self._frames()
+
+    def close(self) -> None:
+        """Release the file. Safe to call more than once."""
+        container = getattr(self, "_container", None)
+        if container is not None:
+            self._container = None
+            raw = getattr(self, "_raw", None)
+            if raw is not None:
+                raw.close()
+            container.close()
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- frames --------------------------------------------------------------------------
+
+    def _frames(self) -> Iterator[Frame]:
+        """Converted, sampled frames; sets ``partial_reason`` when the file has been read to its end."""
+        info = self.info
+        k_rot = (-info.rotation // 90) % 4          # np.rot90 turns counter-clockwise
+        stored_w, stored_h = (info.height, info.width) if k_rot % 2 else (info.width, info.height)
+        step_s = 1.0 / info.fps if info.fps > 0 else 1.0 / DEFAULT_FPS
+        pts_s: float | None = None
+        t0: float | None = None
+        next_slot = 0
+        index = -1
+        raw = self._raw
+        frame = self._first
+        self._first = None
+        while frame is not None:
+            index += 1
+            time = frame.time
+            pts_s = float(time) if time is not None else (0.0 if pts_s is None else pts_s + step_s)
+            keep = index % self.stride == 0
+            if self.sample_fps is not None:
+                if t0 is None:
+                    t0 = pts_s
+                keep = pts_s + PTS_EPSILON_S >= t0 + next_slot / self.sample_fps
+                if keep:
+                    next_slot = math.floor((pts_s - t0) * self.sample_fps + PTS_EPSILON_S) + 1
+            if self._first_pts_s is None:
+                self._first_pts_s = pts_s
+            self._last_pts_s = pts_s
+            if keep:
+                yield Frame(index=index, pts_s=pts_s, image=_to_rgb(frame, stored_w, stored_h, k_rot))
+            frame = next(raw, None)
+        self.partial_reason = self._partial_reason()
+
+    def _decode_frames(self) -> Iterator[av.VideoFrame]:
+        """Decoded frames of the video stream, in presentation order, skipping packets that fail.
+
+        A failure of the demuxer (reading the file) or of the decoder is recorded in
+        ``errors``; ``max_consecutive_errors`` failures without a decoded frame in between
+        end decoding. Packets and frames FFmpeg flags as corrupt are recorded too.
+        """
+        container, stream = self._container, self._stream
+        consecutive = 0
+        at_end = False
+        while not at_end:
+            packets = container.demux(stream)
+            while True:
+                try:
+                    packet = next(packets)
+                except StopIteration:
+                    at_end = True
+                    break
+                except av.error.FFmpegError as err:
+                    # The demux generator is finished after raising: start a new one, which
+                    # resumes reading where the file position is.
+                    self.errors.append(f"demux: {_ffmpeg_message(err)}")
+                    consecutive += 1
+                    break
+                if packet.is_corrupt:
+                    self.errors.append(f"corrupt packet at {_packet_time(packet)} (damaged or missing data)")
+                try:
+                    frames = packet.decode()
+                except av.error.FFmpegError as err:
+                    self.errors.append(f"decode at {_packet_time(packet)}: {_ffmpeg_message(err)}")
+                    consecutive += 1
+                    if consecutive >= self.max_consecutive_errors:
+                        break
+                    continue
+                for frame in frames:
+                    consecutive = 0
+                    self.n_decoded += 1
+                    if frame.is_corrupt:
+                        self.errors.append(f"corrupt frame at {_frame_time(frame)} (decoded with errors)")
+                    yield frame
+            if consecutive >= self.max_consecutive_errors and not at_end:
+                self._stopped_on_errors = True
+                return
+
+    # -- reasons and info ----------------------------------------------------------------
+
+    def _no_frame_reason(self) -> str:
+        if self._stopped_on_errors:
+            return (f"no decodable video frame (stopped after {self.max_consecutive_errors} consecutive "
+                    f"errors, last: {self.errors[-1]})")
+        if self.errors:
+            return f"no decodable video frame ({_count(len(self.errors), 'error')}, last: {self.errors[-1]})"
+        return "no decodable video frame"
+
+    def _partial_reason(self) -> str | None:
+        """One line on what was lost, or None when the whole file decoded cleanly."""
+        parts = []
+        truncated = _ts_truncation(self.path, self.info.container)
+        if truncated:
+            parts.append(truncated)
+        index_frames = self._stream.frames
+        is_mp4 = self.info.container.startswith(MP4_FORMAT_NAMES)
+        if index_frames and self.n_decoded < index_frames and is_mp4:
+            missing_bytes = _mp4_missing_bytes(self.path, self._stream)
+            if missing_bytes:
+                parts.append(f"truncated: index lists {index_frames} frames, decoded {self.n_decoded} "
+                             f"(the file ends {missing_bytes} bytes before the data its index points to)")
+            else:
+                parts.append(f"index lists {index_frames} frames, decoded {self.n_decoded}")
+        stream_s = _stream_duration_s(self._stream)
+        if not is_mp4 and stream_s and self._last_pts_s is not None:
+            start_s = self._first_pts_s
+            if self._stream.start_time is not None and self._stream.time_base is not None:
+                start_s = min(start_s, float(self._stream.start_time * self._stream.time_base))
+            covered_s = self._last_pts_s + 1.0 / self.info.fps - start_s
+            if covered_s < stream_s - max(EARLY_END_MIN_S, EARLY_END_FRACTION * stream_s):
+                parts.append(f"stream ends early: decoded {covered_s:.2f} s of the {stream_s:.2f} s "
+                             "the container announces")
+        if self._stopped_on_errors:
+            parts.append(f"stopped after {self.max_consecutive_errors} consecutive decode errors, "
+                         f"last: {self.errors[-1]}")
+        elif self.errors:
+            parts.append(f"{_count(len(self.errors), 'decode error')}, last: {self.errors[-1]}")
+        return _one_line("; ".join(parts)) if parts else None
+
+    def _make_info(self, first: av.VideoFrame) -> VideoInfo:
+        stream, container = self._stream, self._container
+        rotation = (-round(first.rotation / 90) * 90) % 360
+        width, height = (first.height, first.width) if rotation in (90, 270) else (first.width, first.height)
+        duration_s = _stream_duration_s(stream)
+        if duration_s is None and container.duration is not None:
+            duration_s = container.duration / av.time_base
+        if duration_s is not None and not (duration_s > 0 and math.isfinite(duration_s)):
+            duration_s = None
+        fps = _positive_float(stream.average_rate) or _positive_float(stream.guessed_rate)
+        if fps is None and stream.frames and duration_s:
+            fps = stream.frames / duration_s
+        fps = fps or DEFAULT_FPS
+        n_frames = int(stream.frames) if stream.frames else None
+        if n_frames is None and duration_s:
+            n_frames = max(1, round(duration_s * fps))
+        return VideoInfo(path=self.path, width=width, height=height, fps=fps, n_frames=n_frames,
+                         duration_s=duration_s, rotation=rotation, codec=stream.codec_context.name,
+                         container=container.format.name)
+
+
+# -- opening ----------------------------------------------------------------------------------
+
+
+def _open_container(path: str) -> av.container.InputContainer:
+    """The opened input container, or a one-line VideoError saying why not."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except FileNotFoundError:
+        raise VideoError(path, "file not found") from None
+    except IsADirectoryError:
+        raise VideoError(path, "is a directory, not a video file") from None
+    except PermissionError:
+        raise VideoError(path, "permission denied (cannot read the file)") from None
+    except OSError as err:
+        raise VideoError(path, f"cannot read the file ({err.strerror or err})") from None
+    if not head:
+        raise VideoError(path, "empty file (0 bytes)")
+    try:
+        return av.open(path, mode="r", metadata_errors="replace")
+    except av.error.FFmpegError as err:
+        raise VideoError(path, _open_failure_reason(path, err)) from None
+    except (UnicodeDecodeError, ValueError) as err:
+        raise VideoError(path, f"cannot open ({type(err).__name__}: {err})") from None
+
+
+def _open_failure_reason(path: str, err: av.error.FFmpegError) -> str:
+    boxes = _mp4_top_level_boxes(path)
+    if boxes and b"moov" not in boxes:
+        return ("MP4 index (moov atom) is missing: the file was probably cut off while recording "
+                "(e.g. power loss) and cannot be decoded without the index "
+                "(a repair tool that rebuilds the index from a good file of the same camera may help)")
+    if boxes:
+        return f"cannot read the MP4 index (moov atom): {_ffmpeg_message(err)}"
+    if isinstance(err, av.error.EOFError):
+        return "truncated or not a video (the file ends before its container header is complete)"
+    if isinstance(err, av.error.InvalidDataError):
+        return "not a video (FFmpeg recognises no container format in it)"
+    return f"cannot open ({_ffmpeg_message(err)})"
+
+
+def _mp4_top_level_boxes(path: str) -> list[bytes]:
+    """Types of the top-level ISO-BMFF (MP4/MOV) boxes, in file order; [] if the file is not MP4-like.
+
+    The walk stops at the end of the file, at a box that claims to extend past it (a file cut
+    while recording), or at bytes that are not a box header.
+    """
+    boxes: list[bytes] = []
+    try:
+        size_bytes = os.path.getsize(path)
+        with open(path, "rb") as f:
+            pos = 0
+            while pos + 8 <= size_bytes and len(boxes) < MP4_BOX_SCAN_LIMIT:
+                f.seek(pos)
+                header = f.read(16)
+                box_size, box_type = struct.unpack(">I4s", header[:8])
+                if box_type not in MP4_TOP_LEVEL_BOXES:
+                    break
+                boxes.append(box_type)
+                if box_size == 1 and len(header) == 16:
+                    box_size = struct.unpack(">Q", header[8:16])[0]
+                elif box_size == 0:  # box runs to the end of the file
+                    break
+                if box_size < 8:
+                    break
+                pos += box_size
+    except OSError:
+        return []
+    if not boxes or boxes[0] not in (b"ftyp", b"wide", b"free", b"skip", b"mdat", b"moov"):
+        return []
+    return boxes
+
+
+def _video_stream(path: str, container: av.container.InputContainer) -> av.video.stream.VideoStream:
+    """The first video stream that is not an attached picture (cover art)."""
+    video = [s for s in container.streams.video
+             if not (s.disposition & av.stream.Disposition.attached_pic)]
+    if not video:
+        kinds = sorted({s.type for s in container.streams})
+        found = f"only {', '.join(kinds)}" if kinds else "no streams at all"
+        if container.streams.video:
+            found = "only a cover picture"
+        raise VideoError(path, f"not a video (no video stream; {found})")
+    stream = video[0]
+    if stream.codec_context is None:
+        raise VideoError(path, f"unsupported video codec '{stream.codec.name if stream.codec else '?'}' "
+                               "(no decoder in this FFmpeg build)")
+    return stream
+
+
+# -- small helpers ----------------------------------------------------------------------------
+
+
+def _to_rgb(frame: av.VideoFrame, stored_w: int, stored_h: int, k_rot: int) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, upright, C-contiguous; frames whose size changed mid-stream are
+    scaled back to the first frame's (stored) size."""
+    if frame.width == stored_w and frame.height == stored_h:
+        rgb = frame.to_ndarray(format="rgb24")
+    else:
+        rgb = frame.to_ndarray(format="rgb24", width=stored_w, height=stored_h)
+    if k_rot:
+        rgb = np.rot90(rgb, k_rot)
+    return np.ascontiguousarray(rgb)
+
+
+def _ts_truncation(path: str, container_name: str) -> str | None:
+    """For an MPEG-TS file whose size is not a whole number of transport packets, a reason
+    saying it was cut mid-packet (what a recording cut by power loss looks like)."""
+    if container_name != "mpegts" and not path.lower().endswith(TS_SUFFIXES):
+        return None
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return None
+    if size % TS_PACKET_BYTES and size % M2TS_PACKET_BYTES:
+        return (f"truncated: the file ends inside a {TS_PACKET_BYTES}-byte transport packet "
+                f"({size} bytes), the recording was cut off")
+    return None
+
+
+def _mp4_missing_bytes(path: str, stream: av.video.stream.VideoStream) -> int:
+    """How many bytes of the samples the MP4 index lists lie past the end of the file (0 if none)."""
+    try:
+        end = max((entry.pos + entry.size for entry in stream.index_entries), default=0)
+        return max(0, end - os.path.getsize(path))
+    except (OSError, AttributeError):
+        return 0
+
+
+def _stream_duration_s(stream: av.video.stream.VideoStream) -> float | None:
+    """The stream's own duration in seconds: its header value, else Matroska's per-stream
+    ``DURATION`` tag ("HH:MM:SS.nnnnnnnnn"); None if unknown."""
+    if stream.duration is not None and stream.time_base is not None:
+        return _positive_float(stream.duration * stream.time_base)
+    tag = next((v for k, v in stream.metadata.items() if k.upper() == "DURATION"), None)
+    if tag:
+        try:
+            hours, minutes, seconds = tag.strip().split(":")
+            return _positive_float(int(hours) * 3600 + int(minutes) * 60 + float(seconds))
+        except ValueError:
+            return None
+    return None
+
+
+def _positive_float(value: Fraction | float | None) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if value > 0 and math.isfinite(value) else None
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _packet_time(packet: av.Packet) -> str:
+    if packet.size == 0:
+        return "end of stream (decoder flush)"
+    t = packet.pts if packet.pts is not None else packet.dts
+    if t is None or packet.time_base is None:
+        return "unknown time"
+    return f"{float(t * packet.time_base):.3f} s"
+
+
+def _frame_time(frame: av.VideoFrame) -> str:
+    return "unknown time" if frame.time is None else f"{frame.time:.3f} s"
+
+
+def _ffmpeg_message(err: Exception) -> str:
+    """FFmpeg's error text without the errno prefix, e.g. "Invalid data found when processing input"."""
+    text = getattr(err, "strerror", None) or str(err)
+    return _one_line(text)
+
+
+def _one_line(text: str) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."
