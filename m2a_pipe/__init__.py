@@ -1,3 +1,12 @@
 """m2a-pipe: Mask2Anomaly over dashcam video, on one GPU or a Ray cluster."""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``m2a_pipe.process`` without importing torch at package import."""
+    if name == "process":
+        from m2a_pipe.pipeline import process
+
+        return process
+    raise AttributeError(f"module 'm2a_pipe' has no attribute {name!r}")

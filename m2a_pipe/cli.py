@@ -207,12 +207,42 @@ def bench_model_cmd(preset_name: str, size: tuple[int, int], device: str, batch:
         Path(json_path).write_text(json.dumps(result.to_dict(), indent=1) + "\n")
 
 
+@bench.command("pipeline")
+@click.argument("video", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("-w", "--weights", default="demo", show_default=True, help="Registry name or weights file.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Frames per batch [1 on CPU, 8 on CUDA].")
+@click.option("--threads", type=click.IntRange(min=1), help="Torch CPU threads (default: torch's).")
+@click.option("--short-side", type=click.IntRange(min=32), help="Network input short side.")
+@click.option("--stride", type=click.IntRange(min=1), help="Process every N-th frame.")
+@click.option("--json", "json_path", default=None, metavar="FILE", help="Also write the figures to FILE.")
+def bench_pipeline_cmd(video: str | None, json_path: str | None, **options) -> None:
+    """decode_fps, model_fps, end_to_end_fps, efficiency and peak_rss_mb on VIDEO (JSON)
+    [default: examples/drive.mp4]."""
+    from m2a_pipe.bench_pipeline import DEFAULT_VIDEO, bench_pipeline
+    from m2a_pipe.io.video_reader import VideoError
+    from m2a_pipe.pipeline import ProcessError
+    from m2a_pipe.process_config import ProcessConfig
+
+    path = Path(video) if video else DEFAULT_VIDEO
+    if not path.is_file():
+        raise click.ClickException(f"{path}: no such video (give VIDEO)")
+    try:
+        result = bench_pipeline(path, ProcessConfig().updated(**options))
+    except (ProcessError, VideoError) as err:
+        raise click.ClickException(str(err).splitlines()[0]) from None
+    click.echo(result.to_json())
+    if json_path:
+        Path(json_path).write_text(result.to_json() + "\n")
+
+
 def _register_subgroups() -> None:
     from m2a_pipe.evaluation.cli import evaluate
+    from m2a_pipe.process_cli import process_cmd
     from m2a_pipe.synth.cli import synth
     from m2a_pipe.training.cli import train
 
-    for group in (evaluate, synth, train):
+    for group in (process_cmd, evaluate, synth, train):
         cli.add_command(group)
 
 

@@ -119,6 +119,18 @@ def anomaly_instances(score_map: np.ndarray | torch.Tensor, threshold: float,
     return out
 
 
+def scored_instance(region: Instance | UnknownInstance, score_map: np.ndarray) -> Instance:
+    """An :class:`Instance` of ``region`` (its box and mask) scored on ``score_map`` (H, W)
+    float, as :func:`anomaly_instances` scores a component: how mined unknown instances are
+    tracked and ranked like the components."""
+    x0, y0, x1, y1 = region.bbox
+    vals = np.asarray(score_map)[y0:y1, x0:x1][region.mask]
+    ys, xs = np.nonzero(region.mask)
+    return Instance(bbox=region.bbox, area=int(region.mask.sum()), peak_score=float(vals.max()),
+                    mean_score=float(vals.mean()), centroid=(float(xs.mean() + x0), float(ys.mean() + y0)),
+                    mask=region.mask)
+
+
 # --------------------------------------------------------------------------------------
 # Unknown-instance mining (Eq. 15, Sec. 6.3)
 # --------------------------------------------------------------------------------------

@@ -1,0 +1,125 @@
+"""``m2a-pipe bench pipeline``: how close the whole pipeline gets to the model's own speed.
+
+On one video, with one loaded model (warmed up by one batch first):
+
+1. ``end_to_end_fps``: the local runner exactly as ``m2a-pipe process`` runs it (decode thread,
+   model, writer thread with tracking, HDF5, overlay encoding), frames / wall time from opening
+   the video to the outputs renamed into place; ``peak_rss_mb`` is the process' peak resident
+   memory right after it (measured first, so the later steps cannot raise it);
+2. ``decode_fps``: PyAV decoding of the same frames alone;
+3. ``model_fps``: the model stage alone on the same frames and batches (decoding and resizing
+   are done but not timed): network forward plus the maps, which is the ceiling of (1);
+
+``efficiency = end_to_end_fps / model_fps``. Run each video in a fresh process to compare
+peak memory between videos.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from m2a_pipe.io.inputs import VideoInput
+from m2a_pipe.io.video_reader import VideoReader
+from m2a_pipe.process_config import ProcessConfig
+from m2a_pipe.runtime.model_stage import network_input_size, prepare_frame
+
+DEFAULT_VIDEO = Path(__file__).resolve().parent.parent / "examples" / "drive.mp4"
+
+
+@dataclass
+class PipelineBench:
+    video: str
+    frames: int
+    width: int
+    height: int
+    input_size: list[int]
+    device: str
+    threads: int
+    batch_size: int
+    decode_fps: float
+    model_fps: float
+    end_to_end_fps: float
+    efficiency: float
+    peak_rss_mb: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def bench_pipeline(video: str | Path, config: ProcessConfig | None = None) -> PipelineBench:
+    """Measure one video (see the module docstring)."""
+    from m2a_pipe.pipeline import load_stage, resolve_device
+    from m2a_pipe.runtime.local import run_job
+    from m2a_pipe.runtime.video_job import VideoJob
+
+    config = (config or ProcessConfig()).updated(overwrite=True)
+    video = Path(video).resolve()
+    device = resolve_device(config.device)
+    if config.threads is not None and device.type == "cpu":
+        torch.set_num_threads(config.threads)
+    stage, info = load_stage(config, device)
+    batch = config.batch_size or (8 if device.type == "cuda" else 1)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    with VideoReader(video, sample_fps=config.sample_fps, stride=config.stride) as reader:
+        vinfo = reader.info
+        pre = info.config.preprocess
+        size = network_input_size(vinfo.height, vinfo.width, config.short_side or pre.min_size_test,
+                                  pre.max_size_test)
+        first = next(iter(reader))
+    stage([prepare_frame(first.image, size)] * batch)  # warm-up (allocator, kernels)
+
+    with tempfile.TemporaryDirectory(prefix="m2a-bench-") as tmp:
+        job = VideoJob(VideoInput(source=video, rel=video.stem), tmp, config, info).open()
+        t0 = time.perf_counter()
+        result = run_job(job, stage, batch_size=batch, queue_size=config.queue_size)
+        sync()
+        e2e_s = time.perf_counter() - t0
+    frames = result.frames
+    peak = _peak_rss_mb()
+
+    t0 = time.perf_counter()
+    with VideoReader(video, sample_fps=config.sample_fps, stride=config.stride) as reader:
+        decoded = sum(1 for _ in reader)
+    decode_s = time.perf_counter() - t0
+
+    model_s = 0.0
+    pending: list = []
+    with VideoReader(video, sample_fps=config.sample_fps, stride=config.stride) as reader:
+        for frame in reader:
+            pending.append(prepare_frame(frame.image, size))
+            if len(pending) == batch:
+                t0 = time.perf_counter()
+                stage(pending)
+                sync()
+                model_s += time.perf_counter() - t0
+                pending = []
+        if pending:
+            t0 = time.perf_counter()
+            stage(pending)
+            sync()
+            model_s += time.perf_counter() - t0
+    e2e_fps = frames / e2e_s
+    model_fps = frames / model_s
+    return PipelineBench(video=str(video), frames=frames, width=vinfo.width, height=vinfo.height,
+                         input_size=list(size), device=str(device), threads=torch.get_num_threads(),
+                         batch_size=batch, decode_fps=round(decoded / decode_s, 2), model_fps=round(model_fps, 3),
+                         end_to_end_fps=round(e2e_fps, 3), efficiency=round(e2e_fps / model_fps, 3),
+                         peak_rss_mb=round(peak, 1))

@@ -1,0 +1,238 @@
+"""``m2a_pipe.process``: the main job, as a Python API (the CLI calls it).
+
+    from m2a_pipe import process
+    summary = process(["drive.mp4"], "out")            # demo weights, local runner
+    summary.exit_code                                   # 0 only when every input is complete
+    for video in summary.videos: print(video.status, video.out_dir)
+
+Steps: discover the inputs (files, folders, globs, manifests), load the weights once, then
+for every video not already complete: open it, run it through the local runner, and rename
+its outputs into place. A bad input is one line in the log and a failed entry in the
+summary; the other inputs go on. Ctrl-C removes the video in progress' temporary folder,
+keeps the finished ones, and raises KeyboardInterrupt after the summary is logged.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from tqdm import tqdm
+
+from m2a_pipe.config import ConfigError
+from m2a_pipe.io.inputs import InputError, VideoInput, discover
+from m2a_pipe.io.video_reader import VideoError
+from m2a_pipe.process_config import DEFAULT_THRESHOLD, ProcessConfig
+from m2a_pipe.runtime.model_stage import ModelStage
+from m2a_pipe.runtime.video_job import ModelInfo, VideoJob, VideoResult, is_complete
+
+CUDA_BATCH = 8
+
+
+class ProcessError(RuntimeError):
+    """The run cannot start (weights, output folder, device): one line, nothing written."""
+
+
+@dataclass
+class RunSummary:
+    """Outcome of :func:`process`: one :class:`VideoResult` per input (discovery failures
+    included, with an empty ``out_dir``), the output root and the wall time."""
+
+    output: str
+    videos: list[VideoResult] = field(default_factory=list)
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every input is complete (or was already), 130 on Ctrl-C, else 1."""
+        if self.interrupted:
+            return 130
+        return 0 if self.videos and all(v.ok for v in self.videos) else 1
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for v in self.videos:
+            out[v.status] = out.get(v.status, 0) + 1
+        return out
+
+    def table(self) -> str:
+        """A plain-text summary table: video, frames, fps, events, status."""
+        rows = [("video", "frames", "fps", "events", "status")]
+        for v in self.videos:
+            rows.append((v.rel or v.source, str(v.frames), f"{v.fps:.2f}" if v.frames else "-",
+                         str(v.events) if v.status in ("complete", "partial") else "-", v.status))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                 for r in rows]
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts().items()))
+        lines.append(f"{len(self.videos)} input(s): {counts}; {self.seconds:.1f} s; outputs in {self.output}")
+        return "\n".join(lines)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda[:i]`` must exist."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ProcessError(f"--device {device!r}: not a device (auto, cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ProcessError(f"--device {device}: CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ProcessError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
+def load_stage(config: ProcessConfig, device: torch.device) -> tuple[ModelStage, ModelInfo]:
+    """Load and verify the weights, build the model stage. Raises ProcessError (one line)."""
+    from m2a_pipe.model.checkpoint import CheckpointError, load_model, read_metadata, sha256_file
+    from m2a_pipe.model.registry import WeightsError, expected_sha256, resolve
+
+    try:
+        path = resolve(config.weights)
+        sha = sha256_file(path)
+        expected = expected_sha256(config.weights)
+        if expected and expected != sha:
+            raise ProcessError(f"weights {config.weights} ({path}): sha256 {sha[:12]}... differs from the "
+                               f"registered {expected[:12]}...; the file is damaged or replaced")
+        meta: dict[str, Any] = {}
+        if path.suffix.lower() == ".safetensors":
+            _, meta = read_metadata(path)
+        model = load_model(path if expected is None else config.weights)
+    except (WeightsError, CheckpointError, ConfigError, OSError) as err:
+        raise ProcessError(f"weights {config.weights}: {str(err).splitlines()[0]}") from None
+    threshold = config.threshold
+    if threshold is None:
+        threshold = float(meta.get("anomaly_threshold", DEFAULT_THRESHOLD))
+    stage = ModelStage(model, device, score=config.effective_score, flip=config.flip, map_stride=config.map_stride,
+                       mine_unknown=config.instances == "panoptic", min_area_fraction=config.min_area_fraction)
+    return stage, ModelInfo(weights=str(config.weights), sha256=sha, config=model.config, threshold=threshold)
+
+
+def _check_output(output: Path) -> None:
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / f".m2a-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ProcessError(f"{output}: cannot write the output folder ({err.strerror or err})") from None
+
+
+def process(inputs: str | os.PathLike | Iterable[str | os.PathLike], output: str | os.PathLike,
+            config: ProcessConfig | None = None, *, quiet: bool = False,
+            log: Callable[[str], None] | None = None, on_batch: Callable[[VideoInput, int], None] | None = None,
+            **options: Any) -> RunSummary:
+    """Process videos into ``output`` (see the module docstring).
+
+    Args:
+        inputs: a path, folder, glob or manifest, or several.
+        output: OUT; each video's folder mirrors its place in the input tree.
+        config: settings (default :class:`ProcessConfig`); ``options`` override its fields.
+        quiet: no progress bars.
+        log: where one-line messages go (default: tqdm.write to stderr, unless quiet).
+        on_batch: called after each model batch with the video and its frames so far.
+    Returns: a :class:`RunSummary`. Raises :class:`ProcessError` when the run cannot start
+    and KeyboardInterrupt on Ctrl-C (after cleaning up).
+    """
+    started = time.perf_counter()
+    config = (config or ProcessConfig()).updated(**options)
+    if log is None:
+        log = (lambda msg: None) if quiet else (lambda msg: tqdm.write(msg, file=None))
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    output = Path(output)
+    summary = RunSummary(output=str(output))
+    errors: list[tuple[str, str]] = []
+    try:
+        videos = discover(inputs, errors)
+    except InputError as err:
+        raise ProcessError(str(err)) from None
+    for arg, message in errors:
+        log(f"error: {message}")
+        summary.videos.append(VideoResult(source=arg, rel=arg, out_dir="", status="failed", error=message))
+    _check_output(output)
+    device = resolve_device(config.device)
+    if config.threads is not None and device.type == "cpu":
+        torch.set_num_threads(config.threads)
+    todo = []
+    for video in videos:
+        if not config.overwrite and is_complete(video.out_dir(output)):
+            summary.videos.append(VideoResult(source=str(video.source), rel=video.rel,
+                                              out_dir=str(video.out_dir(output)), status="skipped"))
+        else:
+            todo.append(video)
+    if todo:
+        stage, model_info = load_stage(config, device)
+        batch = config.batch_size or (CUDA_BATCH if device.type == "cuda" else 1)
+        overall = tqdm(total=len(todo), desc="videos", unit="video", disable=quiet or len(todo) < 2, position=1)
+        try:
+            for video in todo:
+                result = _run_one(video, output, config, stage, model_info, batch, quiet, log, on_batch)
+                summary.videos.append(result)
+                overall.update(1)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            summary.seconds = time.perf_counter() - started
+            log("interrupted: the video in progress was discarded; finished videos are kept")
+            raise
+        finally:
+            overall.close()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _run_one(video: VideoInput, output: Path, config: ProcessConfig, stage: ModelStage, model_info: ModelInfo,
+             batch: int, quiet: bool, log: Callable[[str], None],
+             on_batch: Callable[[VideoInput, int], None] | None) -> VideoResult:
+    from m2a_pipe.runtime.local import run_job
+
+    job = VideoJob(video, output, config, model_info)
+    try:
+        job.open()
+    except VideoError as err:
+        job.discard()
+        log(f"error: {err}")
+        return job.failed(str(err))
+    except OSError as err:
+        job.discard()
+        msg = f"{video.source}: cannot write {job.out_dir} ({err.strerror or err})"
+        log(f"error: {msg}")
+        return job.failed(msg)
+    total = job.reader.info.n_frames
+    if total and config.stride > 1:
+        total = -(-total // config.stride)
+    elif total and config.sample_fps and job.reader.info.fps:
+        total = int(total * min(1.0, config.sample_fps / job.reader.info.fps)) + 1
+    bar = tqdm(total=total, desc=video.rel, unit="frame", disable=quiet, leave=False, position=0)
+
+    def progress(done: int) -> None:
+        bar.update(done - bar.n)
+        if on_batch is not None:
+            on_batch(video, done)
+
+    try:
+        result = run_job(job, stage, batch_size=batch, queue_size=config.queue_size, on_batch=progress)
+    except KeyboardInterrupt:
+        job.discard()
+        raise
+    except (VideoError, OSError) as err:
+        job.discard()
+        msg = str(err).splitlines()[0] if isinstance(err, VideoError) else \
+            f"{video.source}: {err.strerror or err} ({getattr(err, 'filename', '') or job.out_dir})"
+        log(f"error: {msg}")
+        return job.failed(msg)
+    finally:
+        bar.close()
+    if result.status == "partial":
+        log(f"partial: {result.error}")
+    elif result.status == "failed":
+        log(f"error: {result.error}")
+    return result
+

@@ -1,0 +1,82 @@
+"""``m2a-pipe process``: parse the options into a ProcessConfig and call :func:`m2a_pipe.pipeline.process`.
+
+Every option maps to one :class:`~m2a_pipe.process_config.ProcessConfig` field; ``--config
+FILE`` supplies defaults (JSON), options given on the command line win.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from m2a_pipe.process_config import EVENT_MODES, INSTANCE_MODES, ProcessConfig
+from m2a_pipe.runtime.model_stage import SCORE_NAMES
+
+
+@click.command("process")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output root OUT.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="JSON file of ProcessConfig defaults.")
+@click.option("-w", "--weights", help="Registry name or weights file [demo].")
+@click.option("--device", help="auto, cpu, cuda or cuda:N [auto].")
+@click.option("--batch-size", type=int, help="Frames per model batch [1 on CPU, 8 on CUDA].")
+@click.option("--short-side", type=int, help="Network input short side [the weights' test size].")
+@click.option("--score", type=click.Choice(SCORE_NAMES), help="Anomaly score [official: Eq. 5 + Eq. 13].")
+@click.option("--refine/--no-refine", default=None, help="Eq. 13 refinement of the official score [on].")
+@click.option("--flip/--no-flip", default=None, help="Horizontal-flip test-time averaging [off].")
+@click.option("--map-stride", type=click.Choice(["1", "2", "4"]), help="Maps at 1/N of the network input [4].")
+@click.option("--threads", type=int, help="Torch CPU threads [torch default].")
+@click.option("--sample-fps", type=float, help="Process frames at this rate (evenly in time).")
+@click.option("--stride", type=int, help="Process every N-th frame [1].")
+@click.option("--max-decode-errors", type=int, help="Consecutive decode errors that declare a file broken [25].")
+@click.option("--threshold", type=float, help="Anomalous-pixel threshold [the weights' metadata, else 0.5].")
+@click.option("--min-area-fraction", type=float, help="Smallest instance, fraction of the frame [0.0005].")
+@click.option("--instances", type=click.Choice(INSTANCE_MODES),
+              help="Instances: components of the thresholded map, or open-set panoptic unknowns [components].")
+@click.option("--min-hits", type=int, help="Detections before a track is confirmed [3].")
+@click.option("--max-misses", type=int, help="Missed frames before a track ends [5].")
+@click.option("--events", "event_mode", type=click.Choice(EVENT_MODES), help="Events from tracks or frame runs.")
+@click.option("--event-min-duration", "event_min_duration_s", type=float, help="Shortest event, seconds [0.5].")
+@click.option("--event-min-score", type=float, help="Smallest peak score of an event [the threshold].")
+@click.option("--overlay/--no-overlay", default=None, help="Write overlay.mp4 [on].")
+@click.option("--overlay-crf", type=int, help="H.264 quality of the overlay (0-51, lower = better) [23].")
+@click.option("--save-maps/--no-save-maps", default=None, help="Store /maps/anomaly in scores.h5 [on].")
+@click.option("--save-semantic/--no-save-semantic", default=None, help="Store /maps/semantic [off].")
+@click.option("--overwrite", is_flag=True, default=None, help="Redo videos whose outputs are complete.")
+@click.option("--queue-size", type=int, help="Frames held between threads, per queue [8].")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the summary as JSON.")
+def process_cmd(inputs, output, config_file, quiet, json_path, **options):
+    """Process dashcam videos: overlay.mp4, scores.h5, tracks.csv, events.jsonl per video.
+
+    INPUTS are video files, folders (searched recursively), globs, or manifests (.txt/.lst:
+    one path per line; .csv: a 'path' column plus columns carried into the outputs).
+    Outputs mirror the input tree under OUTPUT. Exit code 0 only when every input is complete.
+    """
+    from m2a_pipe.config import ConfigError
+    from m2a_pipe.pipeline import ProcessError, process
+
+    if options.get("map_stride") is not None:
+        options["map_stride"] = int(options["map_stride"])
+    try:
+        base = ProcessConfig.from_file(config_file) if config_file else ProcessConfig()
+        config = base.updated(**options)
+    except (ConfigError, TypeError) as err:
+        raise click.UsageError(str(err)) from None
+    try:
+        summary = process(list(inputs), output, config, quiet=quiet,
+                          log=lambda msg: click.echo(f"m2a-pipe: {msg}", err=True))
+    except ProcessError as err:
+        raise click.ClickException(str(err)) from None
+    except KeyboardInterrupt:
+        click.echo("m2a-pipe: interrupted", err=True)
+        sys.exit(130)
+    click.echo(summary.table())
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"output": summary.output, "seconds": round(summary.seconds, 3), "exit_code": summary.exit_code,
+                       "videos": [v.to_dict() for v in summary.videos]}, f, indent=1)
+    sys.exit(summary.exit_code)

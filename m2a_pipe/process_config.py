@@ -1,0 +1,147 @@
+"""Settings of one ``m2a-pipe process`` run: every CLI option is one field here.
+
+A JSON config file (``--config FILE``) may supply defaults for any field; options given on
+the command line win. The full, resolved config is stored in each ``scores.h5`` (attribute
+``config``) so every output says how it was made.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from m2a_pipe.config import ConfigError
+from m2a_pipe.runtime.model_stage import SCORE_NAMES
+
+INSTANCE_MODES = ("components", "panoptic")
+EVENT_MODES = ("tracks", "frames")
+DEFAULT_THRESHOLD = 0.5
+"""Anomalous-pixel threshold when neither the option nor the weights' metadata gives one."""
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    """One processing run.
+
+    Model: ``weights`` (registry name or path), ``device`` (auto, cpu, cuda, cuda:i),
+    ``batch_size`` (None: 1 on CPU, 8 on CUDA), ``short_side`` (None: the weights' test size),
+    ``score``, ``refine`` (Eq. 13 on the official score; False turns ``official`` into ``msp``),
+    ``flip`` (flip TTA), ``map_stride`` (maps at 1/4, 1/2 or full network input resolution),
+    ``threads`` (torch CPU threads, None = torch default).
+
+    Decoding: ``sample_fps`` or ``stride``, ``max_decode_errors`` (consecutive errors after
+    which a file is declared broken).
+
+    Post-processing: ``threshold`` (anomalous pixels; None = the weights' metadata
+    ``anomaly_threshold``, else :data:`DEFAULT_THRESHOLD`), ``min_area_fraction`` (smallest
+    instance, as a fraction of the frame), ``instances`` (``components``: connected components
+    of the thresholded map; ``panoptic``: the unknown instances of open-set panoptic
+    segmentation, mined from the background region, Eq. 15 and Sec. 6.3), tracker ``min_hits`` / ``max_misses``, events
+    (``event_mode``, ``event_min_duration_s``, ``event_min_score``).
+
+    Outputs: ``overlay`` (write overlay.mp4), ``overlay_crf``, ``save_maps`` (/maps/anomaly),
+    ``save_semantic`` (/maps/semantic), ``overwrite`` (redo complete videos), ``queue_size``
+    (frames held between threads, per queue).
+    """
+
+    weights: str = "demo"
+    device: str = "auto"
+    batch_size: int | None = None
+    short_side: int | None = None
+    score: str = "official"
+    refine: bool = True
+    flip: bool = False
+    map_stride: int = 4
+    threads: int | None = None
+    sample_fps: float | None = None
+    stride: int = 1
+    max_decode_errors: int = 25
+    threshold: float | None = None
+    min_area_fraction: float = 0.0005
+    instances: str = "components"
+    min_hits: int = 3
+    max_misses: int = 5
+    event_mode: str = "tracks"
+    event_min_duration_s: float = 0.5
+    event_min_score: float | None = None
+    overlay: bool = True
+    overlay_crf: int = 23
+    save_maps: bool = True
+    save_semantic: bool = False
+    overwrite: bool = False
+    queue_size: int = 8
+
+    def __post_init__(self) -> None:
+        def bad(field: str, why: str) -> ConfigError:
+            return ConfigError(f"{field}: {why}")
+
+        if self.score not in SCORE_NAMES:
+            raise bad("score", f"unknown score {self.score!r}; known: {', '.join(SCORE_NAMES)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise bad("batch_size", f"must be >= 1, got {self.batch_size}")
+        if self.short_side is not None and self.short_side < 32:
+            raise bad("short_side", f"must be >= 32, got {self.short_side}")
+        if self.map_stride not in (1, 2, 4):
+            raise bad("map_stride", f"must be 1, 2 or 4, got {self.map_stride}")
+        if self.sample_fps is not None and not self.sample_fps > 0:
+            raise bad("sample_fps", f"must be > 0, got {self.sample_fps}")
+        if self.stride < 1:
+            raise bad("stride", f"must be >= 1, got {self.stride}")
+        if self.sample_fps is not None and self.stride != 1:
+            raise bad("sample_fps", "give sample_fps or stride, not both")
+        if self.max_decode_errors < 1:
+            raise bad("max_decode_errors", f"must be >= 1, got {self.max_decode_errors}")
+        if not 0 <= self.min_area_fraction < 1:
+            raise bad("min_area_fraction", f"must be in [0, 1), got {self.min_area_fraction}")
+        if self.instances not in INSTANCE_MODES:
+            raise bad("instances", f"must be one of {INSTANCE_MODES}, got {self.instances!r}")
+        if self.event_mode not in EVENT_MODES:
+            raise bad("event_mode", f"must be one of {EVENT_MODES}, got {self.event_mode!r}")
+        if self.min_hits < 1 or self.max_misses < 0:
+            raise bad("min_hits", "min_hits must be >= 1 and max_misses >= 0")
+        if self.queue_size < 1:
+            raise bad("queue_size", f"must be >= 1, got {self.queue_size}")
+        if not 0 <= self.overlay_crf <= 51:
+            raise bad("overlay_crf", f"must be in [0, 51], got {self.overlay_crf}")
+        if self.threads is not None and self.threads < 1:
+            raise bad("threads", f"must be >= 1, got {self.threads}")
+
+    @property
+    def effective_score(self) -> str:
+        """The score actually computed (``official`` without refinement is ``msp``)."""
+        return "msp" if self.score == "official" and not self.refine else self.score
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def updated(self, **changes: Any) -> "ProcessConfig":
+        """A copy with ``changes`` applied (None values are ignored, so unset options keep defaults)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], where: str = "config") -> "ProcessConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        try:
+            return cls(**dict(values))
+        except TypeError as err:
+            raise ConfigError(f"{where}: {err}") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "ProcessConfig":
+        """Defaults from a JSON object of field names to values."""
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{path}: cannot read config ({err})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: a config file holds one JSON object")
+        return cls.from_mapping(values, where=str(path))

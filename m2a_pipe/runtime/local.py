@@ -1,0 +1,126 @@
+"""The local runner: one video at a time through a reader thread, the model, a writer thread.
+
+    reader thread:  decode (PyAV, frame-threaded) + resize to the network input
+        -> bounded queue ->
+    calling thread: batches of ``batch_size`` frames through the ModelStage (GPU or CPU)
+        -> bounded queue ->
+    writer thread:  VideoSink (instances, tracker, events, HDF5, overlay encoding)
+
+The queues hold at most ``queue_size`` items each, so memory is flat however long the video,
+and decoding and writing overlap the model. The model runs in the calling thread so Ctrl-C
+(KeyboardInterrupt) reaches it: the threads are told to stop, joined, and the video's
+temporary folder is removed before the interrupt propagates.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Callable
+
+from m2a_pipe.runtime.model_stage import ModelStage
+from m2a_pipe.runtime.video_job import VideoJob, VideoResult
+
+_DONE = object()
+POLL_S = 0.1
+
+
+class _Worker(threading.Thread):
+    """A daemon thread that records the exception that ended it."""
+
+    def __init__(self, target: Callable[[], None], name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self._target_fn = target
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._target_fn()
+        except BaseException as err:  # noqa: BLE001 - handed to the calling thread
+            self.error = err
+
+
+def _put(q: queue.Queue, item: object, stop: threading.Event, consumer: threading.Thread | None = None) -> bool:
+    """Put unless ``stop`` is set (or the ``consumer`` died) first; True when the item went in."""
+    while not stop.is_set() and (consumer is None or consumer.is_alive()):
+        try:
+            q.put(item, timeout=POLL_S)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get(q: queue.Queue, stop: threading.Event, worker: _Worker) -> object:
+    """Next item; _DONE when ``stop`` is set or the producing worker died without sending it."""
+    while True:
+        try:
+            return q.get(timeout=POLL_S)
+        except queue.Empty:
+            if stop.is_set() or (not worker.is_alive() and q.empty()):
+                return _DONE
+
+
+def run_job(job: VideoJob, stage: ModelStage, *, batch_size: int = 1, queue_size: int = 8,
+            on_batch: Callable[[int], None] | None = None) -> VideoResult:
+    """Process one opened :class:`VideoJob` and commit its outputs.
+
+    ``on_batch(n_frames_so_far)`` is called in the calling thread after each model batch
+    (progress bars; tests raise KeyboardInterrupt from it to simulate Ctrl-C).
+    Errors of the reader or writer thread are re-raised here; the caller discards the job.
+    """
+    stop = threading.Event()
+    frames_q: queue.Queue = queue.Queue(maxsize=queue_size)
+    maps_q: queue.Queue = queue.Queue(maxsize=queue_size)
+
+    def read() -> None:
+        for item in job.frames():
+            if not _put(frames_q, item, stop):
+                return
+        _put(frames_q, _DONE, stop)
+
+    def write() -> None:
+        while True:
+            item = _get(maps_q, stop, runner)
+            if item is _DONE:
+                return
+            for (index, pts, image), maps in item:
+                job.add(index, pts, image, maps)
+
+    reader = _Worker(read, "m2a-reader")
+    writer = _Worker(write, "m2a-writer")
+    runner = threading.current_thread()
+    reader.start()
+    writer.start()
+    done = 0
+    try:
+        while True:
+            batch = []
+            while len(batch) < batch_size:
+                item = _get(frames_q, stop, reader)
+                if item is _DONE:
+                    break
+                batch.append(item)
+            if batch:
+                maps = stage([image for _, _, image in batch])
+                if not _put(maps_q, list(zip(batch, maps)), stop, writer):
+                    break
+                done += len(batch)
+                if on_batch is not None:
+                    on_batch(done)
+            if len(batch) < batch_size or writer.error is not None:
+                break
+        if reader.error is not None:
+            raise reader.error
+        _put(maps_q, _DONE, stop, writer)
+        writer.join()
+        if writer.error is not None:
+            raise writer.error
+    except BaseException:
+        stop.set()
+        reader.join(timeout=10)
+        writer.join(timeout=10)
+        raise
+    if reader.error is not None:
+        raise reader.error
+    return job.commit()

@@ -1,0 +1,176 @@
+"""Everything after the model for one video: instances, tracking, events and the writers.
+
+A :class:`VideoSink` receives the frames of one video **in order** with their
+:class:`~m2a_pipe.runtime.model_stage.FrameMaps` and writes the video's output folder:
+
+    per frame: frame scores -> instances (connected components of the thresholded map)
+               -> tracker (ids come back with a lag of min_hits - 1 frames)
+    per final frame: scores.h5 rows, tracks.csv rows, event builder, overlay frame
+
+Frames wait in a small buffer (``lag`` + 1 entries) until the tracker has decided their ids,
+so every output frame carries its final track ids and nothing is rewritten later. Both
+runners use this class unchanged, which is why their outputs are identical.
+
+The sink writes into ``workdir`` (a temporary folder); the runner renames it into place.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from m2a_pipe.events import EventBuilder, EventConfig, TracksCsvWriter, draw_timeline, write_events
+from m2a_pipe.instances import anomaly_instances, scored_instance
+from m2a_pipe.io.hdf5_writer import ScoresWriter
+from m2a_pipe.io.video_writer import VideoWriter
+from m2a_pipe.render import overlay, timecode
+from m2a_pipe.runtime.model_stage import FrameMaps
+from m2a_pipe.tracking import Tracker, TrackerConfig
+
+SCORES_FILE = "scores.h5"
+OVERLAY_FILE = "overlay.mp4"
+TRACKS_FILE = "tracks.csv"
+EVENTS_FILE = "events.jsonl"
+TIMELINE_FILE = "timeline.png"
+SUMMARY_FILE = "summary.json"
+SCORE_PERCENTILE = 99.0
+
+
+@dataclass(frozen=True)
+class SinkSettings:
+    """What the sink needs beyond the frames (resolved from the run's config and the video).
+
+    ``input_size`` (h, w) of the frames it receives (the network input size); ``map_shape``
+    (h, w) of the maps; ``source_size`` (height, width) of the decoded video; ``fps`` of the
+    source; ``threshold`` for anomalous pixels; ``min_area`` of an instance in map pixels;
+    ``bounded`` whether the score lies in [0, 1].
+    """
+
+    input_size: tuple[int, int]
+    map_shape: tuple[int, int]
+    source_size: tuple[int, int]
+    fps: float
+    threshold: float
+    min_area: int
+    bounded: bool
+    map_stride: int
+
+
+def frame_scores(anomaly: np.ndarray, threshold: float) -> tuple[float, float, float]:
+    """(max, 99th percentile, fraction >= threshold) of an (h, w) float32 map."""
+    flat = anomaly.ravel()
+    k = int(round(SCORE_PERCENTILE / 100.0 * (flat.size - 1)))
+    p99 = float(np.partition(flat, k)[k])  # the order statistic nearest the percentile
+    return float(flat.max()), p99, float(np.count_nonzero(flat >= threshold)) / flat.size
+
+
+class VideoSink:
+    """Stateful consumer of one video's frames (see the module docstring).
+
+    Args:
+        workdir: the (temporary) output folder, created by the caller.
+        settings: :class:`SinkSettings`.
+        config: the run's :class:`~m2a_pipe.process_config.ProcessConfig`.
+        attrs: root attributes of ``scores.h5`` (source, fingerprint, weights, ...).
+    """
+
+    def __init__(self, workdir: Path, settings: SinkSettings, config: Any, attrs: Mapping[str, Any]) -> None:
+        self.workdir, self.settings, self.config = Path(workdir), settings, config
+        s = settings
+        self.to_source = (s.source_size[1] / s.input_size[1] * s.map_stride,
+                          s.source_size[0] / s.input_size[0] * s.map_stride)
+        self.to_input = (s.map_stride, s.map_stride)
+        self.scores = ScoresWriter(
+            self.workdir / SCORES_FILE, attrs,
+            map_shape=s.map_shape if config.save_maps else None, bounded=s.bounded, semantic=config.save_semantic,
+            map_attrs={"stride": s.map_stride, "to_source": list(self.to_source), "input_size": list(s.input_size)})
+        self.tracker = Tracker(TrackerConfig(min_hits=config.min_hits, max_misses=config.max_misses))
+        min_score = config.event_min_score if config.event_min_score is not None else s.threshold
+        self.events = EventBuilder(EventConfig(mode=config.event_mode, min_duration_s=config.event_min_duration_s,
+                                               min_peak_score=min_score, frame_threshold=s.threshold))
+        self.tracks_csv = TracksCsvWriter(self.workdir / TRACKS_FILE)
+        h, w = s.input_size
+        self.video = (VideoWriter(self.workdir / OVERLAY_FILE, w, h, s.fps, crf=config.overlay_crf)
+                      if config.overlay else None)
+        self._pending: deque[tuple] = deque()
+        self._counter = 0
+        self._last_pts: float | None = None
+        self._pts: list[float] = []
+        self._frame_score: list[float] = []
+
+    # -- per frame -------------------------------------------------------------------
+
+    def add(self, index: int, pts_s: float, image: np.ndarray, maps: FrameMaps) -> None:
+        """One frame in processing order: source ``index``, ``pts_s``, the (h, w, 3) uint8
+        network-input image, and its maps."""
+        s = self.settings
+        if maps.unknown is None:
+            instances = anomaly_instances(maps.anomaly, s.threshold, s.min_area)
+        else:
+            instances = [scored_instance(u, maps.anomaly) for u in maps.unknown]
+        self._pending.append((self._counter, index, pts_s, image, maps, instances))
+        for final in self.tracker.update(self._counter, instances):
+            self._emit(final.frame, final.track_ids)
+        self._counter += 1
+
+    def _emit(self, key: int, track_ids: tuple[int, ...]) -> None:
+        counter, index, pts_s, image, maps, instances = self._pending.popleft()
+        if counter != key:
+            raise RuntimeError(f"tracker returned frame {key}, expected {counter}")
+        s, (sx, sy) = self.settings, self.to_source
+        score_max, score_p99, fraction = frame_scores(maps.anomaly, s.threshold)
+        self.scores.add_frame(index=index, pts=pts_s, score_max=score_max, score_p99=score_p99,
+                              anomalous_fraction=fraction, n_instances=len(instances),
+                              anomaly=maps.anomaly if self.config.save_maps else None,
+                              semantic=maps.semantic if self.config.save_semantic else None)
+        for inst, tid in zip(instances, track_ids):
+            x0, y0, x1, y1 = inst.bbox
+            box = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
+            self.scores.add_instance(index, tid, box, inst.area * sx * sy, inst.mean_score, inst.peak_score)
+            if tid:
+                self.tracks_csv.write(counter, tid, box, inst.mean_score)
+        self.events.add(frame=counter, source_index=index, pts_s=pts_s, instances=instances, track_ids=track_ids,
+                        frame_score=score_p99, image=image, scale=self.to_input)
+        self._pts.append(pts_s)
+        self._frame_score.append(score_p99)
+        if self.video is not None:
+            picture = overlay(image, maps.anomaly, instances=instances, track_ids=track_ids,
+                              timecode=timecode(pts_s, index), threshold=s.threshold)
+            out_pts = pts_s if self._last_pts is None else max(pts_s, self._last_pts + 1e-3)
+            self.video.write(picture, out_pts)
+            self._last_pts = out_pts
+
+    # -- end -------------------------------------------------------------------------
+
+    def finish(self, status: str = "complete", error: str | None = None, **attrs: Any) -> dict[str, Any]:
+        """Drain the tracker, close every writer, write events, the timeline and a summary.
+
+        Returns the summary (also written as ``summary.json``).
+        """
+        for final in self.tracker.finish():
+            self._emit(final.frame, final.track_ids)
+        if self.video is not None:
+            self.video.close()
+        self.tracks_csv.close()
+        events, thumbnails = self.events.finish()
+        write_events(self.workdir, events, thumbnails)
+        draw_timeline(self.workdir / TIMELINE_FILE, np.asarray(self._pts), np.asarray(self._frame_score), events,
+                      threshold=self.settings.threshold, title=str(attrs.get("source", "")))
+        self.scores.close(status=status, error=error, n_events=len(events), **attrs)
+        summary = {"status": status, "error": error or "", "frames": self.scores.n_frames, "events": len(events)}
+        (self.workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+        return summary
+
+    def abort(self) -> None:
+        """Close the open files without finishing (the caller deletes the folder)."""
+        for close in (lambda: self.video and self.video.close(), self.tracks_csv.close,
+                      lambda: self.scores.close(status="partial", error="aborted")):
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - best effort: the folder is removed next
+                pass

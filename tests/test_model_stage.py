@@ -1,0 +1,85 @@
+"""The model stage: maps of the right size that agree with the Predictor's official path."""
+
+import numpy as np
+import pytest
+import torch
+
+from m2a_pipe.config import preset
+from m2a_pipe.inference import Predictor
+from m2a_pipe.model.mask2anomaly import build_model
+from m2a_pipe.runtime.model_stage import ModelStage, map_size, network_input_size, prepare_frame
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(preset("small"))
+
+
+def frames(n, h=96, w=160, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_map_shapes_and_dtypes(model):
+    stage = ModelStage(model, "cpu")
+    out = stage(frames(2, 90, 150))
+    assert len(out) == 2
+    assert out[0].anomaly.shape == map_size((90, 150), 4) == (23, 38)
+    assert out[0].anomaly.dtype == np.float32 and out[0].semantic.dtype == np.uint8
+    assert out[0].semantic.max() < model.config.num_classes
+
+
+def test_full_resolution_official_map_equals_the_predictor(model):
+    imgs = frames(2)
+    stage = ModelStage(model, "cpu", map_stride=1)
+    predictor = Predictor(model, "cpu", resize=False)
+    for maps, result in zip(stage(imgs), predictor(imgs)):
+        np.testing.assert_allclose(maps.anomaly, result.anomaly, atol=1e-5)
+        assert (maps.semantic == result.semantic).mean() > 0.999
+
+
+def test_batch_equals_single_frames(model):
+    imgs = frames(3, seed=1)
+    stage = ModelStage(model, "cpu")
+    batched = stage(imgs)
+    for img, b in zip(imgs, batched):
+        np.testing.assert_allclose(stage([img])[0].anomaly, b.anomaly, atol=1e-5)
+
+
+def test_flip_averages_the_mirrored_pass(model):
+    (img,) = frames(1, seed=2)
+    plain = ModelStage(model, "cpu", score="msp")([img])[0].anomaly
+    mirrored = ModelStage(model, "cpu", score="msp")([np.ascontiguousarray(img[:, ::-1])])[0].anomaly
+    flipped = ModelStage(model, "cpu", score="msp", flip=True)([img])[0].anomaly
+    np.testing.assert_allclose(flipped, (plain + mirrored[:, ::-1]) / 2, atol=1e-5)
+
+
+def test_unknown_score_and_mixed_sizes_are_errors(model):
+    with pytest.raises(ValueError, match="unknown score"):
+        ModelStage(model, "cpu", score="nope")
+    with pytest.raises(ValueError, match="one size"):
+        ModelStage(model, "cpu")([*frames(1, 64, 64), *frames(1, 96, 96)])
+
+
+def test_input_size_follows_the_official_resize():
+    assert network_input_size(1080, 1920, 512, 1024) == (512, 910)
+    assert network_input_size(1080, 1920, 1024, 2048) == (1024, 1820)
+    assert prepare_frame(np.zeros((1080, 1920, 3), np.uint8), (512, 910)).shape == (512, 910, 3)
+
+
+def test_mined_unknown_instances_match_the_open_set_panoptic_of_the_predictor(model):
+    from m2a_pipe.instances import full_mask
+
+    imgs = frames(2, seed=3)
+    stage = ModelStage(model, "cpu", map_stride=1, mine_unknown=True)
+    predictor = Predictor(model, "cpu", resize=False)
+    k = model.config.num_classes
+    for maps, result in zip(stage(imgs), predictor(imgs)):
+        panoptic, info = predictor.panoptic(result)
+        unknown_ids = [s["id"] for s in info if s["category_id"] == k]
+        assert len(maps.unknown) == len(unknown_ids) > 0
+        painted = np.isin(panoptic, unknown_ids)
+        mined = np.any([full_mask(u, panoptic.shape) for u in maps.unknown], axis=0)
+        assert not (painted & ~mined).any()  # every unknown pixel of the panoptic map was mined
+    assert all(maps.unknown is None for maps in ModelStage(model, "cpu")(imgs))
