@@ -3,7 +3,8 @@
 A :class:`VideoSink` receives the frames of one video **in order** with their
 :class:`~m2a_pipe.runtime.model_stage.FrameMaps` and writes the video's output folder:
 
-    per frame: frame scores -> instances (connected components of the thresholded map)
+    per frame: frame scores -> instances (connected components of the thresholded map, or
+               the mined unknown instances of open-set panoptic segmentation)
                -> tracker (ids come back with a lag of min_hits - 1 frames)
     per final frame: scores.h5 rows, tracks.csv rows, event builder, overlay frame
 
