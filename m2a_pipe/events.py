@@ -70,7 +70,8 @@ class Event:
     ``kind`` is ``"track"`` or ``"frames"``; ``track_id`` is None for ``frames`` events;
     frames are source indices, times pts seconds; ``max_area_px`` is in map pixels and
     ``max_area_fraction`` of the frame; ``bbox_at_peak`` [x0, y0, x1, y1] (x1/y1 exclusive) in
-    image pixels, None for a ``frames`` event whose peak frame has no instance; ``thumbnail`` is
+    image pixels (the pipeline rescales both to source pixels before writing), None for a
+    ``frames`` event whose peak frame has no instance; ``thumbnail`` is
     the path relative to the output folder once written.
     """
 

@@ -90,13 +90,20 @@ def test_vfr_timestamps_and_stride(weights, clips, tmp_path):
 
 
 def test_open_set_panoptic_instances(weights, clips, tmp_path):
-    process(clips["a"], tmp_path / "out", weights=weights, instances="panoptic", **FAST)
-    with h5py.File(tmp_path / "out" / "drive" / "scores.h5", "r") as f:
+    process(clips["a"], tmp_path / "out", weights=weights, instances="panoptic", event_min_score=-1.0, **FAST)
+    out = tmp_path / "out" / "drive"
+    with h5py.File(out / "scores.h5", "r") as f:
         n = f["frames/n_instances"][:]
         inst = f["instances"][:]
         assert json.loads(f.attrs["config"])["instances"] == "panoptic"
     assert n.sum() == len(inst) > 0
     assert (inst["x1"] > inst["x0"]).all() and (inst["x1"] <= 96 + 1e-3).all() and (inst["y1"] <= 64 + 1e-3).all()
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert events, "random weights: the mined unknown covers the frame, a track, an event (any peak score)"
+    for ev in events:  # in source pixels, as /instances
+        x0, y0, x1, y1 = ev["bbox_at_peak"]
+        assert 0 <= x0 < x1 <= 96 + 1e-3 and 0 <= y0 < y1 <= 64 + 1e-3 and 0 < ev["max_area_px"] <= 96 * 64
+        assert (out / ev["thumbnail"]).is_file()
 
 
 def test_rotation_and_odd_size(weights, clips, tmp_path):

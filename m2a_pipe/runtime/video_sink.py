@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from m2a_pipe.events import EventBuilder, EventConfig, TracksCsvWriter, draw_timeline, write_events
+from m2a_pipe.events import Event, EventBuilder, EventConfig, TracksCsvWriter, draw_timeline, write_events
 from m2a_pipe.instances import anomaly_instances, scored_instance
 from m2a_pipe.io.hdf5_writer import ScoresWriter
 from m2a_pipe.io.video_writer import VideoWriter
@@ -159,6 +159,7 @@ class VideoSink:
             self.video.close()
         self.tracks_csv.close()
         events, thumbnails = self.events.finish()
+        events = [self._in_source_pixels(ev) for ev in events]
         write_events(self.workdir, events, thumbnails)
         draw_timeline(self.workdir / TIMELINE_FILE, np.asarray(self._pts), np.asarray(self._frame_score), events,
                       threshold=self.settings.threshold, title=str(attrs.get("source", "")))
@@ -166,6 +167,18 @@ class VideoSink:
         summary = {"status": status, "error": error or "", "frames": self.scores.n_frames, "events": len(events)}
         (self.workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
         return summary
+
+    def _in_source_pixels(self, event: Event) -> Event:
+        """The event's box and area in source pixels, as /instances and tracks.csv (the builder
+        works in network-input pixels, where the thumbnails are cut, and areas in map pixels)."""
+        (mx, my), (ix, iy) = self.to_source, self.to_input
+        area = int(round(event.max_area_px * mx * my))
+        if event.bbox_at_peak is None:
+            return replace(event, max_area_px=area)
+        x0, y0, x1, y1 = event.bbox_at_peak
+        fx, fy = mx / ix, my / iy
+        return replace(event, max_area_px=area,
+                       bbox_at_peak=[round(x0 * fx, 2), round(y0 * fy, 2), round(x1 * fx, 2), round(y1 * fy, 2)])
 
     def abort(self) -> None:
         """Close the open files without finishing (the caller deletes the folder)."""
