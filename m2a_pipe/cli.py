@@ -238,11 +238,12 @@ def bench_pipeline_cmd(video: str | None, json_path: str | None, **options) -> N
 
 def _register_subgroups() -> None:
     from m2a_pipe.evaluation.cli import evaluate
+    from m2a_pipe.mine_cli import clip_cmd, mine_cmd
     from m2a_pipe.process_cli import process_cmd
     from m2a_pipe.synth.cli import synth
     from m2a_pipe.training.cli import train
 
-    for group in (process_cmd, evaluate, synth, train):
+    for group in (process_cmd, mine_cmd, clip_cmd, evaluate, synth, train):
         cli.add_command(group)
 
 

@@ -29,10 +29,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from m2a_pipe.instances import Instance
+from m2a_pipe.layout import EVENTS_FILE, THUMBS_DIR
 
 EVENT_MODES = ("tracks", "frames")
-EVENTS_JSONL = "events.jsonl"
-THUMBS_DIR = "thumbs"
 JPEG_QUALITY = 90
 _DURATION_EPS_S = 1e-6  # float slack when comparing durations with the minimum
 
@@ -319,7 +318,7 @@ def write_events(out_dir: str | Path, events: Sequence[Event], thumbnails: Mappi
             ev = replace(ev, thumbnail=name)
         written.append(ev)
     text = "".join(ev.to_json() + "\n" for ev in written)
-    (out_dir / EVENTS_JSONL).write_text(text, encoding="utf-8")
+    (out_dir / EVENTS_FILE).write_text(text, encoding="utf-8")
     return written
 
 
@@ -327,7 +326,7 @@ def read_events(path: str | Path) -> list[Event]:
     """Events from an ``events.jsonl`` file (or the folder holding one)."""
     path = Path(path)
     if path.is_dir():
-        path = path / EVENTS_JSONL
+        path = path / EVENTS_FILE
     lines = path.read_text(encoding="utf-8").splitlines()
     return [Event.from_dict(json.loads(line)) for line in lines if line.strip()]
 

@@ -30,11 +30,11 @@ from m2a_pipe.config import ModelConfig
 from m2a_pipe.io.hdf5_writer import read_status
 from m2a_pipe.io.inputs import VideoInput
 from m2a_pipe.io.video_reader import VideoReader
+from m2a_pipe.layout import OLD_MARK, PARTIAL_MARK, SCORES_FILE, SUMMARY_FILE
 from m2a_pipe.runtime.model_stage import BOUNDED_SCORES, FrameMaps, map_size, network_input_size, prepare_frame
-from m2a_pipe.runtime.video_sink import SCORES_FILE, SUMMARY_FILE, SinkSettings, VideoSink
+from m2a_pipe.runtime.video_sink import SinkSettings, VideoSink
 
 FINGERPRINT_CHUNK_BYTES = 1 << 20
-PARTIAL_MARK = ".partial-"
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ class VideoJob:
         summary = sink.finish(status=status, error=reader.partial_reason, decoded_frames=reader.n_decoded)
         self.sink = None
         if self.out_dir.exists():
-            old = self.out_dir.parent / f".{self.out_dir.name}.old-{os.getpid()}"
+            old = self.out_dir.parent / f".{self.out_dir.name}{OLD_MARK}{os.getpid()}"
             self.out_dir.rename(old)
             self.workdir.rename(self.out_dir)
             shutil.rmtree(old, ignore_errors=True)

@@ -29,16 +29,11 @@ from m2a_pipe.events import Event, EventBuilder, EventConfig, TracksCsvWriter, d
 from m2a_pipe.instances import anomaly_instances, scored_instance
 from m2a_pipe.io.hdf5_writer import ScoresWriter
 from m2a_pipe.io.video_writer import VideoWriter
+from m2a_pipe.layout import OVERLAY_FILE, SCORES_FILE, SUMMARY_FILE, TIMELINE_FILE, TRACKS_FILE
 from m2a_pipe.render import overlay, timecode
 from m2a_pipe.runtime.model_stage import FrameMaps
 from m2a_pipe.tracking import Tracker, TrackerConfig
 
-SCORES_FILE = "scores.h5"
-OVERLAY_FILE = "overlay.mp4"
-TRACKS_FILE = "tracks.csv"
-EVENTS_FILE = "events.jsonl"
-TIMELINE_FILE = "timeline.png"
-SUMMARY_FILE = "summary.json"
 SCORE_PERCENTILE = 99.0
 
 
