@@ -65,15 +65,13 @@ def _peak_rss_mb() -> float:
 
 def bench_pipeline(video: str | Path, config: ProcessConfig | None = None) -> PipelineBench:
     """Measure one video (see the module docstring)."""
-    from m2a_pipe.pipeline import load_stage, resolve_device
+    from m2a_pipe.pipeline import load_stage, prepare_runtime
     from m2a_pipe.runtime.local import run_job
     from m2a_pipe.runtime.video_job import VideoJob
 
     config = (config or ProcessConfig()).updated(overwrite=True)
     video = Path(video).resolve()
-    device = resolve_device(config.device)
-    if config.threads is not None and device.type == "cpu":
-        torch.set_num_threads(config.threads)
+    config, device = prepare_runtime(config)
     stage, info = load_stage(config, device)
     batch = config.batch_size or (8 if device.type == "cuda" else 1)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

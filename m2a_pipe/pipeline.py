@@ -89,6 +89,17 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def prepare_runtime(config: ProcessConfig) -> tuple[ProcessConfig, torch.device]:
+    """Resolve the device, set torch's CPU threads, and resolve the automatic settings that
+    depend on the device (``overlay_threads`` 0 -> 1 when the model runs on the CPU)."""
+    device = resolve_device(config.device)
+    if config.threads is not None and device.type == "cpu":
+        torch.set_num_threads(config.threads)
+    if config.overlay_threads == 0 and device.type == "cpu":
+        config = config.updated(overlay_threads=1)
+    return config, device
+
+
 def load_stage(config: ProcessConfig, device: torch.device) -> tuple[ModelStage, ModelInfo]:
     """Load and verify the weights, build the model stage. Raises ProcessError (one line)."""
     from m2a_pipe.model.checkpoint import CheckpointError, load_model, read_metadata, sha256_file
@@ -158,9 +169,7 @@ def process(inputs: str | os.PathLike | Iterable[str | os.PathLike], output: str
         log(f"error: {message}")
         summary.videos.append(VideoResult(source=arg, rel=arg, out_dir="", status="failed", error=message))
     _check_output(output)
-    device = resolve_device(config.device)
-    if config.threads is not None and device.type == "cpu":
-        torch.set_num_threads(config.threads)
+    config, device = prepare_runtime(config)
     todo = []
     for video in videos:
         if not config.overwrite and is_complete(video.out_dir(output)):

@@ -43,6 +43,8 @@ from m2a_pipe.runtime.model_stage import SCORE_NAMES
 @click.option("--event-min-score", type=float, help="Smallest peak score of an event [the threshold].")
 @click.option("--overlay/--no-overlay", default=None, help="Write overlay.mp4 [on].")
 @click.option("--overlay-crf", type=int, help="H.264 quality of the overlay (0-51, lower = better) [23].")
+@click.option("--overlay-threads", type=int,
+              help="H.264 encoder threads, 0 = automatic (1 when the model runs on the CPU) [0].")
 @click.option("--save-maps/--no-save-maps", default=None, help="Store /maps/anomaly in scores.h5 [on].")
 @click.option("--save-semantic/--no-save-semantic", default=None, help="Store /maps/semantic [off].")
 @click.option("--overwrite", is_flag=True, default=None, help="Redo videos whose outputs are complete.")

@@ -41,7 +41,9 @@ class ProcessConfig:
     segmentation, mined from the background region, Eq. 15 and Sec. 6.3), tracker ``min_hits`` / ``max_misses``, events
     (``event_mode``, ``event_min_duration_s``, ``event_min_score``).
 
-    Outputs: ``overlay`` (write overlay.mp4), ``overlay_crf``, ``save_maps`` (/maps/anomaly),
+    Outputs: ``overlay`` (write overlay.mp4), ``overlay_crf``, ``overlay_threads`` (H.264
+    encoder threads; 0: one when the model runs on the CPU, so that the encoder does not
+    compete with it for the cores, else FFmpeg's choice), ``save_maps`` (/maps/anomaly),
     ``save_semantic`` (/maps/semantic), ``overwrite`` (redo complete videos), ``queue_size``
     (frames held between threads, per queue).
     """
@@ -68,6 +70,7 @@ class ProcessConfig:
     event_min_score: float | None = None
     overlay: bool = True
     overlay_crf: int = 23
+    overlay_threads: int = 0
     save_maps: bool = True
     save_semantic: bool = False
     overwrite: bool = False
@@ -105,6 +108,8 @@ class ProcessConfig:
             raise bad("queue_size", f"must be >= 1, got {self.queue_size}")
         if not 0 <= self.overlay_crf <= 51:
             raise bad("overlay_crf", f"must be in [0, 51], got {self.overlay_crf}")
+        if self.overlay_threads < 0:
+            raise bad("overlay_threads", f"must be >= 0, got {self.overlay_threads}")
         if self.threads is not None and self.threads < 1:
             raise bad("threads", f"must be >= 1, got {self.threads}")
 

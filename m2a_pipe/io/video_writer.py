@@ -38,6 +38,8 @@ class VideoWriter:
             timing comes from each frame's ``pts_s``.
         crf: libx264 constant rate factor (0 lossless ... 51 worst; 23 is x264's default).
         preset: libx264 speed preset ("ultrafast" ... "veryslow").
+        threads: encoder threads, 0 for FFmpeg's automatic choice (one per core and more);
+            1 keeps the encoder off the cores a CPU model is using.
         time_base: timestamp unit in seconds, default 1/90000.
 
     Attributes:
@@ -48,7 +50,7 @@ class VideoWriter:
     """
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float, *, crf: int = 23,
-                 preset: str = "veryfast", time_base: Fraction | None = None) -> None:
+                 preset: str = "veryfast", threads: int = 0, time_base: Fraction | None = None) -> None:
         if int(width) != width or int(height) != height or width < 1 or height < 1:
             raise ValueError(f"width and height must be positive integers, got {width!r} x {height!r}")
         if not (fps > 0 and math.isfinite(fps)):
@@ -63,6 +65,8 @@ class VideoWriter:
         self._last_pts: int | None = None
         self.encoder = _h264_encoder()
         options = {"crf": str(int(crf)), "preset": str(preset)} if self.encoder == PREFERRED_ENCODER else {}
+        if threads:
+            options["threads"] = str(int(threads))
         self._container = av.open(self.path, mode="w", format="mp4", options={"movflags": "+faststart"})
         try:
             rate = Fraction(fps).limit_denominator(1001 * 1000)

@@ -91,7 +91,8 @@ class VideoSink:
                                                min_peak_score=min_score, frame_threshold=s.threshold))
         self.tracks_csv = TracksCsvWriter(self.workdir / TRACKS_FILE)
         h, w = s.input_size
-        self.video = (VideoWriter(self.workdir / OVERLAY_FILE, w, h, s.fps, crf=config.overlay_crf)
+        self.video = (VideoWriter(self.workdir / OVERLAY_FILE, w, h, s.fps, crf=config.overlay_crf,
+                                  threads=config.overlay_threads)
                       if config.overlay else None)
         self._pending: deque[tuple] = deque()
         self._counter = 0
