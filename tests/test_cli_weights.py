@@ -48,17 +48,18 @@ def golden_converted(tmp_path_factory):
     return folder, out, result
 
 
-def test_list_shows_demo_not_built():
+def test_list_shows_demo_and_verify_checks_it():
     result = run("list")
     assert result.exit_code == 0, result.output
     header, *rows = result.output.strip().splitlines()
     assert header.split()[:4] == ["NAME", "FILE", "PRESENT", "SHA256"]
     demo = next(row for row in rows if row.startswith("demo "))
-    assert "demo.safetensors" in demo and "(not built)" in demo
+    assert "demo.safetensors" in demo and REGISTRY["demo"].sha256[:12] in demo
+    verify = run("verify", "demo")
+    assert verify.exit_code == 0 and "ok" in verify.output.lower(), verify.output
 
 
-def test_info_demo_and_unknown_name_are_clear_errors():
-    assert_one_line_error(run("info", "demo"), "demo weights are not built yet")
+def test_unknown_name_is_a_clear_error():
     assert_one_line_error(run("info", "no-such-weights"), "unknown weights name or missing file 'no-such-weights'")
     assert_one_line_error(run("verify", "no-such-weights", "--sha256", "0" * 64), "no-such-weights")
 

@@ -47,15 +47,25 @@ def small_weights(tmp_path):
     return model, path
 
 
-def test_demo_is_reserved_and_not_built():
+def test_demo_is_built_verified_and_carries_its_config_and_threshold():
+    from m2a_pipe.model.checkpoint import read_metadata
+
     entry = REGISTRY["demo"]
-    assert entry.sha256 is None and not entry.built
-    assert entry.file == "demo.safetensors"
-    assert entry.config == "small"
-    with pytest.raises(WeightsError, match="demo weights are not built yet"):
-        resolve("demo")
+    assert entry.built and entry.present and entry.file == "demo.safetensors" and entry.config == "small"
+    assert sha256_file(resolve("demo")) == entry.sha256
+    cfg, meta = read_metadata(resolve("demo"))
+    assert 0 < meta["anomaly_threshold"] < 1
+    model = load_model("demo")
+    assert model.config == cfg and cfg.preprocess.min_size_test == 512  # the stored config, not the preset's
+
+
+def test_reserved_entries_are_not_built(clean_registry):
+    registry.register(registry.WeightsEntry(name="future", file="future.safetensors", sha256=None,
+                                            description="not trained yet", config="small"))
+    with pytest.raises(WeightsError, match="future weights are not built yet"):
+        resolve("future")
     with pytest.raises(WeightsError, match="not built yet"):
-        load_model("demo")
+        load_model("future")
 
 
 def test_weights_dir_default_and_override(monkeypatch, tmp_path):

@@ -6,8 +6,9 @@ turns a name (or a path to an existing file) into a path, :func:`verify` recompu
 hash. Relative files live in the weights folder: ``<repo root>/weights`` (the parent of
 the installed ``m2a_pipe`` package source), or ``$M2A_WEIGHTS_DIR`` when set.
 
-``demo`` is reserved for the small demo model; its sha256 is ``None`` until it is trained,
-and resolving it raises a :class:`WeightsError` saying so.
+``demo`` is the small demo model trained on the synthetic world (``weights/demo.safetensors``,
+its model card in ``weights/README.md``); an entry whose sha256 is ``None`` is reserved, not
+built yet, and resolving it raises a :class:`WeightsError` saying so.
 """
 
 from __future__ import annotations
@@ -264,8 +265,9 @@ def _load_config(spec: str | os.PathLike | ModelConfig) -> ModelConfig:
 register(WeightsEntry(
     name="demo",
     file="demo.safetensors",
-    sha256=None,  # set when the demo model is trained
-    description="small Mask2Anomaly (preset 'small', R18, 64-dim) for the demo and tests",
+    sha256="e7796f1cba15f443b0c270b374089a9f9d5fe51b0fbc472ed77eb883fc21e2d6",
+    description="small Mask2Anomaly (preset 'small', R18, 64-dim) trained on the synthetic world; "
+                "the embedded default (model card: weights/README.md)",
     config="small",
-    metadata={"status": "reserved", "classes": "cityscapes-19"},
+    metadata={"status": "v0", "classes": "cityscapes-19", "recipes": "train/demo_stage1.json, train/demo_stage2.json"},
 ))
