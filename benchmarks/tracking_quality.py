@@ -18,6 +18,11 @@ with the default settings. Then, from its outputs:
   ground-truth anomaly is there: :func:`m2a_pipe.evaluation.tracking.is_true_event` (a box at the
   peak that intersects a visible ground-truth box, or any ground truth in the span without a box).
 
+``--oracle`` replaces the model by the ground truth: the anomaly map of each frame is the
+clip's ground-truth anomaly mask (``CLIP.gt.h5``) averaged down to the map resolution, so the
+figures measure what comes after the model (instances at 1/4 resolution, the tracker, the
+event rules) with a perfect detector.
+
 Prints one JSON object: per clip and pooled (MOTA pooled over all frames of all clips).
 """
 
@@ -80,13 +85,55 @@ def frame_alarms(scores_h5: Path, config: ProcessConfig, min_duration_s: float |
     return alarms
 
 
-def evaluate_clip(clip: Path, out: Path, config: ProcessConfig) -> dict:
+class OracleStage:
+    """Stands in for the ModelStage: the ground-truth anomaly masks of one clip, in order, as
+    maps of the size the model would give (area-averaged: the anomalous fraction of each cell)."""
+
+    def __init__(self, gt_h5: Path, map_shape: tuple[int, int]) -> None:
+        import cv2
+
+        self._resize = lambda m: cv2.resize(m.astype(np.float32), map_shape[::-1], interpolation=cv2.INTER_AREA)
+        self._file = h5py.File(gt_h5, "r")
+        self._next = 0
+
+    def __call__(self, images):
+        from m2a_pipe.runtime.model_stage import FrameMaps
+
+        out = []
+        for _ in images:
+            mask = self._file["anomaly_mask"][self._next] > 0
+            self._next += 1
+            anomaly = self._resize(mask)
+            out.append(FrameMaps(anomaly=anomaly, semantic=np.zeros(anomaly.shape, np.uint8)))
+        return out
+
+
+def run_oracle(clip: Path, out: Path, config: ProcessConfig) -> Path:
+    """The pipeline's sink on one clip with :class:`OracleStage` maps; returns the output folder."""
+    from m2a_pipe.io.inputs import VideoInput
+    from m2a_pipe.model.checkpoint import read_metadata
+    from m2a_pipe.model.registry import resolve
+    from m2a_pipe.runtime.local import run_job
+    from m2a_pipe.runtime.model_stage import map_size
+    from m2a_pipe.runtime.video_job import ModelInfo, VideoJob
+
+    model_config, _ = read_metadata(resolve(config.weights))
+    info = ModelInfo(weights="oracle", sha256="", config=model_config, threshold=0.5)
+    job = VideoJob(VideoInput(source=clip.resolve(), rel=clip.stem), out, config.updated(overwrite=True), info).open()
+    stage = OracleStage(clip.with_suffix(".gt.h5"), map_size(job.input_size, config.map_stride))
+    result = run_job(job, stage, batch_size=1, queue_size=config.queue_size)
+    return Path(result.out_dir)
+
+
+def evaluate_clip(clip: Path, out: Path, config: ProcessConfig, oracle: bool = False) -> dict:
     gt_json = clip.with_suffix(".tracks.json")
-    summary = process(clip, out, config, quiet=True)
-    video = summary.videos[0]
-    if video.status not in ("complete", "skipped"):
-        raise SystemExit(f"{clip}: {video.status} ({video.error})")
-    folder = Path(video.out_dir)
+    if oracle:
+        folder = run_oracle(clip, out, config)
+    else:
+        video = process(clip, out, config, quiet=True).videos[0]
+        if video.status not in ("complete", "skipped"):
+            raise SystemExit(f"{clip}: {video.status} ({video.error})")
+        folder = Path(video.out_dir)
     with h5py.File(folder / "scores.h5", "r") as f:
         fps, n_frames = float(f.attrs["fps"]), int(f.attrs["n_frames"])
         width, height = int(f.attrs["width"]), int(f.attrs["height"])
@@ -126,10 +173,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--short-side", type=int, help="network input short side [the weights' test size]")
+    parser.add_argument("--oracle", action="store_true", help="ground-truth masks instead of the model")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     config = ProcessConfig(weights=args.weights, device=args.device, short_side=args.short_side)
-    results = [evaluate_clip(clip, args.out, config) for clip in args.clips]
+    results = [evaluate_clip(clip, args.out, config, args.oracle) for clip in args.clips]
     report = {"pooled": pooled(results), "clips": results}
     text = json.dumps(report, indent=1, default=float)
     print(text)

@@ -99,3 +99,18 @@ def assert_close(name: str, got, ref, *, abs_tol: float = 0.0, rel_scale: float 
     if n_bad and allowed_where is not None:
         outside = bad & ~np.asarray(allowed_where, dtype=bool)
         assert not outside.any(), f"{name}: {int(outside.sum())} differing pixels outside the allowed region"
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> str:
+    """Random `small`-preset weights (seed 0) with ``anomaly_threshold`` 0.6 in their metadata:
+    the right layout for the pipeline's tests, no training needed."""
+    from m2a_pipe.config import preset
+    from m2a_pipe.model.checkpoint import save_weights
+    from m2a_pipe.model.mask2anomaly import build_model
+
+    torch.manual_seed(0)
+    model = build_model(preset("small"))
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_weights(model, model.config, path, metadata={"anomaly_threshold": 0.6})
+    return str(path)

@@ -12,7 +12,6 @@ from types import SimpleNamespace
 import h5py
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -20,13 +19,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 import video_fixtures as vf  # noqa: E402
 
 from m2a_pipe.cli import cli  # noqa: E402
-from m2a_pipe.config import preset  # noqa: E402
 from m2a_pipe.io.video_reader import VideoReader  # noqa: E402
 from m2a_pipe.mining import ClipError, cut_clip, mine, rank_key, walk_outputs  # noqa: E402
 from m2a_pipe.mining.outputs import Skipped, VideoFolder  # noqa: E402
 from m2a_pipe.mining.report import FIRST_THUMB_BOX, THUMB_BACKGROUND  # noqa: E402
-from m2a_pipe.model.checkpoint import save_weights  # noqa: E402
-from m2a_pipe.model.mask2anomaly import build_model  # noqa: E402
 from m2a_pipe.pipeline import process  # noqa: E402
 from m2a_pipe.runtime import video_job  # noqa: E402
 
@@ -34,15 +30,6 @@ FAST = dict(short_side=64, quiet=True, instances="panoptic", event_min_score=-1.
 MANIFEST = [("videos/car1/front.mp4", "V1", "d1"), ("videos/car2/front.mp4", "V2", "d2"),
             ("videos/car2/rear.mp4", "V2", "d3"), ("videos/car3/cut.ts", "V3", "d4")]
 COMPLETE = ("car1/front", "car2/front", "car2/rear")
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model(preset("small"))
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_weights(model, model.config, path, metadata={"anomaly_threshold": 0.6})
-    return str(path)
 
 
 @pytest.fixture(scope="module")

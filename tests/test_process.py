@@ -7,29 +7,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
 import video_fixtures as vf  # noqa: E402
 
 from m2a_pipe.cli import cli  # noqa: E402
-from m2a_pipe.config import preset  # noqa: E402
 from m2a_pipe.io.video_reader import VideoReader  # noqa: E402
-from m2a_pipe.model.checkpoint import save_weights  # noqa: E402
-from m2a_pipe.model.mask2anomaly import build_model  # noqa: E402
 from m2a_pipe.pipeline import ProcessError, process  # noqa: E402
 
 FAST = dict(short_side=64, quiet=True)
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model(preset("small"))
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_weights(model, model.config, path, metadata={"anomaly_threshold": 0.6})
-    return str(path)
 
 
 @pytest.fixture(scope="module")
