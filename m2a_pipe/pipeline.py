@@ -14,6 +14,7 @@ keeps the finished ones, and raises KeyboardInterrupt after the summary is logge
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -25,8 +26,8 @@ from tqdm import tqdm
 
 from m2a_pipe.config import ConfigError
 from m2a_pipe.io.inputs import InputError, VideoInput, discover
-from m2a_pipe.io.video_reader import VideoError
-from m2a_pipe.process_config import DEFAULT_THRESHOLD, ProcessConfig
+from m2a_pipe.layout import FAILURES_FILE
+from m2a_pipe.process_config import DEFAULT_THRESHOLD, ProcessConfig, RayConfig
 from m2a_pipe.runtime.model_stage import ModelStage
 from m2a_pipe.runtime.video_job import ModelInfo, VideoJob, VideoResult, is_complete
 
@@ -100,8 +101,13 @@ def prepare_runtime(config: ProcessConfig) -> tuple[ProcessConfig, torch.device]
     return config, device
 
 
-def load_stage(config: ProcessConfig, device: torch.device) -> tuple[ModelStage, ModelInfo]:
-    """Load and verify the weights, build the model stage. Raises ProcessError (one line)."""
+def load_checked_model(config: ProcessConfig) -> tuple[Any, ModelInfo]:
+    """Load and verify the weights of ``config``: (model on the CPU, :class:`ModelInfo`).
+
+    The file's sha256 must match the registry's when the weights are registered; the
+    threshold comes from the option, else the file's ``anomaly_threshold`` metadata.
+    Raises ProcessError (one line naming the weights).
+    """
     from m2a_pipe.model.checkpoint import CheckpointError, load_model, read_metadata, sha256_file
     from m2a_pipe.model.registry import WeightsError, expected_sha256, resolve
 
@@ -121,9 +127,19 @@ def load_stage(config: ProcessConfig, device: torch.device) -> tuple[ModelStage,
     threshold = config.threshold
     if threshold is None:
         threshold = float(meta.get("anomaly_threshold", DEFAULT_THRESHOLD))
-    stage = ModelStage(model, device, score=config.effective_score, flip=config.flip, map_stride=config.map_stride,
-                       mine_unknown=config.instances == "panoptic", min_area_fraction=config.min_area_fraction)
-    return stage, ModelInfo(weights=str(config.weights), sha256=sha, config=model.config, threshold=threshold)
+    return model, ModelInfo(weights=str(config.weights), sha256=sha, config=model.config, threshold=threshold)
+
+
+def make_stage(model: Any, config: ProcessConfig, device: torch.device | str) -> ModelStage:
+    """The :class:`ModelStage` of ``config`` (score, flip, map stride, instance mode) around ``model``."""
+    return ModelStage(model, device, score=config.effective_score, flip=config.flip, map_stride=config.map_stride,
+                      mine_unknown=config.instances == "panoptic", min_area_fraction=config.min_area_fraction)
+
+
+def load_stage(config: ProcessConfig, device: torch.device) -> tuple[ModelStage, ModelInfo]:
+    """Load and verify the weights, build the model stage. Raises ProcessError (one line)."""
+    model, info = load_checked_model(config)
+    return make_stage(model, config, device), info
 
 
 def _check_output(output: Path) -> None:
@@ -137,7 +153,7 @@ def _check_output(output: Path) -> None:
 
 
 def process(inputs: str | os.PathLike | Iterable[str | os.PathLike], output: str | os.PathLike,
-            config: ProcessConfig | None = None, *, quiet: bool = False,
+            config: ProcessConfig | None = None, *, ray: RayConfig | None = None, quiet: bool = False,
             log: Callable[[str], None] | None = None, on_batch: Callable[[VideoInput, int], None] | None = None,
             **options: Any) -> RunSummary:
     """Process videos into ``output`` (see the module docstring).
@@ -146,11 +162,15 @@ def process(inputs: str | os.PathLike | Iterable[str | os.PathLike], output: str
         inputs: a path, folder, glob or manifest, or several.
         output: OUT; each video's folder mirrors its place in the input tree.
         config: settings (default :class:`ProcessConfig`); ``options`` override its fields.
+        ray: run on Ray with these settings (:mod:`m2a_pipe.runtime.ray_runner`) instead of
+            the local runner; the outputs are the same.
         quiet: no progress bars.
         log: where one-line messages go (default: tqdm.write to stderr, unless quiet).
-        on_batch: called after each model batch with the video and its frames so far.
+        on_batch: called after each model batch with the video and its frames so far
+            (local runner only).
     Returns: a :class:`RunSummary`. Raises :class:`ProcessError` when the run cannot start
-    and KeyboardInterrupt on Ctrl-C (after cleaning up).
+    and KeyboardInterrupt on Ctrl-C (after cleaning up). The inputs that failed are listed
+    in ``OUT/failures.jsonl``.
     """
     started = time.perf_counter()
     config = (config or ProcessConfig()).updated(**options)
@@ -169,7 +189,6 @@ def process(inputs: str | os.PathLike | Iterable[str | os.PathLike], output: str
         log(f"error: {message}")
         summary.videos.append(VideoResult(source=arg, rel=arg, out_dir="", status="failed", error=message))
     _check_output(output)
-    config, device = prepare_runtime(config)
     todo = []
     for video in videos:
         if not config.overwrite and is_complete(video.out_dir(output)):
@@ -177,49 +196,86 @@ def process(inputs: str | os.PathLike | Iterable[str | os.PathLike], output: str
                                               out_dir=str(video.out_dir(output)), status="skipped"))
         else:
             todo.append(video)
-    if todo:
-        stage, model_info = load_stage(config, device)
-        batch = config.batch_size or (CUDA_BATCH if device.type == "cuda" else 1)
-        overall = tqdm(total=len(todo), desc="videos", unit="video", disable=quiet or len(todo) < 2, position=1)
-        try:
-            for video in todo:
-                result = _run_one(video, output, config, stage, model_info, batch, quiet, log, on_batch)
-                summary.videos.append(result)
-                overall.update(1)
-        except KeyboardInterrupt:
-            summary.interrupted = True
-            summary.seconds = time.perf_counter() - started
-            log("interrupted: the video in progress was discarded; finished videos are kept")
-            raise
-        finally:
-            overall.close()
+    write_failures(output, summary.videos)
+    overall = tqdm(total=len(todo), desc="videos", unit="video", disable=quiet or len(todo) < 2, position=1)
+
+    def finished(result: VideoResult) -> None:
+        summary.videos.append(result)
+        overall.update(1)
+        if result.status == "partial":
+            log(f"partial: {result.error}")
+        elif result.status == "failed":
+            log(f"error: {result.error}")
+            write_failures(output, summary.videos)
+
+    try:
+        if todo and ray is not None:
+            _process_on_ray(todo, output, config, ray, finished, log)
+        elif todo:
+            _process_locally(todo, output, config, finished, quiet, on_batch)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        summary.seconds = time.perf_counter() - started
+        log("interrupted: the videos in progress were discarded; finished videos are kept")
+        raise
+    finally:
+        overall.close()
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _run_one(video: VideoInput, output: Path, config: ProcessConfig, stage: ModelStage, model_info: ModelInfo,
-             batch: int, quiet: bool, log: Callable[[str], None],
-             on_batch: Callable[[VideoInput, int], None] | None) -> VideoResult:
-    from m2a_pipe.runtime.local import run_job
+def write_failures(output: Path, results: Iterable[VideoResult]) -> None:
+    """``OUT/failures.jsonl``: one JSON line (source, rel, error) per failed input of this run,
+    written atomically; removed when nothing failed."""
+    path = output / FAILURES_FILE
+    failed = [v for v in results if v.status == "failed"]
+    if not failed:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        for v in failed:
+            f.write(json.dumps({"source": v.source, "rel": v.rel, "error": v.error,
+                                **({"extra": dict(v.extra)} if v.extra else {})}) + "\n")
+    os.replace(tmp, path)
 
-    job = VideoJob(video, output, config, model_info)
+
+def _process_locally(todo: list[VideoInput], output: Path, config: ProcessConfig,
+                     finished: Callable[[VideoResult], None], quiet: bool,
+                     on_batch: Callable[[VideoInput, int], None] | None) -> None:
+    config, device = prepare_runtime(config)
+    stage, model_info = load_stage(config, device)
+    batch = config.batch_size or (CUDA_BATCH if device.type == "cuda" else 1)
+    for video in todo:
+        finished(_run_one(video, output, config, stage, model_info, batch, quiet, on_batch))
+
+
+def _process_on_ray(todo: list[VideoInput], output: Path, config: ProcessConfig, ray_config: RayConfig,
+                    finished: Callable[[VideoResult], None], log: Callable[[str], None]) -> None:
     try:
-        job.open()
-    except VideoError as err:
-        job.discard()
-        log(f"error: {err}")
-        return job.failed(str(err))
-    except OSError as err:
-        job.discard()
-        msg = f"{video.source}: cannot write {job.out_dir} ({err.strerror or err})"
-        log(f"error: {msg}")
-        return job.failed(msg)
-    total = job.reader.info.n_frames
-    if total and config.stride > 1:
-        total = -(-total // config.stride)
-    elif total and config.sample_fps and job.reader.info.fps:
-        total = int(total * min(1.0, config.sample_fps / job.reader.info.fps)) + 1
-    bar = tqdm(total=total, desc=video.rel, unit="frame", disable=quiet, leave=False, position=0)
+        from m2a_pipe.runtime.ray_runner import run_on_ray
+    except ImportError as err:
+        raise ProcessError(f"--ray: cannot import Ray ({err}); pip install 'ray>=2.9'") from None
+    model, model_info = load_checked_model(config)
+    weights = (model.config, model.state_dict())
+    del model
+    stats = run_on_ray(todo, output, config, weights, model_info, ray_config, on_result=finished)
+    log(stats.line())
+
+
+def _run_one(video: VideoInput, output: Path, config: ProcessConfig, stage: ModelStage, model_info: ModelInfo,
+             batch: int, quiet: bool, on_batch: Callable[[VideoInput, int], None] | None) -> VideoResult:
+    from m2a_pipe.runtime.local import run_video
+
+    bar = tqdm(total=0, desc=video.rel, unit="frame", disable=quiet, leave=False, position=0)
+
+    def opened(job: VideoJob) -> None:
+        total = job.reader.info.n_frames
+        if total and config.stride > 1:
+            total = -(-total // config.stride)
+        elif total and config.sample_fps and job.reader.info.fps:
+            total = int(total * min(1.0, config.sample_fps / job.reader.info.fps)) + 1
+        bar.reset(total=total or None)
 
     def progress(done: int) -> None:
         bar.update(done - bar.n)
@@ -227,21 +283,6 @@ def _run_one(video: VideoInput, output: Path, config: ProcessConfig, stage: Mode
             on_batch(video, done)
 
     try:
-        result = run_job(job, stage, batch_size=batch, queue_size=config.queue_size, on_batch=progress)
-    except KeyboardInterrupt:
-        job.discard()
-        raise
-    except (VideoError, OSError) as err:
-        job.discard()
-        msg = str(err).splitlines()[0] if isinstance(err, VideoError) else \
-            f"{video.source}: {err.strerror or err} ({getattr(err, 'filename', '') or job.out_dir})"
-        log(f"error: {msg}")
-        return job.failed(msg)
+        return run_video(video, output, config, model_info, stage, batch, on_open=opened, on_batch=progress)
     finally:
         bar.close()
-    if result.status == "partial":
-        log(f"partial: {result.error}")
-    elif result.status == "failed":
-        log(f"error: {result.error}")
-    return result
-

@@ -49,27 +49,50 @@ from m2a_pipe.runtime.model_stage import SCORE_NAMES
 @click.option("--save-semantic/--no-save-semantic", default=None, help="Store /maps/semantic [off].")
 @click.option("--overwrite", is_flag=True, default=None, help="Redo videos whose outputs are complete.")
 @click.option("--queue-size", type=int, help="Frames held between threads, per queue [8].")
+@click.option("--ray", "use_ray", is_flag=True, help="Run on Ray: a pool of inference workers, one job per video.")
+@click.option("--address", "ray_address",
+              help="With --ray: 'auto' or HOST:PORT joins a running cluster [start a local one].")
+@click.option("--workers", "ray_workers", type=int, help="With --ray: inference workers [one per GPU, else per CPU].")
+@click.option("--gpus-per-worker", "ray_gpus_per_worker", type=float,
+              help="With --ray: GPUs per worker [1 when the cluster has GPUs, else 0].")
+@click.option("--cpus-per-worker", "ray_cpus_per_worker", type=float,
+              help="With --ray: CPUs per worker, also its torch threads on the CPU [1].")
+@click.option("--jobs", "ray_jobs", type=int, help="With --ray: videos in progress at once [the workers].")
+@click.option("--in-flight", "ray_in_flight", type=int,
+              help="With --ray: batches a video keeps on the pool [2 per worker over the running videos].")
+@click.option("--cpus-per-job", "ray_cpus_per_job", type=float,
+              help="With --ray: CPUs a video job reserves for decoding and writing [0].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the summary as JSON.")
-def process_cmd(inputs, output, config_file, quiet, json_path, **options):
+def process_cmd(inputs, output, config_file, quiet, json_path, use_ray, **options):
     """Process dashcam videos: overlay.mp4, scores.h5, tracks.csv, events.jsonl per video.
 
     INPUTS are video files, folders (searched recursively), globs, or manifests (.txt/.lst:
     one path per line; .csv: a 'path' column plus columns carried into the outputs).
-    Outputs mirror the input tree under OUTPUT. Exit code 0 only when every input is complete.
+    Outputs mirror the input tree under OUTPUT; the inputs that failed are listed in
+    OUTPUT/failures.jsonl. Exit code 0 only when every input is complete.
+    With --ray, a pool of inference workers (one model replica each) serves one job per
+    video, locally or on a cluster; the outputs are the same as without.
     """
     from m2a_pipe.config import ConfigError
     from m2a_pipe.pipeline import ProcessError, process
+    from m2a_pipe.process_config import RayConfig
+
+    ray_options = {name[4:]: options.pop(name) for name in list(options) if name.startswith("ray_")}
+    given = [name for name, value in ray_options.items() if value is not None]
+    if given and not use_ray:
+        raise click.UsageError(f"--{given[0].replace('_', '-')} needs --ray")
 
     if options.get("map_stride") is not None:
         options["map_stride"] = int(options["map_stride"])
     try:
         base = ProcessConfig.from_file(config_file) if config_file else ProcessConfig()
         config = base.updated(**options)
+        ray_config = RayConfig().updated(**ray_options) if use_ray else None
     except (ConfigError, TypeError) as err:
         raise click.UsageError(str(err)) from None
     try:
-        summary = process(list(inputs), output, config, quiet=quiet,
+        summary = process(list(inputs), output, config, ray=ray_config, quiet=quiet,
                           log=lambda msg: click.echo(f"m2a-pipe: {msg}", err=True))
     except ProcessError as err:
         raise click.ClickException(str(err)) from None

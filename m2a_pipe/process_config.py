@@ -150,3 +150,55 @@ class ProcessConfig:
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: a config file holds one JSON object")
         return cls.from_mapping(values, where=str(path))
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """How ``m2a-pipe process --ray`` uses a Ray cluster (the outputs do not depend on it).
+
+    ``address``: None starts a local Ray instance (or uses ``RAY_ADDRESS``); ``auto`` or
+    ``HOST:PORT`` / ``ray://HOST:PORT`` joins a running cluster.
+    ``workers``: inference actors, one model replica each (None: one per GPU of the cluster
+    when ``gpus_per_worker`` > 0, else one per ``cpus_per_worker`` CPUs).
+    ``gpus_per_worker``: GPUs an actor reserves (None: 1 when the cluster has GPUs, else 0).
+    ``cpus_per_worker``: CPUs an actor reserves; on a CPU worker also its torch threads.
+    ``jobs``: videos in progress at once (None: as many as workers).
+    ``in_flight``: batches a video keeps in flight on the pool (None: enough for two per
+    worker across the running videos, at least 2, so one long video alone fills the pool).
+    ``cpus_per_job``: CPUs a video job reserves for decoding and writing (0: none, so that
+    jobs also run where the workers hold every CPU).
+    ``worker_restarts``: times Ray restarts a dead actor (its in-flight batches are retried).
+    ``batch_retries``: times a batch is sent again to another worker when its worker is gone
+    for good.
+    """
+
+    address: str | None = None
+    workers: int | None = None
+    gpus_per_worker: float | None = None
+    cpus_per_worker: float = 1.0
+    jobs: int | None = None
+    in_flight: int | None = None
+    cpus_per_job: float = 0.0
+    worker_restarts: int = 3
+    batch_retries: int = 3
+
+    def __post_init__(self) -> None:
+        def bad(field: str, why: str) -> ConfigError:
+            return ConfigError(f"{field}: {why}")
+
+        for name in ("workers", "jobs", "in_flight"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise bad(name, f"must be >= 1, got {value}")
+        if self.gpus_per_worker is not None and self.gpus_per_worker < 0:
+            raise bad("gpus_per_worker", f"must be >= 0, got {self.gpus_per_worker}")
+        if not self.cpus_per_worker > 0:
+            raise bad("cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
+        if self.cpus_per_job < 0:
+            raise bad("cpus_per_job", f"must be >= 0, got {self.cpus_per_job}")
+        if self.worker_restarts < 0 or self.batch_retries < 0:
+            raise bad("worker_restarts", "worker_restarts and batch_retries must be >= 0")
+
+    def updated(self, **changes: Any) -> "RayConfig":
+        """A copy with ``changes`` applied (None values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -1,10 +1,14 @@
-"""The local runner: one video at a time through a reader thread, the model, a writer thread.
+"""One video through a reader thread, the model, a writer thread: the loop both runners use.
 
     reader thread:  decode (PyAV, frame-threaded) + resize to the network input
         -> bounded queue ->
-    calling thread: batches of ``batch_size`` frames through the ModelStage (GPU or CPU)
+    calling thread: batches of ``batch_size`` frames through the model, in order
         -> bounded queue ->
     writer thread:  VideoSink (instances, tracker, events, HDF5, overlay encoding)
+
+The model is anything with ``map_batches``: the local runner's
+:class:`~m2a_pipe.runtime.model_stage.ModelStage` (one batch at a time, in this process) or
+the Ray runner's pool client (several batches in flight on remote replicas, results in order).
 
 The queues hold at most ``queue_size`` items each, so memory is flat however long the video,
 and decoding and writing overlap the model. The model runs in the calling thread so Ctrl-C
@@ -16,10 +20,23 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
-from m2a_pipe.runtime.model_stage import ModelStage
-from m2a_pipe.runtime.video_job import VideoJob, VideoResult
+import numpy as np
+
+from m2a_pipe.io.inputs import VideoInput
+from m2a_pipe.io.video_reader import VideoError
+from m2a_pipe.runtime.model_stage import FrameMaps
+from m2a_pipe.runtime.video_job import ModelInfo, VideoJob, VideoResult
+
+Frame = tuple[int, float, np.ndarray]
+"""(source index, pts in seconds, (h, w, 3) uint8 network-input image)."""
+
+
+class BatchMapper(Protocol):
+    """The model as the loop sees it: batches of frames in, their maps out, in order."""
+
+    def map_batches(self, batches: Iterable[list[Frame]]) -> Iterator[tuple[list[Frame], list[FrameMaps]]]: ...
 
 _DONE = object()
 POLL_S = 0.1
@@ -61,9 +78,9 @@ def _get(q: queue.Queue, stop: threading.Event, worker: _Worker) -> object:
                 return _DONE
 
 
-def run_job(job: VideoJob, stage: ModelStage, *, batch_size: int = 1, queue_size: int = 8,
+def run_job(job: VideoJob, stage: BatchMapper, *, batch_size: int = 1, queue_size: int = 8,
             on_batch: Callable[[int], None] | None = None) -> VideoResult:
-    """Process one opened :class:`VideoJob` and commit its outputs.
+    """Process one opened :class:`VideoJob` through ``stage`` and commit its outputs.
 
     ``on_batch(n_frames_so_far)`` is called in the calling thread after each model batch
     (progress bars; tests raise KeyboardInterrupt from it to simulate Ctrl-C).
@@ -93,7 +110,8 @@ def run_job(job: VideoJob, stage: ModelStage, *, batch_size: int = 1, queue_size
     reader.start()
     writer.start()
     done = 0
-    try:
+
+    def batches() -> Iterator[list[Frame]]:
         while True:
             batch = []
             while len(batch) < batch_size:
@@ -102,14 +120,17 @@ def run_job(job: VideoJob, stage: ModelStage, *, batch_size: int = 1, queue_size
                     break
                 batch.append(item)
             if batch:
-                maps = stage([image for _, _, image in batch])
-                if not _put(maps_q, list(zip(batch, maps)), stop, writer):
-                    break
-                done += len(batch)
-                if on_batch is not None:
-                    on_batch(done)
+                yield batch
             if len(batch) < batch_size or writer.error is not None:
+                return
+
+    try:
+        for batch, maps in stage.map_batches(batches()):
+            if not _put(maps_q, list(zip(batch, maps)), stop, writer):
                 break
+            done += len(batch)
+            if on_batch is not None:
+                on_batch(done)
         if reader.error is not None:
             raise reader.error
         _put(maps_q, _DONE, stop, writer)
@@ -124,3 +145,34 @@ def run_job(job: VideoJob, stage: ModelStage, *, batch_size: int = 1, queue_size
     if reader.error is not None:
         raise reader.error
     return job.commit()
+
+
+def run_video(video: VideoInput, output: Any, config: Any, model: ModelInfo, stage: BatchMapper, batch_size: int,
+              *, on_open: Callable[[VideoJob], None] | None = None,
+              on_batch: Callable[[int], None] | None = None) -> VideoResult:
+    """One video from its source to its committed output folder, errors included.
+
+    A video that cannot be decoded or written gives a ``failed`` :class:`VideoResult` with a
+    one-line error naming it (its temporary folder removed); any other exception, and
+    KeyboardInterrupt, removes the temporary folder and propagates. ``on_open(job)`` is called
+    once the video is open (progress bars read ``job.reader.info``).
+    """
+    job = VideoJob(video, output, config, model)
+    opened = False
+    try:
+        job.open()
+        opened = True
+        if on_open is not None:
+            on_open(job)
+        return run_job(job, stage, batch_size=batch_size, queue_size=config.queue_size, on_batch=on_batch)
+    except VideoError as err:
+        job.discard()
+        return job.failed(str(err).splitlines()[0])
+    except OSError as err:
+        job.discard()
+        if not opened:
+            return job.failed(f"{video.source}: cannot write {job.out_dir} ({err.strerror or err})")
+        return job.failed(f"{video.source}: {err.strerror or err} ({getattr(err, 'filename', '') or job.out_dir})")
+    except BaseException:
+        job.discard()
+        raise

@@ -21,7 +21,7 @@ evaluation's resolution, 16x the work of the post-processing).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -125,6 +125,12 @@ class ModelStage:
         anomaly = anomaly.float().cpu().numpy()
         semantic = semantic.to(torch.uint8).cpu().numpy()
         return [FrameMaps(anomaly=anomaly[i], semantic=semantic[i], unknown=unknown[i]) for i in range(len(images))]
+
+    def map_batches(self, batches: Iterable[list[tuple]]) -> Iterator[tuple[list[tuple], list[FrameMaps]]]:
+        """(batch, maps) for each batch of (index, pts, image) frames, one at a time in this
+        process (the local runner's model; see :func:`m2a_pipe.runtime.local.run_job`)."""
+        for batch in batches:
+            yield batch, self([frame[-1] for frame in batch])
 
     def _unknown(self, logits: torch.Tensor, masks: torch.Tensor, size: tuple[int, int]) -> list[list[UnknownInstance]]:
         """Unknown instances of each image (Eq. 15 background, Sec. 6.3 mining) at the map resolution."""

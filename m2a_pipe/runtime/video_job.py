@@ -95,9 +95,14 @@ def is_complete(out_dir: str | os.PathLike) -> bool:
     return (out_dir / SUMMARY_FILE).is_file() and read_status(out_dir / SCORES_FILE)[0] == "complete"
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+def remove_partials(out_dir: str | os.PathLike) -> None:
+    """Remove the temporary folders of ``out_dir`` that killed or cancelled runs left."""
+    out_dir = Path(out_dir)
+    prefix = f".{out_dir.name}{PARTIAL_MARK}"
+    if out_dir.parent.is_dir():
+        for stale in out_dir.parent.iterdir():
+            if stale.name.startswith(prefix) and stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
 
 
 class VideoJob:
@@ -134,7 +139,7 @@ class VideoJob:
                                 min_area=max(1, int(round(cfg.min_area_fraction * shape[0] * shape[1]))),
                                 bounded=cfg.effective_score in BOUNDED_SCORES, map_stride=cfg.map_stride)
         self.input_size = input_size
-        self._clean_stale()
+        remove_partials(self.out_dir)
         self.workdir.mkdir(parents=True)
         attrs = {"source": str(self.video.source), "source_fingerprint": source_fingerprint(self.video.source),
                  "fps": info.fps, "width": info.width, "height": info.height, "rotation": info.rotation,
@@ -145,14 +150,6 @@ class VideoJob:
                  **{f"extra_{k}": v for k, v in self.video.extra.items()}}
         self.sink = VideoSink(self.workdir, settings, cfg, attrs)
         return self
-
-    def _clean_stale(self) -> None:
-        """Remove temporary folders that killed runs left for this video."""
-        prefix = f".{self.out_dir.name}{PARTIAL_MARK}"
-        if self.out_dir.parent.is_dir():
-            for stale in self.out_dir.parent.iterdir():
-                if stale.name.startswith(prefix) and stale.is_dir():
-                    shutil.rmtree(stale, ignore_errors=True)
 
     def frames(self) -> Iterator[tuple[int, float, np.ndarray]]:
         """(source index, pts in s, (h, w, 3) uint8 network-input image) in decoding order."""
