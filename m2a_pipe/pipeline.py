@@ -4,11 +4,13 @@
     summary = process(["drive.mp4"], "out")            # demo weights, local runner
     summary.exit_code                                   # 0 only when every input is complete
     for video in summary.videos: print(video.status, video.out_dir)
+    process(["fleet.csv"], "out", ray=RayConfig(workers=4))   # the same outputs, on Ray
 
 Steps: discover the inputs (files, folders, globs, manifests), load the weights once, then
-for every video not already complete: open it, run it through the local runner, and rename
-its outputs into place. A bad input is one line in the log and a failed entry in the
-summary; the other inputs go on. Ctrl-C removes the video in progress' temporary folder,
+for every video not already complete: open it, run it through the local runner (or the Ray
+runner, :mod:`m2a_pipe.runtime.ray_runner`), and rename its outputs into place. A bad input
+is one line in the log, a failed entry in the summary and a line in ``OUT/failures.jsonl``;
+the other inputs go on. Ctrl-C removes the temporary folders of the videos in progress,
 keeps the finished ones, and raises KeyboardInterrupt after the summary is logged.
 """
 

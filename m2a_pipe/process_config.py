@@ -21,6 +21,10 @@ DEFAULT_THRESHOLD = 0.5
 """Anomalous-pixel threshold when neither the option nor the weights' metadata gives one."""
 
 
+def _updated(config: Any, changes: Mapping[str, Any]) -> Any:
+    return replace(config, **{k: v for k, v in changes.items() if v is not None})
+
+
 @dataclass(frozen=True)
 class ProcessConfig:
     """One processing run.
@@ -126,7 +130,7 @@ class ProcessConfig:
 
     def updated(self, **changes: Any) -> "ProcessConfig":
         """A copy with ``changes`` applied (None values are ignored, so unset options keep defaults)."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        return _updated(self, changes)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], where: str = "config") -> "ProcessConfig":
@@ -201,4 +205,4 @@ class RayConfig:
 
     def updated(self, **changes: Any) -> "RayConfig":
         """A copy with ``changes`` applied (None values are ignored)."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        return _updated(self, changes)

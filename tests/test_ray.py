@@ -85,7 +85,8 @@ def kill_worker_mid_video(out_dir: Path, after_batches: int, restart: bool, reco
     def watch() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            names = sorted(n for n in ray.util.list_named_actors() if n.startswith("m2a-pipe-worker-"))
+            names = sorted(n for n in ray.util.list_named_actors()
+                           if n.startswith("m2a-pipe-worker-") and n[-1].isdigit())
             if names:
                 actor = ray.get_actor(names[0])
                 try:

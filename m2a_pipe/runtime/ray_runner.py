@@ -65,15 +65,15 @@ class InferenceWorker:
     """One model replica (a Ray actor; see :class:`InferencePool`).
 
     Args:
-        weights: a one-item list holding the object ref of (ModelConfig, state dict) as the
-            driver loaded them (nested, so that Ray does not pin it as a constructor
-            argument; the pool keeps the ref alive for restarts).
+        weights: (name, namespace) of the pool's :class:`WeightsHolder` actor, which hands out
+            the object ref of (ModelConfig, state dict) as the driver loaded them (a
+            restarted actor fetches them again the same way).
         config: the run's ProcessConfig (score, flip, map stride, instance mode).
         use_gpu: run on the GPU Ray assigned (``cuda``), else on the CPU.
         threads: torch CPU threads.
     """
 
-    def __init__(self, weights: list[Any], config: ProcessConfig, use_gpu: bool, threads: int) -> None:
+    def __init__(self, weights: tuple[str, str], config: ProcessConfig, use_gpu: bool, threads: int) -> None:
         import torch
 
         from m2a_pipe.model.checkpoint import load_into
@@ -81,7 +81,8 @@ class InferenceWorker:
         from m2a_pipe.pipeline import make_stage
 
         torch.set_num_threads(threads)
-        model_config, state_dict = ray.get(weights[0])
+        holder = ray.get_actor(weights[0], namespace=weights[1])
+        model_config, state_dict = ray.get(ray.get(holder.ref.remote())[0])
         model = build_model(model_config)
         load_into(model, state_dict, source="weights from the driver")
         self.stage = make_stage(model.eval(), config, "cuda" if use_gpu else "cpu")
@@ -99,6 +100,19 @@ class InferenceWorker:
         """Batches and frames since this process started, its pid and device (a new pid
         means Ray restarted the actor). Answers while a batch runs (its own concurrency group)."""
         return {"batches": self.batches, "frames": self.frames, "pid": os.getpid(), "device": str(self.stage.device)}
+
+
+class WeightsHolder:
+    """Keeps the object ref of the weights for the pool's workers (a named Ray actor without
+    restarts). Workers look it up by name instead of taking the ref (or any handle) as a
+    constructor argument, which Ray would have to keep for their restarts."""
+
+    def __init__(self, weights: list[Any]) -> None:
+        self.weights = weights
+
+    def ref(self) -> list[Any]:
+        """The one-item list holding the ref (a list, so that Ray hands back the ref itself)."""
+        return self.weights
 
 
 def _remote_worker() -> Any:
@@ -234,13 +248,15 @@ class InferencePool:
     def __init__(self, weights: tuple[Any, dict], config: ProcessConfig, plan: PoolPlan, restarts: int) -> None:
         self.run_id = uuid.uuid4().hex[:8]
         self._weights = ray.put(weights)
+        holder = (f"{WORKER_NAME}-{self.run_id}-weights", ray.get_runtime_context().namespace)
+        self._holder = ray.remote(WeightsHolder).options(num_cpus=0, name=holder[0]).remote([self._weights])
         threads = max(1, int(plan.cpus))
         cls = _remote_worker()
         self.actors = []
         for i in range(plan.workers):
             options = dict(num_cpus=plan.cpus, num_gpus=plan.gpus, max_restarts=restarts, max_task_retries=restarts,
                            name=f"{WORKER_NAME}-{self.run_id}-{i}")
-            self.actors.append(cls.options(**options).remote([self._weights], config, plan.gpus > 0, threads))
+            self.actors.append(cls.options(**options).remote(holder, config, plan.gpus > 0, threads))
         self.pids: list[int] = []
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
@@ -258,16 +274,20 @@ class InferencePool:
         return out
 
     def close(self) -> None:
-        for actor in self.actors:
+        for actor in [*self.actors, self._holder]:
             ray.kill(actor, no_restart=True)
 
 
 def connect(address: str | None) -> bool:
-    """Start or join Ray unless this process already has; True when this call did."""
+    """Start or join Ray unless this process already has; True when this call did.
+
+    No address: the cluster ``RAY_ADDRESS`` names (set inside ``ray job submit`` jobs), else a
+    new local instance without a dashboard.
+    """
     if ray.is_initialized():
         return False
-    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True,
-             include_dashboard=False if address is None else None)
+    local = address is None and not os.environ.get("RAY_ADDRESS")
+    ray.init(address=address, logging_level=logging.WARNING, **({"include_dashboard": False} if local else {}))
     return True
 
 
