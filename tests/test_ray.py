@@ -113,7 +113,10 @@ def test_two_workers_give_the_local_outputs(cluster, fleet, local_out, weights, 
     assert (tmp_path / "out" / "v1" / "long" / "overlay.mp4").stat().st_size > 0
     with h5py.File(tmp_path / "out" / "v2" / "drive" / "scores.h5", "r") as f:
         assert f.attrs["extra_vehicle"] == "car-2" and f.attrs["extra_drive_id"] == "d3"
-    assert any("ray: 2 worker(s)" in m and "0 restarted, 0 lost" in m for m in messages), messages
+    line = next(m for m in messages if m.startswith("ray: 2 worker(s)"))
+    assert "0 restarted, 0 lost" in line
+    batches = [int(n) for n in line.rsplit(" ", 1)[1].split("/")]
+    assert len(batches) == 2 and min(batches) > 0 and sum(batches) == sum(-(-n // 2) for n in (60, 14, 24))
     assert not (tmp_path / "out" / "failures.jsonl").exists()
     assert not list((tmp_path / "out").rglob(".*partial*"))
 
@@ -195,3 +198,25 @@ def test_killed_driver_then_rerun_skips_complete_and_redoes_the_rest(cluster, fl
     assert sorted(status.values()).count("complete") == 3 - len(finished) and summary.exit_code == 0
     assert assert_same_outputs(out, local_out) == 3
     assert not list(out.rglob(".*partial*"))
+
+
+def test_ctrl_c_keeps_finished_videos_and_leaves_no_temporary_folder(cluster, fleet, weights, tmp_path):
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "m2a_pipe", "process", str(fleet), "-o", str(out), "-w", weights, "-q",
+            "--short-side", "64", "--threads", "1", "--ray", "--address", cluster, "--workers", "1", "--jobs", "1"]
+    driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and driver.poll() is None:
+            if list(out.rglob("summary.json")) and list(out.rglob(".*partial*")):
+                break
+            time.sleep(0.02)
+        assert driver.poll() is None, driver.stdout.read().decode()
+        driver.send_signal(signal.SIGINT)
+        output = driver.communicate(timeout=60)[0].decode()
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130, output
+    assert "interrupted" in output and "Traceback" not in output
+    assert list(out.rglob("summary.json")) and not list(out.rglob(".*partial*"))

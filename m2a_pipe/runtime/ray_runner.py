@@ -305,7 +305,8 @@ class RayRunStats:
     def line(self) -> str:
         return (f"ray: {self.workers} worker(s) ({self.plan.gpus:g} GPU, {self.plan.cpus:g} CPU each), "
                 f"{self.plan.jobs} job(s) at once, {self.plan.in_flight} batch(es) of {self.plan.batch_size} "
-                f"in flight per video; {self.restarted} restarted, {self.lost} lost")
+                f"in flight per video; {self.restarted} restarted, {self.lost} lost; "
+                f"batches per worker {'/'.join(map(str, self.batches))}")
 
 
 def run_on_ray(videos: Sequence[VideoInput], output: Path, config: ProcessConfig, weights: tuple[Any, dict],
