@@ -88,6 +88,50 @@ def test_dataset_run_reuses_written_scores(tmp_path):
     assert res.exit_code == 1 and "nope.safetensors" in res.output and "Traceback" not in res.output
 
 
+def _smiyc(tmp_path, n=2):
+    scores, labels = _fake(tmp_path, n)
+    root = tmp_path / "smiyc"
+    (root / "images").mkdir(parents=True)
+    (root / "labels_masks").mkdir()
+    for i in range(n):
+        Image.fromarray(np.full((40, 60, 3), 60 * i, np.uint8)).save(root / "images" / f"img{i}.jpg")
+        (root / "labels_masks" / f"img{i}.png").write_bytes((labels / f"img{i}.png").read_bytes())
+    return root
+
+
+def test_dataset_run_refuses_outputs_of_other_settings(tmp_path, weights, monkeypatch):
+    import torch
+
+    from m2a_pipe.config import preset
+    from m2a_pipe.model.checkpoint import save_weights, sha256_file
+    from m2a_pipe.model.mask2anomaly import build_model
+
+    root, out = _smiyc(tmp_path), tmp_path / "out"
+    first = _run(["anomaly", "--dataset", root, "--weights", weights, "--out", out, "--no-flip",
+                  "--json", tmp_path / "first.json"])
+    assert first.exit_code == 0, first.output
+    run = json.loads((out / "run.json").read_text())
+    assert run == {"weights": weights, "weights_sha256": sha256_file(weights), "score": "official", "flip": False}
+    again = _run(["anomaly", "--dataset", root, "--weights", weights, "--out", out, "--no-flip",
+                  "--json", tmp_path / "again.json"])
+    assert again.exit_code == 0 and "running the model" not in again.output
+    assert (tmp_path / "again.json").read_text() == (tmp_path / "first.json").read_text()
+    torch.manual_seed(1)
+    other = build_model(preset("small"))
+    save_weights(other, other.config, tmp_path / "other.safetensors")
+    for args, needle in (([tmp_path / "other.safetensors", "--no-flip"], "weights"), ([weights, "--flip"], "flip"),
+                         ([weights, "--no-flip", "--score", "msp"], "score")):
+        res = _run(["anomaly", "--dataset", root, "--out", out, "--weights", *args])
+        assert res.exit_code == 1 and str(out) in res.output and needle in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1
+    # without --out every score and flip setting has its own folder
+    monkeypatch.chdir(tmp_path)
+    msp = _run(["anomaly", "--dataset", root, "--weights", weights, "--no-flip", "--score", "msp"])
+    assert msp.exit_code == 0, msp.output
+    assert json.loads((tmp_path / "m2a-eval" / "smiyc-msp-noflip" / "run.json").read_text())["score"] == "msp"
+    assert len(list((tmp_path / "m2a-eval" / "smiyc-msp-noflip" / "scores").glob("*.npy"))) == 2
+
+
 def test_open_set_cli(tmp_path):
     for d in ("s", "m", "l"):
         (tmp_path / d).mkdir()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -52,8 +53,18 @@ def _model_options(f):
     return f
 
 
-def _out(out_dir: Path | None, dataset: Path) -> Path:
-    return out_dir if out_dir is not None else Path("m2a-eval") / Path(dataset).resolve().name
+def _out(out_dir: Path | None, dataset: Path, score: str = "official", flip: bool = True) -> Path:
+    """--out, else ``m2a-eval/<dataset name>[-<score>][-noflip]``."""
+    if out_dir is not None:
+        return out_dir
+    name = Path(dataset).resolve().name + ("" if score == "official" else f"-{score}") + ("" if flip else "-noflip")
+    return Path("m2a-eval") / name
+
+
+def _prepare_run(out: Path, weights: str, flip: bool, score: str, missing: bool) -> None:
+    from m2a_pipe.evaluation import predict
+
+    predict.claim_run_folder(out, predict.run_settings(weights, flip, score), writing=missing)
 
 
 @click.group()
@@ -78,10 +89,13 @@ def evaluate() -> None:
 @click.option("--threshold", type=float, help="Component binarisation threshold (default: best pixel F1).")
 @click.option("--max-exact-pixels", type=int, default=DEFAULT_MAX_EXACT_PIXELS, show_default=True,
               help="Pixels kept verbatim before the exact mode switches to its fine histogram.")
+@click.option("--score", "score_name", type=click.Choice(["official", "msp", "rba", "max_logit", "energy", "entropy"]),
+              default="official", show_default=True,
+              help="Anomaly score of --dataset runs: official = Eq. 5 refined by Eq. 13; msp = Eq. 5 alone.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report here.")
 @click.option("--plots", "plots_dir", type=click.Path(path_type=Path), help="Write pr.png and roc.png here.")
 def anomaly(scores, labels, dataset, dataset_type, weights, out_dir, device, flip, profile, ap_convention,
-            threshold, max_exact_pixels, json_path, plots_dir) -> None:
+            threshold, max_exact_pixels, score_name, json_path, plots_dir) -> None:
     """Pixel AuPRC / FPR95 / AUROC and component sIoU / PPV / F1*."""
     from m2a_pipe.evaluation import datasets as ds
     from m2a_pipe.evaluation import inputs, predict, report
@@ -91,10 +105,11 @@ def anomaly(scores, labels, dataset, dataset_type, weights, out_dir, device, fli
             data = ds.detect_dataset(dataset) if dataset_type == "auto" else ds.READERS[dataset_type](dataset)
             if not data.samples:
                 raise ds.DatasetError(f"{dataset}: no images found")
-            scores_dir = scores or _out(out_dir, dataset) / "scores"
+            scores_dir = scores or _out(out_dir, dataset, score_name, flip) / "scores"
             missing = [s for s in data.samples if not (scores_dir / f"{predict.file_stem(s.stem)}.npy").is_file()]
+            _prepare_run(scores_dir.parent, weights, flip, score_name, bool(missing))
             if missing:
-                predictor = predict.load_predictor(weights, device, flip)
+                predictor = predict.load_predictor(weights, device, flip, score_name)
                 scores_dir = predict.write_anomaly_scores(predictor, data, scores_dir.parent, progress=_bar)
             pairs = [_npy_pair(inputs, s, scores_dir / f"{predict.file_stem(s.stem)}.npy") for s in data.samples]
         elif scores is not None and labels is not None:
@@ -114,7 +129,7 @@ def _npy_pair(inputs, sample, path: Path):
 
 def _bar(items):
     items = list(items)
-    with click.progressbar(items, label="running the model", file=click.get_text_stream("stderr")) as bar:
+    with click.progressbar(items, label="running the model", file=sys.stderr) as bar:
         yield from bar
 
 
@@ -167,10 +182,12 @@ def open_set(scores, semantic, labels, num_known, anomaly_id, threshold, calib_s
             data = ds.read_streethazards(dataset)
             if not data.samples:
                 raise ds.DatasetError(f"{dataset}: no images found")
-            out = _out(out_dir, dataset)
+            out = _out(out_dir, dataset, flip=flip)
             names = [predict.file_stem(s.stem) for s in data.samples]
-            if not all((out / "scores" / f"{n}.npy").is_file() and (out / "semantic" / f"{n}.npy").is_file()
-                       for n in names):
+            missing = not all((out / "scores" / f"{n}.npy").is_file() and (out / "semantic" / f"{n}.npy").is_file()
+                              for n in names)
+            _prepare_run(out, weights, flip, "official", missing)
+            if missing:
                 predictor = predict.load_predictor(weights, device, flip)
                 predict.write_anomaly_scores(predictor, data, out, semantic=True, progress=_bar)
             k = ds.STREETHAZARDS_NUM_KNOWN
@@ -215,10 +232,12 @@ def panoptic(pred_json, pred_dir, gt_json, gt_dir, unknown_split, dataset, weigh
             gt_dir = gt_dir or root / "annotations" / "panoptic_val2017"
             gt = ds.read_coco_panoptic(gt_json, gt_dir, root / "val2017", split)
             all_ids = [int(c["id"]) for c in json.loads(Path(gt_json).read_text())["categories"]]
-            out = _out(out_dir, dataset)
+            out = _out(out_dir, dataset, "panoptic")
             pred_json, pred_dir = out / "panoptic.json", out / "panoptic"
             done = set(report.read_prediction_json(pred_json)) if pred_json.is_file() else set()
-            if any(im.stem not in done for im in gt.images):
+            missing = any(im.stem not in done for im in gt.images)
+            _prepare_run(out, weights, False, "panoptic", missing)
+            if missing:
                 predictor = predict.load_predictor(weights, device, flip=False)
                 pred_json, pred_dir = predict.write_panoptic(predictor, gt, out, all_ids, progress=_bar)
         elif pred_json and pred_dir and gt_json and gt_dir:

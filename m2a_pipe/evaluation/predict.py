@@ -6,6 +6,10 @@ repeated without the model (a file already there is kept and reused).
 * panoptic: ``<out>/panoptic/<stem>.png`` (COCO RGB ids) + ``<out>/panoptic.json``.
 
 Stems with sub-folders (``t5/300``) are written with ``__`` in place of ``/``.
+
+``<out>/run.json`` records how the outputs were made (weights and their sha256, score,
+flip); a later run with other settings is refused rather than mixed with them (see
+:func:`claim_run_folder`).
 """
 
 from __future__ import annotations
@@ -29,11 +33,57 @@ def file_stem(stem: str) -> str:
     return stem.replace("/", "__").replace("\\", "__")
 
 
-def load_predictor(weights: str, device: str = "cpu", flip: bool = False):
-    """``Predictor.from_weights(weights, ...)`` with the official score (Eq. 5 + Eq. 13)."""
+RUN_FILE = "run.json"
+
+
+def load_predictor(weights: str, device: str = "cpu", flip: bool = False, score: str = "official"):
+    """``Predictor.from_weights(weights, ...)``; ``score`` official = Eq. 5 refined by Eq. 13."""
     from m2a_pipe.inference import Predictor
 
-    return Predictor.from_weights(weights, device=device, resize=True, flip=flip, score="official")
+    return Predictor.from_weights(weights, device=device, resize=True, flip=flip, score=score)
+
+
+def run_settings(weights: str, flip: bool, score: str) -> dict:
+    """What makes a model run's outputs: the weights as given and their file's sha256 (None
+    when the weights cannot be found: outputs already written may still be reused), score, flip."""
+    from m2a_pipe.model.checkpoint import sha256_file
+    from m2a_pipe.model.registry import WeightsError, resolve
+
+    try:
+        sha = sha256_file(resolve(weights))
+    except (WeightsError, OSError):
+        sha = None
+    return {"weights": str(weights), "weights_sha256": sha, "score": score, "flip": bool(flip)}
+
+
+def claim_run_folder(out: Path, settings: dict, writing: bool) -> None:
+    """Check ``settings`` against the ones recorded in ``out/run.json``, and record them when
+    the model is about to write there (``writing``).
+
+    Raises EvaluationInputError (one line naming the folder and the first differing setting)
+    when the folder holds outputs of another score, flip or weights file; a folder without
+    run.json (outputs from elsewhere) is reused as it is.
+    """
+    from m2a_pipe.evaluation.inputs import EvaluationInputError
+
+    path = Path(out) / RUN_FILE
+    if path.is_file():
+        try:
+            recorded = json.loads(path.read_text())
+        except ValueError:
+            raise EvaluationInputError(f"{path}: not a JSON file; delete it or choose another --out") from None
+        for key in ("score", "flip", "weights_sha256"):
+            was, now = recorded.get(key), settings.get(key)
+            if key == "weights_sha256" and (was is None or now is None):
+                continue
+            if was != now:
+                what = f"weights {recorded.get('weights')} (sha256 {str(was)[:12]}...)" if key == "weights_sha256" \
+                    else f"{key} {was}"
+                raise EvaluationInputError(f"{out}: holds model outputs made with {what}, not with this run's; "
+                                           f"choose another --out or delete the folder")
+    elif writing:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings, indent=1) + "\n")
 
 
 def write_anomaly_scores(predictor, dataset: AnomalyDataset, out: Path, semantic: bool = False,
