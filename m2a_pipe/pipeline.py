@@ -255,13 +255,16 @@ def _process_locally(todo: list[VideoInput], output: Path, config: ProcessConfig
 def _process_on_ray(todo: list[VideoInput], output: Path, config: ProcessConfig, ray_config: RayConfig,
                     finished: Callable[[VideoResult], None], log: Callable[[str], None]) -> None:
     try:
-        from m2a_pipe.runtime.ray_runner import run_on_ray
+        from m2a_pipe.runtime.ray_runner import PoolError, run_on_ray
     except ImportError as err:
         raise ProcessError(f"--ray: cannot import Ray ({err}); pip install 'ray>=2.9'") from None
     model, model_info = load_checked_model(config)
     weights = (model.config, model.state_dict())
     del model
-    stats = run_on_ray(todo, output, config, weights, model_info, ray_config, on_result=finished)
+    try:
+        stats = run_on_ray(todo, output, config, weights, model_info, ray_config, on_result=finished)
+    except PoolError as err:
+        raise ProcessError(f"--ray: {err}") from None
     log(stats.line())
 
 

@@ -168,6 +168,16 @@ def test_ray_options_need_ray(tmp_path):
     assert result.exit_code == 2 and "--workers needs --ray" in result.output
 
 
+def test_a_pool_the_cluster_cannot_hold_is_one_error(cluster, fleet, weights, tmp_path):
+    for extra, needle in ((["--gpus-per-worker", "1"], "GPUs; the cluster has 0"),
+                          (["--workers", "3"], "3 worker(s) x 1 CPU")):
+        result = CliRunner().invoke(cli, ["process", str(fleet.parent / "v1" / "short.mp4"), "-o",
+                                          str(tmp_path / "out"), "-w", weights, "-q", "--ray", *extra])
+        assert result.exit_code == 1 and needle in result.output, result.output
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert not list((tmp_path / "out").rglob("summary.json"))
+
+
 def test_killed_driver_then_rerun_skips_complete_and_redoes_the_rest(cluster, fleet, local_out, weights, tmp_path):
     """A driver process joins the cluster, is killed with SIGKILL once the short video is done
     and the long one is under way; the rerun skips the first, redoes the rest."""

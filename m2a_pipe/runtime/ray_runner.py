@@ -58,6 +58,11 @@ class WorkerLost(RuntimeError):
     """Every inference worker is gone, or a batch ran out of retries."""
 
 
+class PoolError(RuntimeError):
+    """The pool cannot start: the cluster lacks what it asks for, or a worker cannot load
+    the model (one line)."""
+
+
 # -- the inference actor --------------------------------------------------------------------
 
 
@@ -234,6 +239,10 @@ def plan_pool(ray_config: RayConfig, config: ProcessConfig, resources: dict[str,
     if workers is None:
         workers = int(resources.get("GPU", 0) // gpus) if gpus > 0 else int(resources.get("CPU", 1) // cpus)
         workers = max(1, workers)
+    for name, each, have in (("GPU", gpus, resources.get("GPU", 0.0)), ("CPU", cpus, resources.get("CPU", 0.0))):
+        if workers * each > have + 1e-9:
+            raise PoolError(f"{workers} worker(s) x {each:g} {name} each need {workers * each:g} {name}s; "
+                            f"the cluster has {have:g} (set --workers, --gpus-per-worker or --cpus-per-worker)")
     jobs = ray_config.jobs or workers
     running = max(1, min(jobs, n_videos))
     in_flight = ray_config.in_flight or max(2, math.ceil(2 * workers / running))
@@ -260,8 +269,12 @@ class InferencePool:
         self.pids: list[int] = []
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
-        """Block until every actor has loaded its replica; a replica that cannot load raises."""
-        self.pids = [s["pid"] for s in ray.get([a.stats.remote() for a in self.actors], timeout=timeout_s)]
+        """Block until every actor has loaded its replica; PoolError when one cannot."""
+        try:
+            self.pids = [s["pid"] for s in ray.get([a.stats.remote() for a in self.actors], timeout=timeout_s)]
+        except RayError as err:
+            cause = getattr(err, "cause", None) or err
+            raise PoolError(f"an inference worker could not start: {_first_line(cause)}") from None
 
     def stats(self, timeout_s: float = 10.0) -> list[dict[str, Any] | None]:
         """Each actor's :meth:`InferenceWorker.stats`, None for one that is gone."""
@@ -287,7 +300,11 @@ def connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     local = address is None and not os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, logging_level=logging.WARNING, **({"include_dashboard": False} if local else {}))
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, **({"include_dashboard": False} if local else {}))
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        where = address or os.environ.get("RAY_ADDRESS") or "a local instance"
+        raise PoolError(f"Ray ({where}): {_first_line(err)}") from None
     return True
 
 
@@ -359,11 +376,14 @@ def _result_of(ref: Any, video: VideoInput, output: Path) -> VideoResult:
         return ray.get(ref)
     except RayError as err:
         cause = getattr(err, "cause", None) or err
-        lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
-        reason = lines[0] if lines else type(cause).__name__
         remove_partials(video.out_dir(output))
         return VideoResult(source=str(video.source), rel=video.rel, out_dir=str(video.out_dir(output)),
-                           status="failed", error=f"{video.source}: {reason}", extra=video.extra)
+                           status="failed", error=f"{video.source}: {_first_line(cause)}", extra=video.extra)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def _cancel(running: dict[Any, VideoInput], output: Path) -> None:
