@@ -149,7 +149,6 @@ class PoolClient:
         self.alive = [True] * len(self.workers)
         self.load = [0] * len(self.workers)
         self.in_flight, self.retries = max(1, in_flight), retries
-        self.resent = 0
         self._turn = 0
 
     def map_batches(self, batches: Iterable[list]) -> Iterator[tuple[list, list[FrameMaps]]]:
@@ -188,14 +187,13 @@ class PoolClient:
                 lost = head.worker
                 if isinstance(err, ActorDiedError):
                     self.alive[lost] = False
-                for i, entry in enumerate(pending):
+                for i in range(len(pending)):
+                    entry = pending[i]
                     if entry.worker == lost:
                         self.load[lost] -= 1
                         if entry.attempts >= self.retries:
-                            raise WorkerLost(f"a batch failed {entry.attempts + 1} times: "
-                                             f"{str(err).strip().splitlines()[0]}") from None
+                            raise WorkerLost(f"a batch failed {entry.attempts + 1} times: {_first_line(err)}") from None
                         pending[i] = self._send(entry.batch, entry.attempts + 1)
-                        self.resent += 1
                 head = pending[0]
                 continue
             self.load[head.worker] -= 1
