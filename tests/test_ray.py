@@ -40,7 +40,7 @@ def cluster():
 def fleet(tmp_path_factory):
     """Three drives of two vehicles in a CSV manifest, and the local runner's outputs of them."""
     root = tmp_path_factory.mktemp("fleet")
-    vf.make_video(root / "v1" / "long.mp4", n=60, size=(96, 64), fps=10)
+    vf.make_video(root / "v1" / "long.mp4", n=100, size=(96, 64), fps=10)
     vf.make_video(root / "v1" / "short.mp4", n=14, size=(96, 64), fps=10)
     vf.make_video(root / "v2" / "drive.mp4", n=24, size=(80, 48), fps=15)
     manifest = root / "fleet.csv"
@@ -116,7 +116,7 @@ def test_two_workers_give_the_local_outputs(cluster, fleet, local_out, weights, 
     line = next(m for m in messages if m.startswith("ray: 2 worker(s)"))
     assert "0 restarted, 0 lost" in line
     batches = [int(n) for n in line.rsplit(" ", 1)[1].split("/")]
-    assert len(batches) == 2 and min(batches) > 0 and sum(batches) == sum(-(-n // 2) for n in (60, 14, 24))
+    assert len(batches) == 2 and min(batches) > 0 and sum(batches) == sum(-(-n // 2) for n in (100, 14, 24))
     assert not (tmp_path / "out" / "failures.jsonl").exists()
     assert not list((tmp_path / "out").rglob(".*partial*"))
 
