@@ -5,6 +5,7 @@
     summary.exit_code                                   # 0 only when every input is complete
     for video in summary.videos: print(video.status, video.out_dir)
     process(["fleet.csv"], "out", ray=RayConfig(workers=4))   # the same outputs, on Ray
+                                                        # (from m2a_pipe import RayConfig)
 
 Steps: discover the inputs (files, folders, globs, manifests), load the weights once, then
 for every video not already complete: open it, run it through the local runner (or the Ray
