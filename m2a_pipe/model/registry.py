@@ -265,9 +265,11 @@ def _load_config(spec: str | os.PathLike | ModelConfig) -> ModelConfig:
 register(WeightsEntry(
     name="demo",
     file="demo.safetensors",
-    sha256="e7796f1cba15f443b0c270b374089a9f9d5fe51b0fbc472ed77eb883fc21e2d6",
+    sha256="0640ac04b3fbe908914465fc154326b96cf28b111af98ef3d76980a70712f046",
     description="small Mask2Anomaly (preset 'small', R18, 64-dim) trained on the synthetic world; "
                 "the embedded default (model card: weights/README.md)",
     config="small",
-    metadata={"status": "v0", "classes": "cityscapes-19", "recipes": "train/demo_stage1.json, train/demo_stage2.json"},
+    metadata={"status": "v1", "classes": "cityscapes-19",
+              "recipes": "train/demo_stage1.json, train/demo_stage2.json, train/demo_stage1_cont.json, "
+                         "train/demo_stage2_cont.json"},
 ))
