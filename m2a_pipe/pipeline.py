@@ -99,8 +99,7 @@ def prepare_runtime(config: ProcessConfig) -> tuple[ProcessConfig, torch.device]
     device = resolve_device(config.device)
     if config.threads is not None and device.type == "cpu":
         torch.set_num_threads(config.threads)
-    if config.overlay_threads == 0 and device.type == "cpu":
-        config = config.updated(overlay_threads=1)
+    config = config.for_device(device.type)
     return config, device
 
 

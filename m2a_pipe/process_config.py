@@ -132,6 +132,11 @@ class ProcessConfig:
         """A copy with ``changes`` applied (None values are ignored, so unset options keep defaults)."""
         return _updated(self, changes)
 
+    def for_device(self, device_type: str) -> "ProcessConfig":
+        """The automatic settings resolved for a model on ``device_type`` (cpu, cuda):
+        ``overlay_threads`` 0 -> 1 on the CPU, so that the encoder does not compete with the model."""
+        return self.updated(overlay_threads=1) if self.overlay_threads == 0 and device_type == "cpu" else self
+
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], where: str = "config") -> "ProcessConfig":
         known = {f.name for f in fields(cls)}
@@ -174,6 +179,9 @@ class RayConfig:
     ``worker_restarts``: times Ray restarts a dead actor (its in-flight batches are retried).
     ``batch_retries``: times a batch is sent again to another worker when its worker is gone
     for good.
+
+    With Ray, ProcessConfig's ``device`` and ``threads`` do not apply: workers use a GPU when
+    ``gpus_per_worker`` > 0, else the CPU with ``cpus_per_worker`` torch threads.
     """
 
     address: str | None = None

@@ -336,8 +336,7 @@ def run_on_ray(videos: Sequence[VideoInput], output: Path, config: ProcessConfig
     running: dict[Any, VideoInput] = {}
     try:
         plan = plan_pool(ray_config, config, ray.cluster_resources(), len(videos))
-        if plan.gpus == 0 and config.overlay_threads == 0:
-            config = config.updated(overlay_threads=1)  # the encoder must not compete with the CPU workers
+        config = config.for_device("cuda" if plan.gpus > 0 else "cpu")
         pool = InferencePool(weights, config, plan, ray_config.worker_restarts)
         pool.wait_ready()
         task = ray.remote(_video_task).options(num_cpus=ray_config.cpus_per_job, max_retries=JOB_RETRIES,
