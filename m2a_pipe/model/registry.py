@@ -265,11 +265,11 @@ def _load_config(spec: str | os.PathLike | ModelConfig) -> ModelConfig:
 register(WeightsEntry(
     name="demo",
     file="demo.safetensors",
-    sha256="0640ac04b3fbe908914465fc154326b96cf28b111af98ef3d76980a70712f046",
+    sha256="b13c135a4138148c05fecf9412b3811430799aa639a86b9631d76e913c268e79",
     description="small Mask2Anomaly (preset 'small', R18, 64-dim) trained on the synthetic world; "
                 "the embedded default (model card: weights/README.md)",
     config="small",
-    metadata={"status": "v1", "classes": "cityscapes-19",
+    metadata={"status": "v2", "classes": "cityscapes-19",
               "recipes": "train/demo_stage1.json, train/demo_stage2.json, train/demo_stage1_cont.json, "
                          "train/demo_stage2_cont.json"},
 ))
