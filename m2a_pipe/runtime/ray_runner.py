@@ -51,7 +51,10 @@ GPU_BATCH = 8
 WORKER_NAME = "m2a-pipe-worker"
 JOB_RETRIES = 2
 """Times Ray reruns a video job whose process died (node lost, out of memory)."""
+CANCEL_GRACE_S = 5.0
+"""Seconds a job has to stop by itself on Ctrl-C (its workers killed) before it is cancelled by force."""
 CANCEL_WAIT_S = 10.0
+"""Seconds to wait for killed jobs before their temporary folders are removed anyway."""
 
 
 class WorkerLost(RuntimeError):
@@ -358,7 +361,7 @@ def run_on_ray(videos: Sequence[VideoInput], output: Path, config: ProcessConfig
                            lost=sum(1 for s in stats if s is None), batches=[s["batches"] if s else 0 for s in stats],
                            plan=plan)
     except KeyboardInterrupt:
-        _cancel(running, output)
+        _cancel(running, output, pool)
         raise
     finally:
         if pool is not None:
@@ -383,12 +386,30 @@ def _first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def _cancel(running: dict[Any, VideoInput], output: Path) -> None:
-    for ref in running:
-        ray.cancel(ref, force=True)
-    deadline = time.monotonic() + CANCEL_WAIT_S
+def _cancel(running: dict[Any, VideoInput], output: Path, pool: "InferencePool | None") -> None:
+    """Stop the running jobs and remove their temporary folders.
+
+    The pool's workers are killed first: each job's next batch fails, and the job stops and
+    removes its own temporary folder as for any error. A job still running after
+    :data:`CANCEL_GRACE_S` (one not waiting on the pool) is cancelled by force. The jobs are
+    not cancelled first because a reply already on its way for a cancelled task can abort the
+    driver inside Ray's task manager ("Tried to complete task that was not pending", seen
+    with Ray 2.60).
+    """
     pending = list(running)
-    while pending and time.monotonic() < deadline:
-        _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
+    if pool is not None:
+        pool.close()
+    pending = _wait_all(pending, CANCEL_GRACE_S)
+    for ref in pending:
+        ray.cancel(ref, force=True)
+    _wait_all(pending, CANCEL_WAIT_S)
     for video in running.values():
         remove_partials(video.out_dir(output))
+
+
+def _wait_all(refs: list[Any], seconds: float) -> list[Any]:
+    """Wait up to ``seconds`` for ``refs`` to finish; returns those still pending."""
+    deadline = time.monotonic() + seconds
+    while refs and time.monotonic() < deadline:
+        _, refs = ray.wait(refs, num_returns=len(refs), timeout=0.5)
+    return refs
