@@ -268,6 +268,7 @@ class InferencePool:
                            name=f"{WORKER_NAME}-{self.run_id}-{i}")
             self.actors.append(cls.options(**options).remote(holder, config, plan.gpus > 0, threads))
         self.pids: list[int] = []
+        self.closed = False
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
         """Block until every actor has loaded its replica; PoolError when one cannot."""
@@ -288,6 +289,10 @@ class InferencePool:
         return out
 
     def close(self) -> None:
+        """Kill the actors and the weights holder (once; later calls do nothing)."""
+        if self.closed:
+            return
+        self.closed = True
         for actor in [*self.actors, self._holder]:
             ray.kill(actor, no_restart=True)
 
