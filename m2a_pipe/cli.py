@@ -53,7 +53,7 @@ def _class_names(value: str | None) -> tuple[str, ...] | None:
 
 @cli.group()
 def weights() -> None:
-    """Known weights: list, inspect, convert official checkpoints, verify sha256."""
+    """Known weights: list, inspect, convert official checkpoints, edit metadata, verify sha256."""
 
 
 @weights.command("list")
@@ -126,6 +126,56 @@ def weights_convert(src: str, config_spec: str, output: str, class_names: str | 
     try:
         cfg = registry.resolve_config(config_spec, class_names=_class_names(class_names))
         path = checkpoint.convert_checkpoint(src, cfg, output)
+        digest = checkpoint.sha256_file(path)
+    except _user_errors() as err:
+        raise _fail(err) from None
+    click.echo(f"wrote {path}")
+    click.echo(f"sha256 {digest}")
+
+
+def _meta_entry(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict:
+    out = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE")
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw  # a bare word is a string
+    return out
+
+
+@weights.command("set")
+@click.argument("weights_ref", metavar="NAME|PATH")
+@click.option("-o", "--output", required=True, metavar="OUT.safetensors",
+              help="The file to write (may be the input: it is replaced atomically).")
+@click.option("--test-size", default=None, metavar="SHORT,LONG",
+              help="Inference resize: short side, long-side cap (min_size_test, max_size_test).")
+@click.option("--threshold", type=float, default=None, help="The stored anomaly_threshold.")
+@click.option("--meta", "meta", multiple=True, callback=_meta_entry, metavar="KEY=JSON",
+              help="Set a metadata entry (JSON, or a bare string); repeatable.")
+@click.option("--drop-meta", multiple=True, metavar="KEY", help="Remove a metadata entry; repeatable.")
+def weights_set(weights_ref: str, output: str, test_size: str | None, threshold: float | None, meta: dict,
+                drop_meta: tuple[str, ...]) -> None:
+    """Copy a weights file with a new test size, threshold or metadata; tensors unchanged."""
+    from m2a_pipe.model import checkpoint, registry
+
+    changes = {}
+    if test_size is not None:
+        try:
+            short, long = (int(v) for v in test_size.split(","))
+            if not 1 <= short <= long:
+                raise ValueError
+        except ValueError:
+            raise click.BadParameter(f"{test_size!r} is not SHORT,LONG with 1 <= SHORT <= LONG (e.g. 256,512)",
+                                     param_hint="--test-size") from None
+        changes["preprocess"] = {"min_size_test": short, "max_size_test": long}
+    if threshold is not None:
+        meta = {**meta, "anomaly_threshold": threshold}
+    try:
+        path = checkpoint.rewrite_weights(registry.resolve(weights_ref), output, config_changes=changes,
+                                          metadata=meta, drop=drop_meta)
         digest = checkpoint.sha256_file(path)
     except _user_errors() as err:
         raise _fail(err) from None

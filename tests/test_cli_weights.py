@@ -169,3 +169,37 @@ def test_info_and_verify_golden(golden_converted):
     ok = run("verify", folder / "checkpoint.pth", "--sha256", recorded)
     assert ok.exit_code == 0, ok.output
     assert_one_line_error(run("verify", out, "--sha256", recorded), "sha256 mismatch")
+
+
+def test_set_changes_test_size_and_metadata_not_tensors(small_pth, tmp_path):
+    _, pth = small_pth
+    src = tmp_path / "w.safetensors"
+    assert run("convert", pth, "--config", "small", "-o", src).exit_code == 0
+    out = tmp_path / "w2.safetensors"
+    res = run("set", src, "-o", out, "--test-size", "256,512", "--threshold", "0.8",
+              "--meta", 'eval={"auprc": 1.5}', "--meta", "status=v9")
+    assert res.exit_code == 0, res.output
+    sd0, _, _ = load_weights(src)
+    sd1, cfg, meta = load_weights(out)
+    assert (cfg.preprocess.min_size_test, cfg.preprocess.max_size_test) == (256, 512)
+    assert meta["anomaly_threshold"] == 0.8 and meta["eval"] == {"auprc": 1.5} and meta["status"] == "v9"
+    assert sd0.keys() == sd1.keys() and all(torch.equal(sd0[k], sd1[k]) for k in sd0)
+    assert res.output.split()[-1] == sha256_file(out)
+    # in place, dropping an entry; the other entries stay
+    assert run("set", out, "-o", out, "--drop-meta", "status").exit_code == 0
+    _, _, meta = load_weights(out)
+    assert "status" not in meta and meta["anomaly_threshold"] == 0.8
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--test-size", "512,256"], "SHORT <= LONG"),
+    (["--drop-meta", "absent"], "no metadata entry 'absent'"),
+    (["--meta", "novalue"], "KEY=VALUE"),
+])
+def test_set_bad_options(small_pth, tmp_path, args, needle):
+    _, pth = small_pth
+    src = tmp_path / "w.safetensors"
+    assert run("convert", pth, "--config", "small", "-o", src).exit_code == 0
+    res = run("set", src, "-o", tmp_path / "o.safetensors", *args)
+    assert res.exit_code != 0 and needle in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "o.safetensors").exists()

@@ -30,7 +30,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -439,6 +439,37 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Mode
                               f"use read_state_dict for {path.suffix or 'this file'}")
     cfg, meta = read_metadata(path)
     return read_state_dict(path), cfg, meta
+
+
+def rewrite_weights(src: str | os.PathLike, out: str | os.PathLike, *,
+                    config_changes: Mapping[str, Mapping[str, Any]] | None = None,
+                    metadata: Mapping[str, Any] | None = None, drop: Sequence[str] = ()) -> Path:
+    """Copy an m2a-pipe safetensors file with a changed config or metadata, tensors untouched.
+
+    ``config_changes`` maps a config section to field values, e.g.
+    ``{"preprocess": {"min_size_test": 256, "max_size_test": 512}}``; ``metadata`` sets
+    entries (``anomaly_threshold``...), ``drop`` removes them. Tensors keep their stored dtype.
+    ``out`` may be ``src`` itself: the file is replaced atomically.
+    """
+    state_dict, cfg, meta = load_weights(src)
+    spec = cfg.to_dict()
+    for section, fields in (config_changes or {}).items():
+        if not isinstance(spec.get(section), dict):
+            raise CheckpointError(f"{src}: the config has no section {section!r}")
+        unknown = set(fields) - set(spec[section])
+        if unknown:
+            raise CheckpointError(f"{src}: config section {section!r} has no field {sorted(unknown)[0]!r}")
+        spec[section].update(fields)
+    try:
+        new_cfg = ModelConfig.from_dict(spec)
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{src}: the changed config is invalid: {err}") from None
+    missing = [k for k in drop if k not in meta]
+    if missing:
+        raise CheckpointError(f"{src}: no metadata entry {missing[0]!r} to drop")
+    new_meta = {k: v for k, v in meta.items() if k not in set(drop)}
+    new_meta.update(metadata or {})
+    return save_weights(state_dict, new_cfg, out, new_meta)
 
 
 def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cpu",
