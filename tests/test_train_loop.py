@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from click.testing import CliRunner
 
+from m2a_pipe.config import ConfigError
 from m2a_pipe.model.checkpoint import load_model
 from m2a_pipe.training.cli import train
 from m2a_pipe.training.recipes import Recipe
@@ -39,6 +41,19 @@ def test_few_steps_reduce_the_loss(tmp_path):
     for _ in range(7):
         last = t.train_step(batch)["loss"]
     assert last < 0.8 * first
+
+
+def test_outlier_loss_on_the_input_grid(tmp_path):
+    root = make_synth(tmp_path / "d")
+    spec = tiny_recipe(root, stage=2).to_dict()
+    spec["loss"]["outlier_resolution"] = "input"
+    t = Trainer(Recipe.from_dict(spec), tmp_path / "o", device="cpu", progress=False)
+    assert t.criterion.outlier_resolution == "input"
+    out = t.train_step(t.stream[0])
+    assert 0 < out["outlier"] < 1 and torch.isfinite(torch.tensor(out["loss"]))
+    spec["loss"]["outlier_resolution"] = "full"
+    with pytest.raises(ConfigError, match="outlier_resolution"):
+        Recipe.from_dict(spec)
 
 
 def _params(model):

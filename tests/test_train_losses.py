@@ -14,6 +14,7 @@ from m2a_pipe.training.losses import (
     dice_loss,
     mask_contrastive_loss,
     outlier_bce_loss,
+    outlier_scores,
     pool_outlier_mask,
     sigmoid_bce_loss,
 )
@@ -162,6 +163,20 @@ def test_outlier_bce_prefers_separated_scores():
     good = outlier_bce_loss(*_score_case(0.01, 0.99))
     bad = outlier_bce_loss(*_score_case(0.99, 0.01))
     assert float(good) < 0.02 < 4.0 < float(bad)
+
+
+def test_outlier_loss_at_input_resolution_sees_the_pixels_between_cells():
+    logits, masks, ood = _score_case(0.0, 0.8)  # ideal on the 1/4 grid
+    assert float(mask_contrastive_loss(logits, masks, ood, resolution="mask")) < 1e-6
+    s, target = outlier_scores(logits, masks, ood, "input")
+    assert s.shape == (1, 16, 32) and torch.equal(target, ood)
+    assert float(s[..., :12].abs().max()) < 1e-4 and float((s[..., 20:] - 0.8).abs().max()) < 1e-4
+    # upsampled as at inference, the outlier columns next to the known half score far below the margin
+    assert float(s[..., 16:18].max()) < 0.5
+    assert float(mask_contrastive_loss(logits, masks, ood, resolution="input")) > 0.01
+    assert float(outlier_bce_loss(logits, masks, ood, resolution="input")) > float(outlier_bce_loss(logits, masks, ood))
+    with pytest.raises(ValueError, match="resolution"):
+        outlier_scores(logits, masks, ood, "full")
 
 
 def test_pool_outlier_mask():

@@ -13,8 +13,12 @@ Stage 2 (outlier fine-tuning) adds, on the last layer's outputs:
 * Eq. 10-12 (:func:`mask_contrastive_loss`), or
 * Eq. 26-27 (:func:`outlier_bce_loss`) as the appendix variant.
 
-Both use ``g = max_k softmax(C)^T sigmoid(M)`` (Eq. 3 / Eq. 10) at the resolution of the
-predicted masks (1/4 of the input) against the binary outlier mask pooled to that grid.
+Both use ``g = max_k softmax(C)^T sigmoid(M)`` (Eq. 3 / Eq. 10), by default at the resolution
+of the predicted masks (1/4 of the input) against the binary outlier mask pooled to that grid.
+With ``resolution="input"`` the mask logits are first upsampled bilinearly to the input size,
+as at inference, and the loss is taken on every input pixel against the outlier mask itself:
+the pooled grid never sees the pixels between two cells, where the upsampled masks of two
+neighbouring segments both fall to ~0.5 and ``1 - g`` is high along every known boundary.
 """
 
 from __future__ import annotations
@@ -77,8 +81,33 @@ def known_likelihood(pred_logits: torch.Tensor, pred_masks: torch.Tensor) -> tor
     return semantic_probs(pred_logits.float(), pred_masks.float()).max(dim=1).values
 
 
+OUTLIER_RESOLUTIONS = ("mask", "input")
+
+
+def outlier_scores(pred_logits: torch.Tensor, pred_masks: torch.Tensor, ood: torch.Tensor,
+                   resolution: str = "mask") -> tuple[torch.Tensor, torch.Tensor]:
+    """Anomaly score ``s = 1 - g`` (Eq. 5) and its 0/1/255 target on the loss grid.
+
+    Args:
+        pred_logits: (B, Q, K+1); pred_masks: (B, Q, h, w) mask logits.
+        ood: (B, H, W) uint8 outlier mask at the input size.
+        resolution: ``"mask"`` -- the (h, w) grid, ``ood`` pooled to it
+            (:func:`pool_outlier_mask`); ``"input"`` -- the (H, W) grid, mask logits upsampled
+            bilinearly (align_corners=False, as inference does).
+
+    Returns: s (B, h, w) or (B, H, W) float32 and the target (same shape) uint8.
+    """
+    if resolution not in OUTLIER_RESOLUTIONS:
+        raise ValueError(f"resolution must be one of {OUTLIER_RESOLUTIONS}, got {resolution!r}")
+    if resolution == "input" and tuple(pred_masks.shape[-2:]) != tuple(ood.shape[-2:]):
+        pred_masks = F.interpolate(pred_masks.float(), size=tuple(ood.shape[-2:]), mode="bilinear",
+                                   align_corners=False)
+    s = 1.0 - known_likelihood(pred_logits, pred_masks)
+    return s, pool_outlier_mask(ood, tuple(s.shape[-2:]))
+
+
 def mask_contrastive_loss(pred_logits: torch.Tensor, pred_masks: torch.Tensor, ood: torch.Tensor,
-                          margin: float = CONTRASTIVE_MARGIN) -> torch.Tensor:
+                          margin: float = CONTRASTIVE_MARGIN, resolution: str = "mask") -> torch.Tensor:
     """Mask contrastive loss L_CL (Eq. 10-11; added to Eq. 1-2 it is L_ood, Eq. 12).
 
     With ``l_N = -g`` (Eq. 10) the per-pixel score used here is the anomaly score
@@ -98,11 +127,11 @@ def mask_contrastive_loss(pred_logits: torch.Tensor, pred_masks: torch.Tensor, o
         pred_logits: (B, Q, K+1); pred_masks: (B, Q, h, w) mask logits.
         ood: (B, H, W) uint8 0/1/255 outlier mask (pooled to (h, w) by :func:`pool_outlier_mask`).
         margin: m (0.75 in the paper).
+        resolution: the grid of the loss, ``"mask"`` or ``"input"`` (:func:`outlier_scores`).
 
     Returns: scalar; 0 when known pixels have s = 0 and outliers s >= m.
     """
-    s = 1.0 - known_likelihood(pred_logits, pred_masks)
-    target = pool_outlier_mask(ood, tuple(s.shape[-2:]))
+    s, target = outlier_scores(pred_logits, pred_masks, ood, resolution)
     loss = s.new_zeros(())
     inlier, outlier = s[target == 0], s[target == 1]
     if inlier.numel():
@@ -113,7 +142,7 @@ def mask_contrastive_loss(pred_logits: torch.Tensor, pred_masks: torch.Tensor, o
 
 
 def outlier_bce_loss(pred_logits: torch.Tensor, pred_masks: torch.Tensor, ood: torch.Tensor,
-                     eps: float = 1e-6) -> torch.Tensor:
+                     eps: float = 1e-6, resolution: str = "mask") -> torch.Tensor:
     """Outlier binary cross-entropy L_BCE (Eq. 26; with Eq. 1-2 it is Eq. 27).
 
     The appendix writes ``M_OOD log(l_N) + (1 - M_OOD) log(1 - l_N)``; as ``l_N = -g`` is
@@ -122,8 +151,8 @@ def outlier_bce_loss(pred_logits: torch.Tensor, pred_masks: torch.Tensor, ood: t
 
     Args: as :func:`mask_contrastive_loss`. Returns: scalar.
     """
-    p = (1.0 - known_likelihood(pred_logits, pred_masks)).clamp(eps, 1 - eps)
-    target = pool_outlier_mask(ood, tuple(p.shape[-2:]))
+    s, target = outlier_scores(pred_logits, pred_masks, ood, resolution)
+    p = s.clamp(eps, 1 - eps)
     valid = target != VOID
     if not valid.any():
         return p.sum() * 0.0
@@ -150,16 +179,20 @@ class SetCriterion(torch.nn.Module):
         deep_supervision: also supervise every ``aux_outputs`` entry.
         outlier_loss: None (stage 1), ``"contrastive"`` (Eq. 10-12) or ``"bce"`` (Eq. 26-27).
         margin: the contrastive margin m.
+        outlier_resolution: grid of the outlier loss, ``"mask"`` (1/4) or ``"input"``.
     """
 
     def __init__(self, num_classes: int, weights: LossWeights | None = None,
                  matcher: HungarianMatcher | None = None, num_points: int = NUM_POINTS,
                  oversample_ratio: float = OVERSAMPLE_RATIO,
                  importance_ratio: float = IMPORTANCE_SAMPLE_RATIO, deep_supervision: bool = True,
-                 outlier_loss: str | None = None, margin: float = CONTRASTIVE_MARGIN) -> None:
+                 outlier_loss: str | None = None, margin: float = CONTRASTIVE_MARGIN,
+                 outlier_resolution: str = "mask") -> None:
         super().__init__()
         if outlier_loss not in (None, "contrastive", "bce"):
             raise ValueError(f"outlier_loss must be None, 'contrastive' or 'bce', got {outlier_loss!r}")
+        if outlier_resolution not in OUTLIER_RESOLUTIONS:
+            raise ValueError(f"outlier_resolution must be one of {OUTLIER_RESOLUTIONS}, got {outlier_resolution!r}")
         self.num_classes = num_classes
         self.weights = weights or LossWeights()
         self.matcher = matcher or HungarianMatcher(num_points=num_points)
@@ -169,6 +202,7 @@ class SetCriterion(torch.nn.Module):
         self.deep_supervision = deep_supervision
         self.outlier_loss = outlier_loss
         self.margin = margin
+        self.outlier_resolution = outlier_resolution
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = self.weights.no_object
         self.register_buffer("empty_weight", empty_weight, persistent=False)
@@ -236,8 +270,8 @@ class SetCriterion(torch.nn.Module):
                 raise ValueError("the outlier loss needs the outlier mask `ood`")
             fn = mask_contrastive_loss if self.outlier_loss == "contrastive" else outlier_bce_loss
             args = (outputs["pred_logits"], outputs["pred_masks"], ood.to(outputs["pred_masks"].device))
-            outlier = self.weights.outlier * (fn(*args, margin=self.margin)
-                                              if self.outlier_loss == "contrastive" else fn(*args))
+            kw = {"margin": self.margin} if self.outlier_loss == "contrastive" else {}
+            outlier = self.weights.outlier * fn(*args, resolution=self.outlier_resolution, **kw)
         out["outlier"] = outlier
         out["loss"] = out["ce"] + out["mask"] + out["dice"] + aux + outlier
         return out

@@ -46,6 +46,7 @@ class LossConfig:
     outlier: str | None = None  # None, "contrastive" (Eq. 10-12) or "bce" (Eq. 26-27)
     outlier_weight: float = 1.0
     margin: float = 0.75
+    outlier_resolution: str = "mask"  # grid of the outlier loss: "mask" (1/4) or "input"
 
 
 @dataclass
@@ -106,6 +107,9 @@ class Recipe:
             raise ConfigError("recipe stage must be 1 or 2")
         if recipe.stage == 2 and recipe.loss.outlier is None:
             recipe.loss.outlier = "contrastive"
+        if recipe.loss.outlier_resolution not in ("mask", "input"):
+            raise ConfigError(f"recipe loss.outlier_resolution must be 'mask' or 'input', "
+                              f"got {recipe.loss.outlier_resolution!r}")
         return recipe
 
     @classmethod

@@ -127,7 +127,8 @@ class Trainer:
             LossWeights(loss.ce, loss.mask, loss.dice, loss.no_object, loss.outlier_weight),
             HungarianMatcher(loss.ce, loss.mask, loss.dice, loss.num_points),
             loss.num_points, loss.oversample_ratio, loss.importance_ratio, loss.deep_supervision,
-            loss.outlier if recipe.stage == 2 else None, loss.margin).to(self.device)
+            loss.outlier if recipe.stage == 2 else None, loss.margin,
+            loss.outlier_resolution).to(self.device)
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, solver.lr, solver.weight_decay, solver.backbone_multiplier),
             lr=solver.lr, weight_decay=solver.weight_decay)
