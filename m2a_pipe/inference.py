@@ -9,7 +9,10 @@ the official test-time path of Mask2Anomaly:
 3. mask logits upsampled to the padded size, official semantic inference (Eq. 3 plus one
    channel per confident stuff query), crop the padding, resize to the image size;
 4. anomaly map: Eq. 5 refined by Eq. 13 (official rule) or another score of
-   :data:`m2a_pipe.scoring.SCORES`; optional horizontal-flip averaging;
+   :data:`m2a_pipe.scoring.SCORES`; optional horizontal-flip averaging. With
+   ``map_stride=4`` the score is computed at the mask resolution (1/4) and the score map is
+   upsampled instead of the mask logits: the maps the video pipeline computes
+   (:mod:`m2a_pipe.runtime.model_stage`), here for image benchmarks;
 5. semantic labels (argmax of Eq. 3) and, given a threshold, open-set labels (Eq. 14).
 
 Step 3 is evaluated in bands of rows so the (Q, Hp, Wp) upsampled masks never exist at
@@ -42,10 +45,17 @@ from m2a_pipe.scoring import (
     SCORES,
     crop_and_resize,
     flip_average,
+    msp_anomaly,
     official_anomaly_map,
     official_semantic_inference,
     open_set_semantic,
+    refinement_mask,
+    semantic_probs,
 )
+
+MAP_STRIDES = (1, 4)
+"""Resolution of the anomaly score before it is resized to the image: 1 = the padded input
+(mask logits upsampled first, the official evaluation), 4 = the mask logits' own grid."""
 
 BAND_BYTES = 16 * 2**20
 """Size of one band of upsampled masks (Q x rows x Wp float32): about 16 MB keeps a band in
@@ -135,13 +145,18 @@ class Predictor:
         score: ``"official"`` (Eq. 5 with the Eq. 13 refinement, exactly as the official
             evaluation) or a name of :data:`m2a_pipe.scoring.SCORES` (no refinement).
         open_set_threshold: anomaly threshold for Eq. 14 open-set labels (None: skip).
+        map_stride: 1 (official) or 4: the anomaly score at the mask resolution, then
+            upsampled (:data:`MAP_STRIDES`); semantic outputs are unchanged.
     """
 
     def __init__(self, model: Mask2Anomaly, device: str | torch.device = "cpu", *,
                  resize: bool = True, flip: bool = False, score: str = "official",
-                 open_set_threshold: float | None = None) -> None:
+                 open_set_threshold: float | None = None, map_stride: int = 1) -> None:
         if score != "official" and score not in SCORES:
             raise ValueError(f"unknown score {score!r}; known: official, {', '.join(SCORES)}")
+        if map_stride not in MAP_STRIDES:
+            raise ValueError(f"map_stride must be one of {MAP_STRIDES}, got {map_stride!r}")
+        self.map_stride = map_stride
         self.device = torch.device(device)
         self.model = model.to(self.device).prepare_for_inference()
         self.config: ModelConfig = model.config
@@ -198,6 +213,8 @@ class Predictor:
                     input_size: tuple[int, int], output_size: tuple[int, int],
                     sem: torch.Tensor | None = None) -> torch.Tensor:
         """(H, W) anomaly map of one image from its decoder outputs (score per ``self.score``)."""
+        if self.map_stride == 4:
+            return self._coarse_anomaly_map(pred_logits, pred_masks, input_size, output_size)
         if self.score == "official":
             if sem is None:
                 sem = self.sem_seg(pred_logits, pred_masks, input_size, output_size)
@@ -205,6 +222,20 @@ class Predictor:
         hp, wp = padded_size(*input_size, self.config.preprocess.size_divisibility)
         masks = F.interpolate(pred_masks[None], size=(hp, wp), mode="bilinear", align_corners=False)
         score = SCORES[self.score](pred_logits[None], masks)
+        return crop_and_resize(score, input_size, output_size)[0]
+
+    def _coarse_anomaly_map(self, pred_logits: torch.Tensor, pred_masks: torch.Tensor,
+                            input_size: tuple[int, int], output_size: tuple[int, int]) -> torch.Tensor:
+        """The score on the (Q, Hp/4, Wp/4) mask grid (Eq. 5 refined by Eq. 13 when official),
+        upsampled bilinearly to the padded input, cropped and resized: (H, W)."""
+        logits, masks = pred_logits[None].float(), pred_masks[None].float()
+        if self.score == "official":
+            score = msp_anomaly(semantic_probs(logits, masks))
+            score = score * refinement_mask(logits, masks, self.config.refine_ids, self.config.keep_threshold)
+        else:
+            score = SCORES[self.score](logits, masks)
+        hp, wp = padded_size(*input_size, self.config.preprocess.size_divisibility)
+        score = F.interpolate(score[:, None], size=(hp, wp), mode="bilinear", align_corners=False)[:, 0]
         return crop_and_resize(score, input_size, output_size)[0]
 
     def predict(self, images: list[np.ndarray]) -> list[Result]:

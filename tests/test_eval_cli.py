@@ -111,7 +111,8 @@ def test_dataset_run_refuses_outputs_of_other_settings(tmp_path, weights, monkey
                   "--json", tmp_path / "first.json"])
     assert first.exit_code == 0, first.output
     run = json.loads((out / "run.json").read_text())
-    assert run == {"weights": weights, "weights_sha256": sha256_file(weights), "score": "official", "flip": False}
+    assert run == {"weights": weights, "weights_sha256": sha256_file(weights), "score": "official", "flip": False,
+                   "map_stride": 1}
     again = _run(["anomaly", "--dataset", root, "--weights", weights, "--out", out, "--no-flip",
                   "--json", tmp_path / "again.json"])
     assert again.exit_code == 0 and "running the model" not in again.output
@@ -120,7 +121,8 @@ def test_dataset_run_refuses_outputs_of_other_settings(tmp_path, weights, monkey
     other = build_model(preset("small"))
     save_weights(other, other.config, tmp_path / "other.safetensors")
     for args, needle in (([tmp_path / "other.safetensors", "--no-flip"], "weights"), ([weights, "--flip"], "flip"),
-                         ([weights, "--no-flip", "--score", "msp"], "score")):
+                         ([weights, "--no-flip", "--score", "msp"], "score"),
+                         ([weights, "--no-flip", "--map-stride", "4"], "map_stride")):
         res = _run(["anomaly", "--dataset", root, "--out", out, "--weights", *args])
         assert res.exit_code == 1 and str(out) in res.output and needle in res.output, res.output
         assert len(res.output.strip().splitlines()) == 1
@@ -130,6 +132,13 @@ def test_dataset_run_refuses_outputs_of_other_settings(tmp_path, weights, monkey
     assert msp.exit_code == 0, msp.output
     assert json.loads((tmp_path / "m2a-eval" / "smiyc-msp-noflip" / "run.json").read_text())["score"] == "msp"
     assert len(list((tmp_path / "m2a-eval" / "smiyc-msp-noflip" / "scores").glob("*.npy"))) == 2
+    coarse = _run(["anomaly", "--dataset", root, "--weights", weights, "--no-flip", "--map-stride", "4"])
+    assert coarse.exit_code == 0, coarse.output
+    assert json.loads((tmp_path / "m2a-eval" / "smiyc-noflip-stride4" / "run.json").read_text())["map_stride"] == 4
+    # a run.json written before map_stride existed holds stride 1
+    legacy = {k: v for k, v in run.items() if k != "map_stride"}
+    (out / "run.json").write_text(json.dumps(legacy))
+    assert _run(["anomaly", "--dataset", root, "--out", out, "--weights", weights, "--no-flip"]).exit_code == 0
 
 
 def test_open_set_cli(tmp_path):

@@ -39,6 +39,21 @@ def test_full_resolution_official_map_equals_the_predictor(model):
         assert (maps.semantic == result.semantic).mean() > 0.999
 
 
+@pytest.mark.parametrize("score", ["official", "msp", "energy"])
+def test_predictor_at_map_stride_4_is_the_stage_map_upsampled(model, score):
+    imgs = frames(2, 96, 160, seed=3)  # a multiple of 32: no padding, the map is the whole mask grid
+    stage = ModelStage(model, "cpu", score=score)
+    predictor = Predictor(model, "cpu", resize=False, score=score, map_stride=4)
+    fine = Predictor(model, "cpu", resize=False, score=score)
+    for maps, result, full in zip(stage(imgs), predictor(imgs), fine(imgs)):
+        up = torch.nn.functional.interpolate(torch.from_numpy(maps.anomaly)[None, None], scale_factor=4,
+                                             mode="bilinear", align_corners=False)[0, 0].numpy()
+        np.testing.assert_allclose(result.anomaly, up, atol=1e-5)
+        assert not np.allclose(result.anomaly, full.anomaly, atol=1e-3)  # a different map than stride 1
+    with pytest.raises(ValueError, match="map_stride"):
+        Predictor(model, "cpu", map_stride=2)
+
+
 def test_batch_equals_single_frames(model):
     imgs = frames(3, seed=1)
     stage = ModelStage(model, "cpu")

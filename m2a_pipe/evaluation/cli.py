@@ -53,18 +53,20 @@ def _model_options(f):
     return f
 
 
-def _out(out_dir: Path | None, dataset: Path, score: str = "official", flip: bool = True) -> Path:
-    """--out, else ``m2a-eval/<dataset name>[-<score>][-noflip]``."""
+def _out(out_dir: Path | None, dataset: Path, score: str = "official", flip: bool = True,
+         map_stride: int = 1) -> Path:
+    """--out, else ``m2a-eval/<dataset name>[-<score>][-noflip][-stride4]``."""
     if out_dir is not None:
         return out_dir
-    name = Path(dataset).resolve().name + ("" if score == "official" else f"-{score}") + ("" if flip else "-noflip")
+    name = (Path(dataset).resolve().name + ("" if score == "official" else f"-{score}") + ("" if flip else "-noflip")
+            + ("" if map_stride == 1 else f"-stride{map_stride}"))
     return Path("m2a-eval") / name
 
 
-def _prepare_run(out: Path, weights: str, flip: bool, score: str, missing: bool) -> None:
+def _prepare_run(out: Path, weights: str, flip: bool, score: str, missing: bool, map_stride: int = 1) -> None:
     from m2a_pipe.evaluation import predict
 
-    predict.claim_run_folder(out, predict.run_settings(weights, flip, score), writing=missing)
+    predict.claim_run_folder(out, predict.run_settings(weights, flip, score, map_stride), writing=missing)
 
 
 @click.group()
@@ -92,10 +94,13 @@ def evaluate() -> None:
 @click.option("--score", "score_name", type=click.Choice(["official", "msp", "rba", "max_logit", "energy", "entropy"]),
               default="official", show_default=True,
               help="Anomaly score of --dataset runs: official = Eq. 5 refined by Eq. 13; msp = Eq. 5 alone.")
+@click.option("--map-stride", type=click.Choice(["1", "4"]), default="1", show_default=True,
+              help="Resolution of the score of --dataset runs: 1 = mask logits upsampled first (official); "
+                   "4 = the score on the 1/4 mask grid, then upsampled (what `process` computes).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report here.")
 @click.option("--plots", "plots_dir", type=click.Path(path_type=Path), help="Write pr.png and roc.png here.")
 def anomaly(scores, labels, dataset, dataset_type, weights, out_dir, device, flip, profile, ap_convention,
-            threshold, max_exact_pixels, score_name, json_path, plots_dir) -> None:
+            threshold, max_exact_pixels, score_name, map_stride, json_path, plots_dir) -> None:
     """Pixel AuPRC / FPR95 / AUROC and component sIoU / PPV / F1*."""
     from m2a_pipe.evaluation import datasets as ds
     from m2a_pipe.evaluation import inputs, predict, report
@@ -105,11 +110,12 @@ def anomaly(scores, labels, dataset, dataset_type, weights, out_dir, device, fli
             data = ds.detect_dataset(dataset) if dataset_type == "auto" else ds.READERS[dataset_type](dataset)
             if not data.samples:
                 raise ds.DatasetError(f"{dataset}: no images found")
-            scores_dir = scores or _out(out_dir, dataset, score_name, flip) / "scores"
+            stride = int(map_stride)
+            scores_dir = scores or _out(out_dir, dataset, score_name, flip, stride) / "scores"
             missing = [s for s in data.samples if not (scores_dir / f"{predict.file_stem(s.stem)}.npy").is_file()]
-            _prepare_run(scores_dir.parent, weights, flip, score_name, bool(missing))
+            _prepare_run(scores_dir.parent, weights, flip, score_name, bool(missing), stride)
             if missing:
-                predictor = predict.load_predictor(weights, device, flip, score_name)
+                predictor = predict.load_predictor(weights, device, flip, score_name, stride)
                 scores_dir = predict.write_anomaly_scores(predictor, data, scores_dir.parent, progress=_bar)
             pairs = [_npy_pair(inputs, s, scores_dir / f"{predict.file_stem(s.stem)}.npy") for s in data.samples]
         elif scores is not None and labels is not None:

@@ -36,16 +36,23 @@ def file_stem(stem: str) -> str:
 RUN_FILE = "run.json"
 
 
-def load_predictor(weights: str, device: str = "cpu", flip: bool = False, score: str = "official"):
+def load_predictor(weights: str, device: str = "cpu", flip: bool = False, score: str = "official",
+                   map_stride: int = 1):
     """``Predictor.from_weights(weights, ...)``; ``score`` official = Eq. 5 refined by Eq. 13."""
     from m2a_pipe.inference import Predictor
 
-    return Predictor.from_weights(weights, device=device, resize=True, flip=flip, score=score)
+    return Predictor.from_weights(weights, device=device, resize=True, flip=flip, score=score,
+                                  map_stride=map_stride)
 
 
-def run_settings(weights: str, flip: bool, score: str) -> dict:
+RUN_DEFAULTS = {"map_stride": 1}
+"""Settings a run.json written before they existed holds implicitly."""
+
+
+def run_settings(weights: str, flip: bool, score: str, map_stride: int = 1) -> dict:
     """What makes a model run's outputs: the weights as given and their file's sha256 (None
-    when the weights cannot be found: outputs already written may still be reused), score, flip."""
+    when the weights cannot be found: outputs already written may still be reused), score,
+    flip and the score's map stride."""
     from m2a_pipe.model.checkpoint import sha256_file
     from m2a_pipe.model.registry import WeightsError, resolve
 
@@ -53,7 +60,8 @@ def run_settings(weights: str, flip: bool, score: str) -> dict:
         sha = sha256_file(resolve(weights))
     except (WeightsError, OSError):
         sha = None
-    return {"weights": str(weights), "weights_sha256": sha, "score": score, "flip": bool(flip)}
+    return {"weights": str(weights), "weights_sha256": sha, "score": score, "flip": bool(flip),
+            "map_stride": int(map_stride)}
 
 
 def claim_run_folder(out: Path, settings: dict, writing: bool) -> None:
@@ -72,8 +80,8 @@ def claim_run_folder(out: Path, settings: dict, writing: bool) -> None:
             recorded = json.loads(path.read_text())
         except ValueError:
             raise EvaluationInputError(f"{path}: not a JSON file; delete it or choose another --out") from None
-        for key in ("score", "flip", "weights_sha256"):
-            was, now = recorded.get(key), settings.get(key)
+        for key in ("score", "flip", "map_stride", "weights_sha256"):
+            was, now = recorded.get(key, RUN_DEFAULTS.get(key)), settings.get(key, RUN_DEFAULTS.get(key))
             if key == "weights_sha256" and (was is None or now is None):
                 continue
             if was != now:
