@@ -265,11 +265,11 @@ def _load_config(spec: str | os.PathLike | ModelConfig) -> ModelConfig:
 register(WeightsEntry(
     name="demo",
     file="demo.safetensors",
-    sha256="b13c135a4138148c05fecf9412b3811430799aa639a86b9631d76e913c268e79",
+    sha256="d682e8b9b4888d40836fdd334521a86d78de6fcbac919db054f1782a7b3498c6",
     description="small Mask2Anomaly (preset 'small', R18, 64-dim) trained on the synthetic world; "
                 "the embedded default (model card: weights/README.md)",
     config="small",
-    metadata={"status": "v2", "classes": "cityscapes-19",
+    metadata={"status": "v3", "classes": "cityscapes-19",
               "recipes": "train/demo_stage1.json, train/demo_stage2.json, train/demo_stage1_cont.json, "
-                         "train/demo_stage2_cont.json"},
+                         "train/demo_stage2_cont.json, train/demo_stage2_v3a.json, train/demo_stage2_v3b.json"},
 ))
