@@ -211,8 +211,13 @@ def test_killed_driver_then_rerun_skips_complete_and_redoes_the_rest(cluster, fl
 
 
 def test_ctrl_c_keeps_finished_videos_and_leaves_no_temporary_folder(cluster, fleet, weights, tmp_path):
+    # a short drive, then a long one (jobs run in manifest order, one at a time): Ctrl-C lands
+    # while the long one runs, seconds before it could finish, whatever the machine's speed
+    vf.make_video(tmp_path / "drives" / "long.mp4", n=400, size=(96, 64), fps=10)
+    manifest = tmp_path / "drives" / "fleet.csv"
+    manifest.write_text(f"path,vehicle\n{fleet.parent / 'v1' / 'short.mp4'},car-1\nlong.mp4,car-2\n")
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "m2a_pipe", "process", str(fleet), "-o", str(out), "-w", weights, "-q",
+    args = [sys.executable, "-m", "m2a_pipe", "process", str(manifest), "-o", str(out), "-w", weights, "-q",
             "--short-side", "64", "--threads", "1", "--ray", "--address", cluster, "--workers", "1", "--jobs", "1"]
     driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -230,3 +235,4 @@ def test_ctrl_c_keeps_finished_videos_and_leaves_no_temporary_folder(cluster, fl
     assert driver.returncode == 130, output
     assert "interrupted" in output and "Traceback" not in output
     assert list(out.rglob("summary.json")) and not list(out.rglob(".*partial*"))
+    assert not list(out.rglob("long/summary.json"))  # interrupted, not finished
