@@ -45,12 +45,10 @@ from m2a_pipe.scoring import (
     SCORES,
     crop_and_resize,
     flip_average,
-    msp_anomaly,
+    grid_anomaly,
     official_anomaly_map,
     official_semantic_inference,
     open_set_semantic,
-    refinement_mask,
-    semantic_probs,
 )
 
 MAP_STRIDES = (1, 4)
@@ -228,12 +226,8 @@ class Predictor:
                             input_size: tuple[int, int], output_size: tuple[int, int]) -> torch.Tensor:
         """The score on the (Q, Hp/4, Wp/4) mask grid (Eq. 5 refined by Eq. 13 when official),
         upsampled bilinearly to the padded input, cropped and resized: (H, W)."""
-        logits, masks = pred_logits[None].float(), pred_masks[None].float()
-        if self.score == "official":
-            score = msp_anomaly(semantic_probs(logits, masks))
-            score = score * refinement_mask(logits, masks, self.config.refine_ids, self.config.keep_threshold)
-        else:
-            score = SCORES[self.score](logits, masks)
+        score = grid_anomaly(self.score, pred_logits[None].float(), pred_masks[None].float(),
+                             self.config.refine_ids, self.config.keep_threshold)
         hp, wp = padded_size(*input_size, self.config.preprocess.size_divisibility)
         score = F.interpolate(score[:, None], size=(hp, wp), mode="bilinear", align_corners=False)[:, 0]
         return crop_and_resize(score, input_size, output_size)[0]

@@ -263,6 +263,22 @@ SCORES: dict[str, ScoreFn] = {
 at the masks' resolution, higher = more anomalous."""
 
 
+def grid_anomaly(name: str, pred_logits: torch.Tensor, pred_masks: torch.Tensor, refine_ids: Sequence[int],
+                 keep_threshold: float, sem: torch.Tensor | None = None) -> torch.Tensor:
+    """Anomaly score on the grid of ``pred_masks``: ``"official"`` = Eq. 5 refined by Eq. 13
+    (:func:`refinement_mask`), ``"msp"`` = Eq. 5, else :data:`SCORES`.
+
+    Args: (B, Q, K+1) logits, (B, Q, H, W) mask logits; ``sem`` = their
+    :func:`semantic_probs` when the caller already has it. Returns (B, H, W).
+    """
+    if name not in ("official", "msp"):
+        return anomaly_score(name, pred_logits, pred_masks)
+    score = msp_anomaly(semantic_probs(pred_logits, pred_masks) if sem is None else sem)
+    if name == "official":
+        score = score * refinement_mask(pred_logits, pred_masks, refine_ids, keep_threshold)
+    return score
+
+
 def anomaly_score(name: str, pred_logits: torch.Tensor, pred_masks: torch.Tensor) -> torch.Tensor:
     """Look up :data:`SCORES` by name and apply it; an unknown name is a ``ValueError``."""
     try:

@@ -31,7 +31,7 @@ from m2a_pipe.config import ModelConfig
 from m2a_pipe.instances import UnknownInstance, background_region, mine_unknown_instances
 from m2a_pipe.model.mask2anomaly import Mask2Anomaly
 from m2a_pipe.preprocess import normalize_and_pad, resize_uint8, shortest_edge_size
-from m2a_pipe.scoring import SCORES, msp_anomaly, refinement_mask, semantic_probs
+from m2a_pipe.scoring import SCORES, grid_anomaly, semantic_probs
 
 MASK_STRIDE = 4
 """The mask logits of Mask2Former are at 1/4 of the padded input."""
@@ -162,12 +162,6 @@ class ModelStage:
         h, w = map_size(size, self.map_stride)
         masks = masks[..., :h, :w]
         sem = semantic_probs(logits, masks) if (semantic or self.score in BOUNDED_SCORES) else None
-        if self.score in BOUNDED_SCORES:
-            anomaly = msp_anomaly(sem)  # Eq. 5
-            if self.score == "official":  # Eq. 13
-                anomaly = anomaly * refinement_mask(logits, masks, self.config.refine_ids,
-                                                    self.config.keep_threshold)
-        else:
-            anomaly = SCORES[self.score](logits, masks)
+        anomaly = grid_anomaly(self.score, logits, masks, self.config.refine_ids, self.config.keep_threshold, sem)
         labels = sem.argmax(dim=-3) if semantic else None
         return anomaly, labels

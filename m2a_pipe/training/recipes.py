@@ -31,6 +31,7 @@ from typing import Any
 from m2a_pipe.config import ConfigError, ModelConfig, preset
 from m2a_pipe.training.anomaly_mix import AnomalyMixConfig
 from m2a_pipe.training.augment import AugmentConfig
+from m2a_pipe.training.losses import OUTLIER_RESOLUTIONS
 
 
 @dataclass
@@ -107,8 +108,8 @@ class Recipe:
             raise ConfigError("recipe stage must be 1 or 2")
         if recipe.stage == 2 and recipe.loss.outlier is None:
             recipe.loss.outlier = "contrastive"
-        if recipe.loss.outlier_resolution not in ("mask", "input"):
-            raise ConfigError(f"recipe loss.outlier_resolution must be 'mask' or 'input', "
+        if recipe.loss.outlier_resolution not in OUTLIER_RESOLUTIONS:
+            raise ConfigError(f"recipe loss.outlier_resolution must be one of {OUTLIER_RESOLUTIONS}, "
                               f"got {recipe.loss.outlier_resolution!r}")
         return recipe
 
