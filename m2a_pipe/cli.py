@@ -231,7 +231,7 @@ def bench() -> None:
 @click.option("--baseline", is_flag=True, help="Run as the official code does, for comparison.")
 @click.option("--amp", is_flag=True, help="bfloat16 autocast (CUDA).")
 @click.option("--json", "json_path", default=None, metavar="FILE", help="Also write the figures as JSON.")
-@click.option("--quiet", is_flag=True, help="No progress lines.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 def bench_model_cmd(preset_name: str, size: tuple[int, int], device: str, batch: int, threads: int | None,
                     warmup: int, repeats: int, baseline: bool, amp: bool, json_path: str | None,
                     quiet: bool) -> None:

@@ -29,7 +29,7 @@ def test_images_and_errors(tmp_path):
 
 def test_outliers_and_video(tmp_path):
     runner = CliRunner()
-    res = runner.invoke(synth, ["outliers", "--seed", "2", "--count", "2", "-o", str(tmp_path / "o"), "--quiet"])
+    res = runner.invoke(synth, ["outliers", "--seed", "2", "--count", "2", "-o", str(tmp_path / "o"), "-q"])
     assert res.exit_code == 0, res.output
     assert len(list((tmp_path / "o" / "outliers").glob("*.png"))) == 2
     clip = tmp_path / "c.mp4"

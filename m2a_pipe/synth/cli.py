@@ -61,7 +61,7 @@ def synth() -> None:
 @click.option("--workers", type=int, default=1, show_default=True, callback=_positive, help="Processes.")
 @click.option("--start", type=int, default=0, show_default=True, help="First image index.")
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty folder.")
-@click.option("--quiet", is_flag=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def images(seed, count, anomalies, out, size, workers, start, overwrite, quiet):
     """Write a still-image dataset: images/, labels_masks/, semantic/, panoptic/, panoptic.json, meta.json."""
     from m2a_pipe.synth.dataset import write_image_dataset
@@ -83,7 +83,7 @@ def images(seed, count, anomalies, out, size, workers, start, overwrite, quiet):
               help="Output folder (cut-outs go to OUT/outliers/).")
 @click.option("--workers", type=int, default=1, show_default=True, callback=_positive)
 @click.option("--overwrite", is_flag=True)
-@click.option("--quiet", is_flag=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def outliers(seed, count, out, workers, overwrite, quiet):
     """Write RGBA cut-outs of the train anomaly family (the AnomalyMix outlier source)."""
     from m2a_pipe.synth.dataset import write_outliers
@@ -102,7 +102,7 @@ def outliers(seed, count, out, workers, overwrite, quiet):
 @click.option("--size", default="640x320", show_default=True, help="WIDTHxHEIGHT (even).")
 @click.option("--anomalies", type=_FAMILIES, default="eval", show_default=True)
 @click.option("--crf", type=click.IntRange(0, 51), default=28, show_default=True, help="x264 quality.")
-@click.option("--quiet", is_flag=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def video(seed, seconds, fps, out, size, anomalies, crf, quiet):
     """Write an H.264 clip with CLIP.gt.h5 (per-frame masks, track ids) and CLIP.tracks.json."""
     from m2a_pipe.synth.video import write_video

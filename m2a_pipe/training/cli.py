@@ -28,7 +28,7 @@ def train() -> None:
               help="Initial weights (replaces the recipe's init_weights; stage 2 from stage 1).")
 @click.option("--val", "val", type=click.Path(file_okay=False), default=None,
               help="Validation folder (images/ + labels_masks/), replaces the recipe's val.root.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def run(recipe: Path, data: Path | None, out: Path | None, resume: bool, device: str,
         max_steps: int | None, init: str | None, val: str | None, quiet: bool) -> None:
     """Train with RECIPE.json (see train/README.md)."""
