@@ -56,7 +56,9 @@ def test_demo_is_built_verified_and_carries_its_config_and_threshold():
     cfg, meta = read_metadata(resolve("demo"))
     assert 0 < meta["anomaly_threshold"] < 1
     model = load_model("demo")
-    assert model.config == cfg and cfg.preprocess.min_size_test == 256  # the stored config, not the preset's
+    # the stored config (test size 384x768), not the preset's
+    assert model.config == cfg and (cfg.preprocess.min_size_test, cfg.preprocess.max_size_test) == (384, 768)
+    assert preset("small").preprocess.min_size_test != 384
 
 
 def test_reserved_entries_are_not_built(clean_registry):

@@ -265,11 +265,12 @@ def _load_config(spec: str | os.PathLike | ModelConfig) -> ModelConfig:
 register(WeightsEntry(
     name="demo",
     file="demo.safetensors",
-    sha256="d682e8b9b4888d40836fdd334521a86d78de6fcbac919db054f1782a7b3498c6",
+    sha256="a0890106bb2c0d896fe023ac670f55d16375578ac6b14b8e81d74aa5b7518ecc",
     description="small Mask2Anomaly (preset 'small', R18, 64-dim) trained on the synthetic world; "
                 "the embedded default (model card: weights/README.md)",
     config="small",
-    metadata={"status": "v3", "classes": "cityscapes-19",
+    metadata={"status": "v4", "classes": "cityscapes-19",
               "recipes": "train/demo_stage1.json, train/demo_stage2.json, train/demo_stage1_cont.json, "
-                         "train/demo_stage2_cont.json, train/demo_stage2_v3a.json, train/demo_stage2_v3b.json"},
+                         "train/demo_stage2_cont.json, train/demo_stage2_v3a.json, train/demo_stage2_v3b.json, "
+                         "train/demo_stage2_v4a.json, train/demo_stage2_v4b.json"},
 ))
