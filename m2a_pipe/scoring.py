@@ -262,6 +262,9 @@ SCORES: dict[str, ScoreFn] = {
 """Anomaly scores by name; each maps (B,Q,K+1) logits and (B,Q,H,W) mask logits to (B,H,W)
 at the masks' resolution, higher = more anomalous."""
 
+BOUNDED_SCORES = ("official", "msp")
+"""Scores computed from :func:`semantic_probs` (Eq. 5, with Eq. 13 for official): values in [0, 1]."""
+
 
 def grid_anomaly(name: str, pred_logits: torch.Tensor, pred_masks: torch.Tensor, refine_ids: Sequence[int],
                  keep_threshold: float, sem: torch.Tensor | None = None) -> torch.Tensor:
@@ -271,7 +274,7 @@ def grid_anomaly(name: str, pred_logits: torch.Tensor, pred_masks: torch.Tensor,
     Args: (B, Q, K+1) logits, (B, Q, H, W) mask logits; ``sem`` = their
     :func:`semantic_probs` when the caller already has it. Returns (B, H, W).
     """
-    if name not in ("official", "msp"):
+    if name not in BOUNDED_SCORES:
         return anomaly_score(name, pred_logits, pred_masks)
     score = msp_anomaly(semantic_probs(pred_logits, pred_masks) if sem is None else sem)
     if name == "official":

@@ -31,14 +31,12 @@ from m2a_pipe.config import ModelConfig
 from m2a_pipe.instances import UnknownInstance, background_region, mine_unknown_instances
 from m2a_pipe.model.mask2anomaly import Mask2Anomaly
 from m2a_pipe.preprocess import normalize_and_pad, resize_uint8, shortest_edge_size
-from m2a_pipe.scoring import SCORES, grid_anomaly, semantic_probs
+from m2a_pipe.scoring import BOUNDED_SCORES, SCORES, grid_anomaly, semantic_probs
 
 MASK_STRIDE = 4
 """The mask logits of Mask2Former are at 1/4 of the padded input."""
 
 SCORE_NAMES = ("official", *SCORES)
-BOUNDED_SCORES = ("official", "msp")
-"""Scores whose values lie in [0, 1] (stored as uint8 maps with scale 1/255)."""
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,9 @@ from m2a_pipe.io.hdf5_writer import read_status
 from m2a_pipe.io.inputs import VideoInput
 from m2a_pipe.io.video_reader import VideoReader
 from m2a_pipe.layout import OLD_MARK, PARTIAL_MARK, SCORES_FILE, SUMMARY_FILE
-from m2a_pipe.runtime.model_stage import BOUNDED_SCORES, FrameMaps, map_size, network_input_size, prepare_frame
+from m2a_pipe.runtime.model_stage import FrameMaps, map_size, network_input_size, prepare_frame
 from m2a_pipe.runtime.video_sink import SinkSettings, VideoSink
+from m2a_pipe.scoring import BOUNDED_SCORES
 
 FINGERPRINT_CHUNK_BYTES = 1 << 20
 
