@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from m2a_pipe.training.anomaly_mix import AnomalyMixConfig, paste_outlier
@@ -88,6 +89,38 @@ def test_anomaly_mix_mask_is_exactly_the_pasted_alpha():
         changed = (im != 0).any(-1)
         assert pasted.any() and np.array_equal(changed, pasted) and np.array_equal(oo == 1, pasted)
         assert (se[pasted] == 255).all() and (se[~pasted] == 4).all()
+
+
+def test_anomaly_mix_feathered_edge_blends_only_across_the_seam():
+    # a flat object on a flat scene: the hard paste's step becomes a ramp a few sigma wide,
+    # while M_OOD, the labels and everything 3 sigma away are exactly as with a hard paste
+    from scipy import ndimage
+    bg, fg, sigma = 40, 200, 1.0
+    cut = np.full((30, 20, 3), fg, np.uint8)
+    alpha = np.zeros((30, 20), bool)
+    alpha[4:26, 3:17] = True
+    for seed in range(4):
+        res = {}
+        for name, cfg in (("hard", AnomalyMixConfig()), ("soft", AnomalyMixConfig(edge_sigma=(sigma, sigma)))):
+            im = np.full((64, 96, 3), bg, np.uint8)
+            se, oo = np.full((64, 96), 4, np.uint8), np.zeros((64, 96), np.uint8)
+            pasted = paste_outlier(im, {"semantic": se}, oo, cut, alpha, rng_for(seed), cfg)
+            res[name] = im[..., 0].astype(int), se, oo, pasted
+        (hard, se_h, oo_h, m), (soft, se_s, oo_s, m_s) = res["hard"], res["soft"]
+        assert np.array_equal(m, m_s) and np.array_equal(oo_h, oo_s) and np.array_equal(se_h, se_s)
+        inside = ndimage.distance_transform_edt(m)
+        outside = ndimage.distance_transform_edt(~m)
+        far = (inside > 3 * sigma + 1) | (outside > 3 * sigma + 1)
+        assert np.array_equal(soft[far], hard[far])
+        rim_in, rim_out = m & (inside <= 1), ~m & (outside <= 1)
+        assert ((soft[rim_in] > bg) & (soft[rim_in] < fg)).all()
+        assert ((soft[rim_out] > bg) & (soft[rim_out] < fg)).all()
+        assert soft[rim_in].mean() > soft[rim_out].mean()  # the ramp rises into the object
+
+
+def test_anomaly_mix_edge_sigma_is_checked():
+    with pytest.raises(ValueError, match="edge_sigma"):
+        AnomalyMixConfig.from_dict({"edge_sigma": [1.5, 0.5]})
 
 
 def test_semantic_folder_and_targets(tmp_path):

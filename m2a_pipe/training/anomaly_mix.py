@@ -5,6 +5,13 @@ The pasted pixels are exactly the pixels of the (resized, possibly flipped) cut-
 inside the image: the image takes the cut-out's colours there, ``M_OOD`` becomes 1 and the
 closed-set labels become void (the object belongs to no known class).
 
+A hard paste leaves a seam no camera makes: a one-pixel step from the object to the scene,
+where a real edge is as soft as the lens and sensor make the rest of the image. With
+``edge_sigma`` > 0 the object layer is composited with a Gaussian-feathered edge instead:
+``I' = G(o * F) + (1 - G(o)) * I`` (``o`` the object mask, ``F`` its colours, ``G`` a
+Gaussian blur of a sigma drawn from ``edge_sigma``), i.e. the paste is rendered and then
+blurred across its edge. ``M_OOD`` and the labels stay the binary mask, as in the paper.
+
 In stage 2 a batch is an outlier batch with probability 0.2 (Table V(e)); every image of
 an outlier batch receives ``objects_per_image`` objects.
 """
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -22,18 +30,27 @@ IGNORE = 255
 @dataclass(frozen=True)
 class AnomalyMixConfig:
     """``probability``: chance that a batch is an outlier batch; ``height_range``: pasted
-    object height as a fraction of the image height; ``objects_per_image``; ``flip``."""
+    object height as a fraction of the image height; ``objects_per_image``; ``flip``;
+    ``edge_sigma``: (low, high) range of the edge feathering's Gaussian sigma in pixels of the
+    image pasted into, drawn per object; (0, 0) = a hard paste (the paper's)."""
 
     probability: float = 0.2
     height_range: tuple[float, float] = (0.08, 0.4)
     objects_per_image: int = 1
     flip: bool = True
+    edge_sigma: tuple[float, float] = (0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.edge_sigma
+        if not 0 <= lo <= hi:
+            raise ValueError(f"anomaly_mix.edge_sigma {list(self.edge_sigma)}: need 0 <= low <= high")
 
     @classmethod
     def from_dict(cls, d: dict) -> "AnomalyMixConfig":
         d = dict(d)
-        if "height_range" in d:
-            d["height_range"] = tuple(d["height_range"])
+        for key in ("height_range", "edge_sigma"):
+            if key in d:
+                d[key] = tuple(d[key])
         return cls(**d)
 
 
@@ -73,12 +90,34 @@ def paste_outlier(image: np.ndarray, labels: dict[str, np.ndarray], ood: np.ndar
     x = int(rng.integers(0, big_w - w + 1))
     pasted = np.zeros((big_h, big_w), dtype=bool)
     pasted[y:y + h, x:x + w] = obj
-    image[pasted] = rgb[obj]
+    if cfg.edge_sigma[1] > 0:
+        _feathered_paste(image, rgb, obj, y, x, float(rng.uniform(*cfg.edge_sigma)))
+    else:
+        image[pasted] = rgb[obj]
     ood[pasted] = 1
     voids = label_void or {}
     for name, label in labels.items():
         label[pasted] = voids.get(name, IGNORE)
     return pasted
+
+
+def _feathered_paste(image: np.ndarray, rgb: np.ndarray, obj: np.ndarray, y: int, x: int, sigma: float) -> None:
+    """Composite ``rgb`` under mask ``obj`` at (y, x) onto ``image`` with an edge blurred by a
+    Gaussian of ``sigma`` px: ``G(o * F) + (1 - G(o)) * I`` over the object's box grown by 3 sigma."""
+    pad = int(np.ceil(3 * sigma))
+    o = np.pad(obj.astype(np.float32), pad)
+    layer = np.pad(rgb.astype(np.float32) * obj[..., None], ((pad, pad), (pad, pad), (0, 0)))
+    k = 2 * pad + 1
+    cover = cv2.GaussianBlur(o, (k, k), sigma, borderType=cv2.BORDER_CONSTANT)
+    layer = cv2.GaussianBlur(layer, (k, k), sigma, borderType=cv2.BORDER_CONSTANT)
+    # the padded box in image coordinates, clipped to the image
+    y0, x0 = y - pad, x - pad
+    iy0, ix0 = max(y0, 0), max(x0, 0)
+    iy1, ix1 = min(y0 + o.shape[0], image.shape[0]), min(x0 + o.shape[1], image.shape[1])
+    sl = (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
+    region = image[iy0:iy1, ix0:ix1].astype(np.float32)
+    out = layer[sl] + (1 - cover[sl])[..., None] * region
+    image[iy0:iy1, ix0:ix1] = np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def is_outlier_batch(rng: np.random.Generator, cfg: AnomalyMixConfig) -> bool:

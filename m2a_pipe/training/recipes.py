@@ -102,7 +102,7 @@ class Recipe:
             if "solver" in d:
                 d["solver"] = SolverConfig(**d["solver"])
             recipe = cls(**d)
-        except TypeError as err:
+        except (TypeError, ValueError) as err:
             raise ConfigError(f"bad recipe: {err}") from None
         if recipe.stage not in (1, 2):
             raise ConfigError("recipe stage must be 1 or 2")
