@@ -221,12 +221,13 @@ def test_ctrl_c_keeps_finished_videos_and_leaves_no_temporary_folder(cluster, fl
             "--short-side", "64", "--threads", "1", "--ray", "--address", cluster, "--workers", "1", "--jobs", "1"]
     driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and driver.poll() is None:
-            if list(out.rglob("summary.json")) and list(out.rglob(".*partial*")):
-                break
+        deadline, long_running = time.monotonic() + 300, False
+        while time.monotonic() < deadline and driver.poll() is None and not long_running:
+            finished = [p for p in out.rglob("summary.json") if not p.parent.name.startswith(".")]
+            long_running = bool(finished and list(out.rglob(".long.partial*")))
             time.sleep(0.02)
-        assert driver.poll() is None, driver.stdout.read().decode()
+        assert long_running and driver.poll() is None, \
+            f"never saw the short video finished and the long one running (driver exit {driver.poll()})"
         driver.send_signal(signal.SIGINT)
         output = driver.communicate(timeout=60)[0].decode()
     finally:
