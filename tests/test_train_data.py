@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from m2a_pipe.training.anomaly_mix import AnomalyMixConfig, paste_outlier
 from m2a_pipe.training.augment import AugmentConfig, augment, rng_for
@@ -94,7 +95,6 @@ def test_anomaly_mix_mask_is_exactly_the_pasted_alpha():
 def test_anomaly_mix_feathered_edge_blends_only_across_the_seam():
     # a flat object on a flat scene: the hard paste's step becomes a ramp a few sigma wide,
     # while M_OOD, the labels and everything 3 sigma away are exactly as with a hard paste
-    from scipy import ndimage
     bg, fg, sigma = 40, 200, 1.0
     cut = np.full((30, 20, 3), fg, np.uint8)
     alpha = np.zeros((30, 20), bool)
