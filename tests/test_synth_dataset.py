@@ -109,3 +109,17 @@ def test_outliers(tmp_path):
         assert set(np.unique(rgba[..., 3]).tolist()) <= {0, 255} and (rgba[..., 3] == 255).sum() >= 64
         assert info["family"] == "train"
     assert json.loads((tmp_path / "outliers_meta.json").read_text())["family"] == "train"
+
+
+def test_outliers_of_the_extended_train_family(tmp_path):
+    meta = write_outliers(tmp_path / "x", seed=3, count=3, family="train_ext")
+    assert meta["family"] == "train_ext" and all(f["family"] == "train_ext" for f in meta["files"])
+    base = write_outliers(tmp_path / "b", seed=3, count=3)
+    # a stream of its own: the same seed draws other objects, and the train family is unchanged by it
+    a = np.array(Image.open(tmp_path / "x" / "outliers" / "000000.png"))
+    b = np.array(Image.open(tmp_path / "b" / "outliers" / "000000.png"))
+    assert a.shape != b.shape or not np.array_equal(a, b)
+    assert [f["pattern"] for f in base["files"]] == [f["pattern"] for f in write_outliers(
+        tmp_path / "b2", seed=3, count=3)["files"]]
+    with pytest.raises(ValueError, match="training family"):
+        write_outliers(tmp_path / "e", seed=3, count=1, family="eval")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from m2a_pipe.synth import GENERATORS, PATTERNS, render_sample
-from m2a_pipe.synth.anomalies import sample_anomaly
+from m2a_pipe.synth.anomalies import _hsv_colors, make_pattern, paint, sample_anomaly
 from m2a_pipe.synth.objects import THING_IDS, USED_TRAIN_IDS
 
 SIZE = (192, 96)
@@ -105,6 +105,25 @@ def test_families_are_disjoint():
     assert all(g.startswith("hard_") for g in seen["hard"])
     assert not seen["train"] & (seen["eval"] | seen["hard"])
     assert len(seen["train"]) == len(GENERATORS["train"]) and len(seen["eval"]) == len(GENERATORS["eval"])
+
+
+def test_extended_train_family():
+    extra = set(PATTERNS["train_ext"]) - set(PATTERNS["train"])
+    assert extra and not set(PATTERNS["train_ext"]) & set(PATTERNS["eval"])
+    ext = [sample_anomaly(np.random.default_rng([k, 7]), "train_ext") for k in range(120)]
+    base = [sample_anomaly(np.random.default_rng([k, 7]), "train") for k in range(120)]
+    assert {s.pattern for s in ext} >= extra and not {s.pattern for s in base} & extra
+    assert {s.generator for s in ext} == set(GENERATORS["train"])
+    x, y = np.meshgrid(np.linspace(-1, 1, 64), np.linspace(0, 1, 32))
+    for kind in sorted(extra):
+        pat = make_pattern(np.random.default_rng(1), kind)
+        rgb = paint(pat, x.ravel().astype(np.float32), y.ravel().astype(np.float32))
+        assert rgb.shape == (x.size, 3) and np.isfinite(rgb).all()
+        assert rgb.std(axis=0).max() > 5, kind  # a texture, not a flat colour
+    cols = _hsv_colors(np.random.default_rng(0), 2000)
+    assert cols.min() >= 0 and cols.max() <= 255
+    sat = 1 - cols.min(1) / np.maximum(cols.max(1), 1e-6)
+    assert (sat < 0.3).mean() > 0.2  # dull colours are common, unlike in a uniform RGB cube
 
 
 def test_same_street_for_every_family():

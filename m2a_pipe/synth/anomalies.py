@@ -11,6 +11,13 @@ family     shape generators                         materials (patterns)
            ``mound`` (heap with a bumpy crest),     ``mosaic`` (tiles of 3 colours),
            ``frame`` (open rack of thin bars),      ``speckle`` (terrazzo grains)
            ``sack`` (bag, wide base, tied neck)
+``train_   the ``train`` shapes                     the ``train`` materials and
+ext``                                               ``weave`` (fabric, threads over and
+                                                    under), ``rust`` (painted metal with
+                                                    corroded patches), ``label`` (printed
+                                                    band with rows of glyphs), ``sheen``
+                                                    (glossy plastic, banded highlights);
+                                                    half the colours drawn in HSV
 ``eval``   ``animal`` (quadruped silhouettes),      ``dots``, ``hazard`` (diagonal
            ``tyre`` (ring with hub or lying flat),  stripes), ``fur`` (streaked
            ``debris`` (scattered shards),           patches), ``rings`` (concentric),
@@ -21,14 +28,18 @@ family     shape generators                         materials (patterns)
                                                     foliage, facade, car paint)
 =========  =======================================  ===================================
 
-``train`` is only ever the outlier source of AnomalyMix (``synth outliers``, ``--anomalies
-train``); ``eval`` only ever evaluation. No generator or pattern name is shared between them
-(:data:`GENERATORS`, :data:`PATTERNS`; asserted at import), and the two families differ in
-silhouette statistics (train: lumps, boxes, slabs, bars and heaps; eval: animals, rings,
-scattered shards, banded barrels, taped parcels) and in material (train: smooth, wood, flat,
-veined, masonry, tiled, granular; eval: dots, diagonal stripes, fur, concentric rings,
-camouflage). ``hard`` tests generalisation to unknown shapes whose appearance copies known
-classes and to small, distant objects; it is meant for evaluation only.
+``train`` (or ``train_ext``) is only ever the outlier source of AnomalyMix (``synth
+outliers``, ``--anomalies train``); ``eval`` only ever evaluation. No generator or pattern name
+is shared between them (:data:`GENERATORS`, :data:`PATTERNS`; asserted at import), and the
+families differ in silhouette statistics (train: lumps, boxes, slabs, bars and heaps; eval:
+animals, rings, scattered shards, banded barrels, taped parcels) and in material (train:
+smooth, wood, flat, veined, masonry, tiled, granular, and in ``train_ext`` also fabric,
+corroded metal, printed packaging and glossy plastic; eval: dots, diagonal stripes, fur,
+concentric rings, camouflage). ``hard`` tests generalisation to unknown shapes whose
+appearance copies known classes and to small, distant objects; it is meant for evaluation
+only. ``train_ext`` also draws half of its objects' colours uniform in hue, saturation and
+value (dull and greyish colours as often as vivid ones) and has its own random stream, so the
+``train`` family of a seed stays what it was.
 
 The train family grew from three shapes and four materials (demo weights v0-v2 were trained
 on those) to eight and nine: the outlier source of AnomalyMix stands in for the paper's COCO
@@ -48,8 +59,9 @@ import numpy as np
 from m2a_pipe.synth import textures
 from m2a_pipe.synth.geometry import ANOMALY, Part, Pattern, box, decal, ellipse, face_rect, flat, rect
 
-FAMILIES = ("train", "eval", "hard")
-FAMILY_CODES = {"none": 0, "train": 1, "eval": 2, "hard": 3}
+FAMILIES = ("train", "train_ext", "eval", "hard")
+FAMILY_CODES = {"none": 0, "train": 1, "eval": 2, "hard": 3, "train_ext": 4}
+_SHAPES_OF = {"train_ext": "train", "hard": "eval"}
 
 
 @dataclass
@@ -66,6 +78,16 @@ class AnomalySpec:
 
 def _colors(rng: np.random.Generator, k: int, lo: float = 10, hi: float = 245) -> np.ndarray:
     return rng.uniform(lo, hi, (k, 3)).astype(np.float32)
+
+
+def _hsv_colors(rng: np.random.Generator, k: int) -> np.ndarray:
+    """``k`` colours uniform in hue, saturation (0-1) and value (0.15-0.95): as many dull and
+    greyish colours as vivid ones, where a uniform RGB cube is mostly saturated."""
+    h = rng.uniform(0, 6, k)
+    sat, val = rng.uniform(0, 1, k), rng.uniform(0.15, 0.95, k)
+    f = np.abs(np.mod(h[:, None] - np.array([0.0, 4.0, 2.0]), 6) - 3) - 1  # hue ramp per channel
+    rgb = val[:, None] * (1 - sat[:, None] * (1 - np.clip(f, 0, 1)))
+    return (255 * rgb).astype(np.float32)
 
 
 # -- patterns --------------------------------------------------------------------------
@@ -131,6 +153,24 @@ def paint(p: Pattern, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     if p.kind == "speckle":
         grain = textures.sample_at(textures.FINE, x * 500 + ox, y * 500 + oy)
         return np.where((grain > 1.3)[:, None], c[1], np.where((grain < -1.3)[:, None], c[2], c[0]))
+    if p.kind == "weave":
+        s = 0.15 * p.scale_m + 0.02
+        u, v = np.floor(xr / s), np.floor(yr / s)
+        warp = np.mod(u + v, 2) == 0
+        thread = 0.75 + 0.25 * np.sin(np.pi * np.mod(np.where(warp, yr, xr), s) / s)
+        return np.where(warp[:, None], c[0], c[1]) * thread[:, None]
+    if p.kind == "rust":
+        n = textures.sample_at(textures.MEDIUM, x * 140 + ox, y * 140 + oy)
+        n = n + 0.6 * textures.sample_at(textures.FINE, x * 400 + oy, y * 400 + ox)
+        return mix(0.5 * (n - 0.6 - 0.8 * p.scale_m), c[0], c[1] * 0.55)
+    if p.kind == "label":
+        band = np.abs(yr - 0.5 * p.scale_m) < 0.6 * p.scale_m
+        glyph = ((np.mod(xr, 0.05) < 0.03) & (np.mod(yr, 0.08) < 0.05)
+                 & (textures.sample_at(textures.FINE, xr * 20 + ox, yr * 12 + oy) > 0))
+        return np.where((band & glyph)[:, None], c[2] * 0.25, np.where(band[:, None], c[1], c[0]))
+    if p.kind == "sheen":
+        h = np.cos(xr / (p.scale_m + 0.1)) ** 8
+        return mix(0.7 * h, c[0] * (0.75 + 0.25 * np.cos(xr / (p.scale_m + 0.1))[:, None]), np.full(3, 245.0))
     if p.kind == "dots":
         s = p.scale_m
         dx, dy = np.mod(xr, s) - s / 2, np.mod(yr, s) - s / 2
@@ -304,12 +344,14 @@ GENERATORS = {
 }
 PATTERNS = {
     "train": ("smooth_noise", "planks", "gradient", "checker", "solid", "marble", "bricks", "mosaic", "speckle"),
+    "train_ext": ("smooth_noise", "planks", "gradient", "checker", "solid", "marble", "bricks", "mosaic", "speckle",
+                  "weave", "rust", "label", "sheen"),
     "eval": ("dots", "hazard", "fur", "rings", "camo"),
     "hard": ("mimic",),
 }
 _PREFERRED = {"crate": ("planks", "checker", "bricks"), "animal": ("fur", "camo", "dots"), "tyre": ("rings",)}
 assert not set(GENERATORS["train"]) & set(GENERATORS["eval"])
-assert not set(PATTERNS["train"]) & set(PATTERNS["eval"]) and not set(PATTERNS["hard"]) & set(PATTERNS["train"])
+assert not set(PATTERNS["train_ext"]) & set(PATTERNS["eval"]) and not set(PATTERNS["hard"]) & set(PATTERNS["train_ext"])
 
 KNOWN_LOOKALIKES = np.array([(95, 95, 98), (150, 145, 140), (70, 100, 45), (200, 190, 170), (170, 90, 70),
                              (40, 40, 45), (200, 200, 205)], np.float32)
@@ -318,17 +360,19 @@ that the ``hard`` family's ``mimic`` material copies."""
 
 
 def sample_anomaly(rng: np.random.Generator, family: str) -> AnomalySpec:
-    """Draw one anomaly of ``family`` (``train``, ``eval`` or ``hard``)."""
+    """Draw one anomaly of ``family`` (``train``, ``train_ext``, ``eval`` or ``hard``)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown anomaly family {family!r}; expected one of {FAMILIES}")
-    shapes = GENERATORS["eval" if family == "hard" else family]
+    shapes = GENERATORS[_SHAPES_OF.get(family, family)]
     name = str(rng.choice(sorted(shapes)))
     if family == "hard":
         base = KNOWN_LOOKALIKES[int(rng.integers(len(KNOWN_LOOKALIKES)))] * rng.uniform(0.85, 1.15)
         pat = make_pattern(rng, "mimic", np.stack([base, base * 0.9, base * 1.1]).astype(np.float32))
     else:
         kinds = _PREFERRED.get(name, PATTERNS[family]) if rng.random() < 0.6 else PATTERNS[family]
-        pat = make_pattern(rng, str(rng.choice(kinds)))
+        kind = str(rng.choice(kinds))
+        hsv = family == "train_ext" and kind != "planks" and rng.random() < 0.5
+        pat = make_pattern(rng, kind, _hsv_colors(rng, 3) if hsv else None)
     parts, w, length = shapes[name](rng, pat)
     if family == "hard":
         scale = float(rng.uniform(0.35, 0.8))

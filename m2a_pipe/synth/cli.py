@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-_FAMILIES = click.Choice(["eval", "train", "hard", "none"])
+_FAMILIES = click.Choice(["eval", "train", "train_ext", "hard", "none"])
 
 
 def _size(value: str) -> tuple[int, int]:
@@ -81,15 +81,17 @@ def images(seed, count, anomalies, out, size, workers, start, overwrite, quiet):
 @click.option("--count", type=int, required=True, callback=_positive)
 @click.option("-o", "--out", "out", type=click.Path(path_type=Path), required=True,
               help="Output folder (cut-outs go to OUT/outliers/).")
+@click.option("--family", type=click.Choice(["train", "train_ext"]), default="train", show_default=True,
+              help="train_ext: the train family with four more materials and HSV colours.")
 @click.option("--workers", type=int, default=1, show_default=True, callback=_positive)
 @click.option("--overwrite", is_flag=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def outliers(seed, count, out, workers, overwrite, quiet):
-    """Write RGBA cut-outs of the train anomaly family (the AnomalyMix outlier source)."""
+def outliers(seed, count, out, family, workers, overwrite, quiet):
+    """Write RGBA cut-outs of a train anomaly family (the AnomalyMix outlier source)."""
     from m2a_pipe.synth.dataset import write_outliers
 
     with _errors(), _bar(count, "synth outliers", quiet) as progress:
-        write_outliers(out, seed, count, workers=workers, overwrite=overwrite, progress=progress)
+        write_outliers(out, seed, count, family=family, workers=workers, overwrite=overwrite, progress=progress)
     if not quiet:
         click.echo(f"{count} outliers -> {out / 'outliers'}")
 

@@ -173,24 +173,29 @@ def render_outlier(seed: int, index: int, family: str = "train") -> tuple[np.nda
 
 
 def _write_outlier(job: tuple) -> dict:
-    out, seed, k = job
-    rgba, info = render_outlier(seed, k)
+    out, seed, k, family = job
+    rgba, info = render_outlier(seed, k, family)
     name = f"{k:06d}.png"
     _write_png(Path(out) / "outliers" / name, rgba)
     return {"k": k, "file": name, **info, "height": int(rgba.shape[0]), "width": int(rgba.shape[1])}
 
 
-def write_outliers(out_dir, seed: int, count: int, *, workers: int = 1, overwrite: bool = False,
-                   progress: Callable[[int], None] | None = None) -> dict:
-    """Write ``count`` RGBA cut-outs of the ``train`` family to ``out_dir/outliers/``."""
+OUTLIER_FAMILIES = ("train", "train_ext")
+
+
+def write_outliers(out_dir, seed: int, count: int, *, family: str = "train", workers: int = 1,
+                   overwrite: bool = False, progress: Callable[[int], None] | None = None) -> dict:
+    """Write ``count`` RGBA cut-outs of ``family`` (``train`` or ``train_ext``) to ``out_dir/outliers/``."""
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
+    if family not in OUTLIER_FAMILIES:
+        raise ValueError(f"the outlier source is a training family {OUTLIER_FAMILIES}, got {family!r}")
     out = Path(out_dir)
     _prepare(out, ("outliers",), overwrite, ("outliers_meta.json",))
-    jobs = [(str(out), int(seed), k) for k in range(count)]
+    jobs = [(str(out), int(seed), k, family) for k in range(count)]
     results = sorted(_run(_write_outlier, jobs, workers, progress), key=lambda r: r["k"])
     meta = {"generator": GENERATOR, "version": FORMAT_VERSION, "seed": int(seed), "count": count,
-            "family": "train", "files": results}
+            "family": family, "files": results}
     (out / "outliers_meta.json").write_text(json.dumps(meta, indent=1))
     return meta
 
