@@ -56,6 +56,22 @@ def test_outlier_loss_on_the_input_grid(tmp_path):
         Recipe.from_dict(spec)
 
 
+def test_hard_inlier_fraction_recipe(tmp_path):
+    root = make_synth(tmp_path / "d")
+    spec = tiny_recipe(root, stage=2).to_dict()
+    spec["loss"]["hard_inlier_fraction"] = 0.1
+    t = Trainer(Recipe.from_dict(spec), tmp_path / "o", device="cpu", progress=False)
+    assert t.criterion.hard_inlier_fraction == 0.1
+    for bad in (0.0, 2.0):
+        spec["loss"]["hard_inlier_fraction"] = bad
+        with pytest.raises(ConfigError, match="hard_inlier_fraction"):
+            Recipe.from_dict(spec)
+    stage1 = tiny_recipe(root, stage=1).to_dict()
+    stage1["loss"]["hard_inlier_fraction"] = 0.5
+    with pytest.raises(ConfigError, match="stage 2"):
+        Recipe.from_dict(stage1)
+
+
 def _params(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

@@ -159,6 +159,26 @@ def test_contrastive_loss_zero_at_ideal_and_positive_otherwise():
     assert float(mask_contrastive_loss(logits, masks, ood_void, 0.75)) == pytest.approx(0.5 * 0.09, rel=1e-4)
 
 
+def test_hard_inlier_fraction_averages_the_worst_known_pixels():
+    logits, masks, ood = _score_case(0.0, 0.8)  # outliers beyond the margin: only the known term counts
+    g = torch.sigmoid(masks)
+    g[0, 0, 0, :2] = 0.4  # 2 of the 16 known cells score s = 0.6, the rest 0
+    masks = torch.logit(g)
+    plain = mask_contrastive_loss(logits, masks, ood, resolution="mask")
+    assert float(plain) == pytest.approx(0.5 * 0.36 * 2 / 16, rel=1e-4)
+    hard = mask_contrastive_loss(logits, masks, ood, resolution="mask", hard_inlier_fraction=2 / 16)
+    assert float(hard) == pytest.approx(0.5 * 0.36, rel=1e-4)
+    quarter = mask_contrastive_loss(logits, masks, ood, resolution="mask", hard_inlier_fraction=0.25)
+    assert float(quarter) == pytest.approx(0.5 * 0.36 / 2, rel=1e-4)
+    ideal = _score_case(0.0, 0.8)
+    assert float(mask_contrastive_loss(*ideal, hard_inlier_fraction=0.1)) < 1e-6
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="hard_inlier_fraction"):
+            mask_contrastive_loss(logits, masks, ood, hard_inlier_fraction=bad)
+    with pytest.raises(ValueError, match="contrastive"):
+        SetCriterion(2, outlier_loss="bce", hard_inlier_fraction=0.5)
+
+
 def test_outlier_bce_prefers_separated_scores():
     good = outlier_bce_loss(*_score_case(0.01, 0.99))
     bad = outlier_bce_loss(*_score_case(0.99, 0.01))

@@ -107,7 +107,8 @@ def outlier_scores(pred_logits: torch.Tensor, pred_masks: torch.Tensor, ood: tor
 
 
 def mask_contrastive_loss(pred_logits: torch.Tensor, pred_masks: torch.Tensor, ood: torch.Tensor,
-                          margin: float = CONTRASTIVE_MARGIN, resolution: str = "mask") -> torch.Tensor:
+                          margin: float = CONTRASTIVE_MARGIN, resolution: str = "mask",
+                          hard_inlier_fraction: float = 1.0) -> torch.Tensor:
     """Mask contrastive loss L_CL (Eq. 10-11; added to Eq. 1-2 it is L_ood, Eq. 12).
 
     With ``l_N = -g`` (Eq. 10) the per-pixel score used here is the anomaly score
@@ -120,6 +121,11 @@ def mask_contrastive_loss(pred_logits: torch.Tensor, pred_masks: torch.Tensor, o
 
     averaged over in-distribution pixels and over outlier pixels separately (as PEBAL's
     energy loss; an image's few outlier pixels would vanish in one global mean) and summed.
+    With ``hard_inlier_fraction`` f < 1 the in-distribution mean is taken over the fraction f
+    of in-distribution pixels of the batch with the highest ``s`` only (online hard-example
+    mining; not in the paper, whose plain mean is f = 1): most known pixels sit at ``s ~ 0``
+    and dilute the few along class boundaries, where the upsampled masks of two segments both
+    fall to ~0.5.
     (Taken literally, Eq. 11 applied to ``l_N = -g`` would push known pixels towards
     ``g = 0``, contradicting the text; the shift by 1 restores the stated behaviour.)
 
@@ -128,12 +134,17 @@ def mask_contrastive_loss(pred_logits: torch.Tensor, pred_masks: torch.Tensor, o
         ood: (B, H, W) uint8 0/1/255 outlier mask (pooled to (h, w) by :func:`pool_outlier_mask`).
         margin: m (0.75 in the paper).
         resolution: the grid of the loss, ``"mask"`` or ``"input"`` (:func:`outlier_scores`).
+        hard_inlier_fraction: f in (0, 1], the share of in-distribution pixels averaged.
 
     Returns: scalar; 0 when known pixels have s = 0 and outliers s >= m.
     """
+    if not 0.0 < hard_inlier_fraction <= 1.0:
+        raise ValueError(f"hard_inlier_fraction must be in (0, 1], got {hard_inlier_fraction}")
     s, target = outlier_scores(pred_logits, pred_masks, ood, resolution)
     loss = s.new_zeros(())
     inlier, outlier = s[target == 0], s[target == 1]
+    if inlier.numel() and hard_inlier_fraction < 1.0:
+        inlier = inlier.topk(max(1, round(hard_inlier_fraction * inlier.numel()))).values
     if inlier.numel():
         loss = loss + 0.5 * inlier.pow(2).mean()
     if outlier.numel():
@@ -180,6 +191,8 @@ class SetCriterion(torch.nn.Module):
         outlier_loss: None (stage 1), ``"contrastive"`` (Eq. 10-12) or ``"bce"`` (Eq. 26-27).
         margin: the contrastive margin m.
         outlier_resolution: grid of the outlier loss, ``"mask"`` (1/4) or ``"input"``.
+        hard_inlier_fraction: share of in-distribution pixels in the contrastive loss's
+            mean (:func:`mask_contrastive_loss`; 1.0 = the paper's plain mean).
     """
 
     def __init__(self, num_classes: int, weights: LossWeights | None = None,
@@ -187,12 +200,16 @@ class SetCriterion(torch.nn.Module):
                  oversample_ratio: float = OVERSAMPLE_RATIO,
                  importance_ratio: float = IMPORTANCE_SAMPLE_RATIO, deep_supervision: bool = True,
                  outlier_loss: str | None = None, margin: float = CONTRASTIVE_MARGIN,
-                 outlier_resolution: str = "mask") -> None:
+                 outlier_resolution: str = "mask", hard_inlier_fraction: float = 1.0) -> None:
         super().__init__()
         if outlier_loss not in (None, "contrastive", "bce"):
             raise ValueError(f"outlier_loss must be None, 'contrastive' or 'bce', got {outlier_loss!r}")
         if outlier_resolution not in OUTLIER_RESOLUTIONS:
             raise ValueError(f"outlier_resolution must be one of {OUTLIER_RESOLUTIONS}, got {outlier_resolution!r}")
+        if not 0.0 < hard_inlier_fraction <= 1.0:
+            raise ValueError(f"hard_inlier_fraction must be in (0, 1], got {hard_inlier_fraction}")
+        if hard_inlier_fraction < 1.0 and outlier_loss != "contrastive":
+            raise ValueError("hard_inlier_fraction applies to the contrastive outlier loss only")
         self.num_classes = num_classes
         self.weights = weights or LossWeights()
         self.matcher = matcher or HungarianMatcher(num_points=num_points)
@@ -203,6 +220,7 @@ class SetCriterion(torch.nn.Module):
         self.outlier_loss = outlier_loss
         self.margin = margin
         self.outlier_resolution = outlier_resolution
+        self.hard_inlier_fraction = hard_inlier_fraction
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = self.weights.no_object
         self.register_buffer("empty_weight", empty_weight, persistent=False)
@@ -270,7 +288,8 @@ class SetCriterion(torch.nn.Module):
                 raise ValueError("the outlier loss needs the outlier mask `ood`")
             fn = mask_contrastive_loss if self.outlier_loss == "contrastive" else outlier_bce_loss
             args = (outputs["pred_logits"], outputs["pred_masks"], ood.to(outputs["pred_masks"].device))
-            kw = {"margin": self.margin} if self.outlier_loss == "contrastive" else {}
+            kw = ({"margin": self.margin, "hard_inlier_fraction": self.hard_inlier_fraction}
+                  if self.outlier_loss == "contrastive" else {})
             outlier = self.weights.outlier * fn(*args, resolution=self.outlier_resolution, **kw)
         out["outlier"] = outlier
         out["loss"] = out["ce"] + out["mask"] + out["dice"] + aux + outlier

@@ -48,6 +48,7 @@ class LossConfig:
     outlier_weight: float = 1.0
     margin: float = 0.75
     outlier_resolution: str = "mask"  # grid of the outlier loss: "mask" (1/4) or "input"
+    hard_inlier_fraction: float = 1.0  # contrastive loss: mean over this share of the hardest known pixels
 
 
 @dataclass
@@ -111,6 +112,11 @@ class Recipe:
         if recipe.loss.outlier_resolution not in OUTLIER_RESOLUTIONS:
             raise ConfigError(f"recipe loss.outlier_resolution must be one of {OUTLIER_RESOLUTIONS}, "
                               f"got {recipe.loss.outlier_resolution!r}")
+        f = recipe.loss.hard_inlier_fraction
+        if not 0.0 < f <= 1.0:
+            raise ConfigError(f"recipe loss.hard_inlier_fraction must be in (0, 1], got {f}")
+        if f < 1.0 and (recipe.stage != 2 or recipe.loss.outlier != "contrastive"):
+            raise ConfigError("recipe loss.hard_inlier_fraction needs stage 2 with the contrastive outlier loss")
         return recipe
 
     @classmethod
