@@ -115,7 +115,7 @@ def test_outliers_of_the_extended_train_family(tmp_path):
     meta = write_outliers(tmp_path / "x", seed=3, count=3, family="train_ext")
     assert meta["family"] == "train_ext" and all(f["family"] == "train_ext" for f in meta["files"])
     base = write_outliers(tmp_path / "b", seed=3, count=3)
-    # a stream of its own: the same seed draws other objects, and the train family is unchanged by it
+    # a stream of its own: the same seed draws other objects; the train family stays deterministic
     a = np.array(Image.open(tmp_path / "x" / "outliers" / "000000.png"))
     b = np.array(Image.open(tmp_path / "b" / "outliers" / "000000.png"))
     assert a.shape != b.shape or not np.array_equal(a, b)

@@ -169,8 +169,8 @@ def paint(p: Pattern, x: np.ndarray, y: np.ndarray) -> np.ndarray:
                  & (textures.sample_at(textures.FINE, xr * 20 + ox, yr * 12 + oy) > 0))
         return np.where((band & glyph)[:, None], c[2] * 0.25, np.where(band[:, None], c[1], c[0]))
     if p.kind == "sheen":
-        h = np.cos(xr / (p.scale_m + 0.1)) ** 8
-        return mix(0.7 * h, c[0] * (0.75 + 0.25 * np.cos(xr / (p.scale_m + 0.1))[:, None]), np.full(3, 245.0))
+        wave = np.cos(xr / (p.scale_m + 0.1))
+        return mix(0.7 * wave ** 8, c[0] * (0.75 + 0.25 * wave[:, None]), np.full(3, 245.0))
     if p.kind == "dots":
         s = p.scale_m
         dx, dy = np.mod(xr, s) - s / 2, np.mod(yr, s) - s / 2
@@ -344,11 +344,10 @@ GENERATORS = {
 }
 PATTERNS = {
     "train": ("smooth_noise", "planks", "gradient", "checker", "solid", "marble", "bricks", "mosaic", "speckle"),
-    "train_ext": ("smooth_noise", "planks", "gradient", "checker", "solid", "marble", "bricks", "mosaic", "speckle",
-                  "weave", "rust", "label", "sheen"),
     "eval": ("dots", "hazard", "fur", "rings", "camo"),
     "hard": ("mimic",),
 }
+PATTERNS["train_ext"] = PATTERNS["train"] + ("weave", "rust", "label", "sheen")
 _PREFERRED = {"crate": ("planks", "checker", "bricks"), "animal": ("fur", "camo", "dots"), "tyre": ("rings",)}
 assert not set(GENERATORS["train"]) & set(GENERATORS["eval"])
 assert not set(PATTERNS["train_ext"]) & set(PATTERNS["eval"]) and not set(PATTERNS["hard"]) & set(PATTERNS["train_ext"])
