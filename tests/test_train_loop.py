@@ -72,6 +72,21 @@ def test_hard_inlier_fraction_recipe(tmp_path):
         Recipe.from_dict(stage1)
 
 
+def test_outlier_pixel_weight_recipe(tmp_path):
+    root = make_synth(tmp_path / "d")
+    spec = tiny_recipe(root, stage=2).to_dict()
+    spec["loss"]["outlier_pixel_weight"] = 3.0
+    t = Trainer(Recipe.from_dict(spec), tmp_path / "o", device="cpu", progress=False)
+    assert t.criterion.outlier_pixel_weight == 3.0
+    spec["loss"]["outlier_pixel_weight"] = 0.0
+    with pytest.raises(ConfigError, match="outlier_pixel_weight"):
+        Recipe.from_dict(spec)
+    stage1 = tiny_recipe(root, stage=1).to_dict()
+    stage1["loss"]["outlier_pixel_weight"] = 2.0
+    with pytest.raises(ConfigError, match="stage 2"):
+        Recipe.from_dict(stage1)
+
+
 def _params(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

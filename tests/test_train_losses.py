@@ -179,6 +179,21 @@ def test_hard_inlier_fraction_averages_the_worst_known_pixels():
         SetCriterion(2, outlier_loss="bce", hard_inlier_fraction=0.5)
 
 
+def test_outlier_pixel_weight_scales_the_outlier_term_only():
+    logits, masks, ood = _score_case(0.3, 0.5)  # known s = 0.3, outliers 0.25 short of the margin
+    known, short = 0.5 * 0.3**2, 0.5 * (0.75 - 0.5) ** 2
+    for w in (1.0, 3.0):
+        got = mask_contrastive_loss(logits, masks, ood, 0.75, outlier_pixel_weight=w)
+        assert float(got) == pytest.approx(known + w * short, rel=1e-4)
+    beyond = _score_case(0.3, 0.8)  # outliers past the margin: the weight changes nothing
+    assert float(mask_contrastive_loss(*beyond, 0.75, outlier_pixel_weight=4.0)) == pytest.approx(known, rel=1e-4)
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match="outlier_pixel_weight"):
+            mask_contrastive_loss(logits, masks, ood, outlier_pixel_weight=bad)
+    with pytest.raises(ValueError, match="contrastive"):
+        SetCriterion(2, outlier_loss="bce", outlier_pixel_weight=2.0)
+
+
 def test_outlier_bce_prefers_separated_scores():
     good = outlier_bce_loss(*_score_case(0.01, 0.99))
     bad = outlier_bce_loss(*_score_case(0.99, 0.01))

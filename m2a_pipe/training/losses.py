@@ -108,7 +108,8 @@ def outlier_scores(pred_logits: torch.Tensor, pred_masks: torch.Tensor, ood: tor
 
 def mask_contrastive_loss(pred_logits: torch.Tensor, pred_masks: torch.Tensor, ood: torch.Tensor,
                           margin: float = CONTRASTIVE_MARGIN, resolution: str = "mask",
-                          hard_inlier_fraction: float = 1.0) -> torch.Tensor:
+                          hard_inlier_fraction: float = 1.0,
+                          outlier_pixel_weight: float = 1.0) -> torch.Tensor:
     """Mask contrastive loss L_CL (Eq. 10-11; added to Eq. 1-2 it is L_ood, Eq. 12).
 
     With ``l_N = -g`` (Eq. 10) the per-pixel score used here is the anomaly score
@@ -125,7 +126,9 @@ def mask_contrastive_loss(pred_logits: torch.Tensor, pred_masks: torch.Tensor, o
     of in-distribution pixels of the batch with the highest ``s`` only (online hard-example
     mining; not in the paper, whose plain mean is f = 1): most known pixels sit at ``s ~ 0``
     and dilute the few along class boundaries, where the upsampled masks of two segments both
-    fall to ~0.5.
+    fall to ~0.5. ``outlier_pixel_weight`` w multiplies the outlier-pixel term (w = 1 in the
+    paper): a stronger pull on the known pixels also lets confident stuff masks spread over
+    the anomalies, where the refinement (Eq. 13) then zeroes the score; w > 1 pushes back.
     (Taken literally, Eq. 11 applied to ``l_N = -g`` would push known pixels towards
     ``g = 0``, contradicting the text; the shift by 1 restores the stated behaviour.)
 
@@ -135,11 +138,14 @@ def mask_contrastive_loss(pred_logits: torch.Tensor, pred_masks: torch.Tensor, o
         margin: m (0.75 in the paper).
         resolution: the grid of the loss, ``"mask"`` or ``"input"`` (:func:`outlier_scores`).
         hard_inlier_fraction: f in (0, 1], the share of in-distribution pixels averaged.
+        outlier_pixel_weight: w > 0, the weight of the outlier-pixel term.
 
     Returns: scalar; 0 when known pixels have s = 0 and outliers s >= m.
     """
     if not 0.0 < hard_inlier_fraction <= 1.0:
         raise ValueError(f"hard_inlier_fraction must be in (0, 1], got {hard_inlier_fraction}")
+    if not outlier_pixel_weight > 0.0:
+        raise ValueError(f"outlier_pixel_weight must be > 0, got {outlier_pixel_weight}")
     s, target = outlier_scores(pred_logits, pred_masks, ood, resolution)
     loss = s.new_zeros(())
     inlier, outlier = s[target == 0], s[target == 1]
@@ -148,7 +154,7 @@ def mask_contrastive_loss(pred_logits: torch.Tensor, pred_masks: torch.Tensor, o
     if inlier.numel():
         loss = loss + 0.5 * inlier.pow(2).mean()
     if outlier.numel():
-        loss = loss + 0.5 * (margin - outlier).clamp(min=0).pow(2).mean()
+        loss = loss + outlier_pixel_weight * 0.5 * (margin - outlier).clamp(min=0).pow(2).mean()
     return loss
 
 
@@ -193,6 +199,8 @@ class SetCriterion(torch.nn.Module):
         outlier_resolution: grid of the outlier loss, ``"mask"`` (1/4) or ``"input"``.
         hard_inlier_fraction: share of in-distribution pixels in the contrastive loss's
             mean (:func:`mask_contrastive_loss`; 1.0 = the paper's plain mean).
+        outlier_pixel_weight: weight of the contrastive loss's outlier-pixel term relative to
+            its known-pixel term (1.0 = the paper).
     """
 
     def __init__(self, num_classes: int, weights: LossWeights | None = None,
@@ -200,7 +208,8 @@ class SetCriterion(torch.nn.Module):
                  oversample_ratio: float = OVERSAMPLE_RATIO,
                  importance_ratio: float = IMPORTANCE_SAMPLE_RATIO, deep_supervision: bool = True,
                  outlier_loss: str | None = None, margin: float = CONTRASTIVE_MARGIN,
-                 outlier_resolution: str = "mask", hard_inlier_fraction: float = 1.0) -> None:
+                 outlier_resolution: str = "mask", hard_inlier_fraction: float = 1.0,
+                 outlier_pixel_weight: float = 1.0) -> None:
         super().__init__()
         if outlier_loss not in (None, "contrastive", "bce"):
             raise ValueError(f"outlier_loss must be None, 'contrastive' or 'bce', got {outlier_loss!r}")
@@ -210,6 +219,10 @@ class SetCriterion(torch.nn.Module):
             raise ValueError(f"hard_inlier_fraction must be in (0, 1], got {hard_inlier_fraction}")
         if hard_inlier_fraction < 1.0 and outlier_loss != "contrastive":
             raise ValueError("hard_inlier_fraction applies to the contrastive outlier loss only")
+        if not outlier_pixel_weight > 0.0:
+            raise ValueError(f"outlier_pixel_weight must be > 0, got {outlier_pixel_weight}")
+        if outlier_pixel_weight != 1.0 and outlier_loss != "contrastive":
+            raise ValueError("outlier_pixel_weight applies to the contrastive outlier loss only")
         self.num_classes = num_classes
         self.weights = weights or LossWeights()
         self.matcher = matcher or HungarianMatcher(num_points=num_points)
@@ -221,6 +234,7 @@ class SetCriterion(torch.nn.Module):
         self.margin = margin
         self.outlier_resolution = outlier_resolution
         self.hard_inlier_fraction = hard_inlier_fraction
+        self.outlier_pixel_weight = outlier_pixel_weight
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = self.weights.no_object
         self.register_buffer("empty_weight", empty_weight, persistent=False)
@@ -288,7 +302,8 @@ class SetCriterion(torch.nn.Module):
                 raise ValueError("the outlier loss needs the outlier mask `ood`")
             fn = mask_contrastive_loss if self.outlier_loss == "contrastive" else outlier_bce_loss
             args = (outputs["pred_logits"], outputs["pred_masks"], ood.to(outputs["pred_masks"].device))
-            kw = ({"margin": self.margin, "hard_inlier_fraction": self.hard_inlier_fraction}
+            kw = ({"margin": self.margin, "hard_inlier_fraction": self.hard_inlier_fraction,
+                   "outlier_pixel_weight": self.outlier_pixel_weight}
                   if self.outlier_loss == "contrastive" else {})
             outlier = self.weights.outlier * fn(*args, resolution=self.outlier_resolution, **kw)
         out["outlier"] = outlier

@@ -49,6 +49,7 @@ class LossConfig:
     margin: float = 0.75
     outlier_resolution: str = "mask"  # grid of the outlier loss: "mask" (1/4) or "input"
     hard_inlier_fraction: float = 1.0  # contrastive loss: mean over this share of the hardest known pixels
+    outlier_pixel_weight: float = 1.0  # contrastive loss: weight of its outlier-pixel term
 
 
 @dataclass
@@ -117,6 +118,11 @@ class Recipe:
             raise ConfigError(f"recipe loss.hard_inlier_fraction must be in (0, 1], got {f}")
         if f < 1.0 and (recipe.stage != 2 or recipe.loss.outlier != "contrastive"):
             raise ConfigError("recipe loss.hard_inlier_fraction needs stage 2 with the contrastive outlier loss")
+        w = recipe.loss.outlier_pixel_weight
+        if not w > 0.0:
+            raise ConfigError(f"recipe loss.outlier_pixel_weight must be > 0, got {w}")
+        if w != 1.0 and (recipe.stage != 2 or recipe.loss.outlier != "contrastive"):
+            raise ConfigError("recipe loss.outlier_pixel_weight needs stage 2 with the contrastive outlier loss")
         return recipe
 
     @classmethod
