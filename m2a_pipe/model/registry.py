@@ -265,12 +265,12 @@ def _load_config(spec: str | os.PathLike | ModelConfig) -> ModelConfig:
 register(WeightsEntry(
     name="demo",
     file="demo.safetensors",
-    sha256="a0890106bb2c0d896fe023ac670f55d16375578ac6b14b8e81d74aa5b7518ecc",
+    sha256="2bd468f1b55a4a0a27b70b92aa56ae3ed698500ac6b8ad605c09ba97ee38f519",
     description="small Mask2Anomaly (preset 'small', R18, 64-dim) trained on the synthetic world; "
                 "the embedded default (model card: weights/README.md)",
     config="small",
-    metadata={"status": "v4", "classes": "cityscapes-19",
+    metadata={"status": "v5", "classes": "cityscapes-19",
               "recipes": "train/demo_stage1.json, train/demo_stage2.json, train/demo_stage1_cont.json, "
                          "train/demo_stage2_cont.json, train/demo_stage2_v3a.json, train/demo_stage2_v3b.json, "
-                         "train/demo_stage2_v4a.json, train/demo_stage2_v4b.json"},
+                         "train/demo_stage2_v4a.json, train/demo_stage2_v5b.json, train/demo_stage2_v6g.json"},
 ))
