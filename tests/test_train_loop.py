@@ -56,33 +56,22 @@ def test_outlier_loss_on_the_input_grid(tmp_path):
         Recipe.from_dict(spec)
 
 
-def test_hard_inlier_fraction_recipe(tmp_path):
+@pytest.mark.parametrize("key, good, bad, stage1_value", [
+    ("hard_inlier_fraction", 0.1, (0.0, 2.0), 0.5),
+    ("outlier_pixel_weight", 3.0, (0.0, -1.0), 2.0),
+])
+def test_contrastive_options_in_recipes(tmp_path, key, good, bad, stage1_value):
     root = make_synth(tmp_path / "d")
     spec = tiny_recipe(root, stage=2).to_dict()
-    spec["loss"]["hard_inlier_fraction"] = 0.1
+    spec["loss"][key] = good
     t = Trainer(Recipe.from_dict(spec), tmp_path / "o", device="cpu", progress=False)
-    assert t.criterion.hard_inlier_fraction == 0.1
-    for bad in (0.0, 2.0):
-        spec["loss"]["hard_inlier_fraction"] = bad
-        with pytest.raises(ConfigError, match="hard_inlier_fraction"):
+    assert getattr(t.criterion, key) == good
+    for value in bad:
+        spec["loss"][key] = value
+        with pytest.raises(ConfigError, match=key):
             Recipe.from_dict(spec)
     stage1 = tiny_recipe(root, stage=1).to_dict()
-    stage1["loss"]["hard_inlier_fraction"] = 0.5
-    with pytest.raises(ConfigError, match="stage 2"):
-        Recipe.from_dict(stage1)
-
-
-def test_outlier_pixel_weight_recipe(tmp_path):
-    root = make_synth(tmp_path / "d")
-    spec = tiny_recipe(root, stage=2).to_dict()
-    spec["loss"]["outlier_pixel_weight"] = 3.0
-    t = Trainer(Recipe.from_dict(spec), tmp_path / "o", device="cpu", progress=False)
-    assert t.criterion.outlier_pixel_weight == 3.0
-    spec["loss"]["outlier_pixel_weight"] = 0.0
-    with pytest.raises(ConfigError, match="outlier_pixel_weight"):
-        Recipe.from_dict(spec)
-    stage1 = tiny_recipe(root, stage=1).to_dict()
-    stage1["loss"]["outlier_pixel_weight"] = 2.0
+    stage1["loss"][key] = stage1_value
     with pytest.raises(ConfigError, match="stage 2"):
         Recipe.from_dict(stage1)
 
