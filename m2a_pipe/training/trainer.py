@@ -128,8 +128,8 @@ class Trainer:
             HungarianMatcher(loss.ce, loss.mask, loss.dice, loss.num_points),
             loss.num_points, loss.oversample_ratio, loss.importance_ratio, loss.deep_supervision,
             loss.outlier if recipe.stage == 2 else None, loss.margin,
-            loss.outlier_resolution, loss.hard_inlier_fraction,
-            loss.outlier_pixel_weight).to(self.device)
+            loss.outlier_resolution, hard_inlier_fraction=loss.hard_inlier_fraction,
+            outlier_pixel_weight=loss.outlier_pixel_weight).to(self.device)
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, solver.lr, solver.weight_decay, solver.backbone_multiplier),
             lr=solver.lr, weight_decay=solver.weight_decay)
