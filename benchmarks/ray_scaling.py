@@ -26,8 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from m2a_pipe.pipeline import process
-from m2a_pipe.process_config import RayConfig
+from m2a_pipe.pipeline.config import RayConfig
+from m2a_pipe.pipeline.process import process
 
 
 def _run(inputs: list[str], out: Path, ray: RayConfig | None, **options) -> tuple[int, float]:

@@ -37,9 +37,9 @@ import numpy as np
 
 from m2a_pipe import process
 from m2a_pipe.evaluation.tracking import false_events, mot_metrics
-from m2a_pipe.events import EventBuilder, EventConfig, read_events
-from m2a_pipe.instances import Instance
-from m2a_pipe.process_config import ProcessConfig
+from m2a_pipe.inference.instances import Instance
+from m2a_pipe.pipeline.config import ProcessConfig
+from m2a_pipe.video.events import EventBuilder, EventConfig, read_events
 
 
 def _frame_instances(f: h5py.File) -> dict[int, list[Instance]]:
@@ -97,7 +97,7 @@ class OracleStage:
         self._next = 0
 
     def __call__(self, images):
-        from m2a_pipe.runtime.model_stage import FrameMaps
+        from m2a_pipe.inference.stage import FrameMaps
 
         out = []
         for _ in images:
@@ -110,12 +110,12 @@ class OracleStage:
 
 def run_oracle(clip: Path, out: Path, config: ProcessConfig) -> Path:
     """The pipeline's sink on one clip with :class:`OracleStage` maps; returns the output folder."""
+    from m2a_pipe.inference.stage import map_size
     from m2a_pipe.io.inputs import VideoInput
     from m2a_pipe.model.checkpoint import read_metadata
     from m2a_pipe.model.registry import resolve
-    from m2a_pipe.runtime.local import run_job
-    from m2a_pipe.runtime.model_stage import map_size
-    from m2a_pipe.runtime.video_job import ModelInfo, VideoJob
+    from m2a_pipe.pipeline.job import ModelInfo, VideoJob
+    from m2a_pipe.pipeline.local import run_job
 
     model_config, _ = read_metadata(resolve(config.weights))
     info = ModelInfo(weights="oracle", sha256="", config=model_config, threshold=0.5)

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from m2a_pipe.errors import UsageError
+
 CITYSCAPES_CLASSES: tuple[str, ...] = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
     "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car",
@@ -43,7 +45,7 @@ BLOCKS_PER_STAGE: dict[int, tuple[int, int, int, int]] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A configuration value is missing, unknown or inconsistent."""
 
 

@@ -18,15 +18,14 @@ from m2a_pipe.config import ModelConfig, preset
 from m2a_pipe.model.checkpoint import (
     FORMAT,
     CheckpointError,
-    count_parameters,
     load_into,
-    load_model,
     load_weights,
     read_state_dict,
     restricted_pickle_load,
     save_weights,
     sha256_file,
 )
+from m2a_pipe.model.loading import count_parameters, load_model
 from m2a_pipe.model.mask2anomaly import build_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -339,7 +338,7 @@ def test_foreign_safetensors_is_not_m2a_weights(tmp_path):
 def test_load_model_of_pth_needs_config(tmp_path, small_model):
     path = tmp_path / "m.pth"
     torch.save({"model": small_model.state_dict()}, path)
-    with pytest.raises(CheckpointError, match="pass cfg"):
+    with pytest.raises(CheckpointError, match="carries no config.*weights convert"):
         load_model(path)
     model = load_model(path, cfg=preset("small"))
     _assert_same_tensors(model.state_dict(), small_model.state_dict())

@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from m2a_pipe.bench import STAGES
+from m2a_pipe.bench.model import STAGES
 from m2a_pipe.cli import cli
 
 

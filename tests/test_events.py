@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from m2a_pipe.events import (
+from m2a_pipe.inference.instances import Instance
+from m2a_pipe.video.events import (
     Event,
     EventBuilder,
     EventConfig,
@@ -21,7 +22,6 @@ from m2a_pipe.events import (
     write_events,
     write_tracks_csv,
 )
-from m2a_pipe.instances import Instance
 
 FPS = 10.0
 IMG_H, IMG_W = 400, 640  # frames; the map is 1/4 of it

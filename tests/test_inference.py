@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from m2a_pipe.config import preset
-from m2a_pipe.inference import Predictor
+from m2a_pipe.inference.predictor import Predictor
 from m2a_pipe.model.mask2anomaly import build_model
 
 

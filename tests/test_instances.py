@@ -1,4 +1,4 @@
-"""Tests of m2a_pipe.instances: anomaly blobs, Eq. 15, unknown mining and open-set panoptic."""
+"""Tests of m2a_pipe.inference.instances and .panoptic: anomaly blobs, Eq. 15, unknown mining and open-set panoptic."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import golden_dir
 
-from m2a_pipe import instances as I
+from m2a_pipe.inference import instances as I
+from m2a_pipe.inference import panoptic as P
 
 ON, OFF = 12.0, -12.0  # mask logits: sigmoid ~ 1 / ~ 0
 
@@ -75,7 +76,7 @@ def test_background_region_matches_loop():
     logits = rng.normal(0, 2, (5, 4))
     logits[1, 3] = 9.0  # query 1 is no-object: excluded
     masks = rng.normal(0, 3, (5, 3, 4))
-    got = I.background_region(torch.tensor(logits), torch.tensor(masks)).numpy()
+    got = P.background_region(torch.tensor(logits), torch.tensor(masks)).numpy()
     expected = np.ones((3, 4))
     best = np.zeros((3, 4))
     for q in range(5):
@@ -88,13 +89,13 @@ def test_background_region_matches_loop():
     expected -= best
     np.testing.assert_allclose(got, expected, atol=1e-12)
     # only no-object queries -> everything is background
-    only_void = I.background_region(torch.tensor(logits[1:2]), torch.tensor(masks[1:2]))
+    only_void = P.background_region(torch.tensor(logits[1:2]), torch.tensor(masks[1:2]))
     assert torch.equal(only_void, torch.ones(3, 4, dtype=torch.float64))
 
 
 def test_class_entropies():
     p = np.array([0.5, 0.0, 0.25, 0.25])
-    e_s, e_t = I.class_entropies(p, thing_ids=[2, 3])
+    e_s, e_t = P.class_entropies(p, thing_ids=[2, 3])
     assert e_s == pytest.approx((0.5 * math.log(2) + 0.0) / 2)
     assert e_t == pytest.approx(0.25 * math.log(4))
 
@@ -120,9 +121,9 @@ def _mining_scene(object_probs):
 def test_mining_finds_unknown_thing():
     # uncertain among stuff (0.3, 0.3), near zero on things -> E_S > E_T -> unknown
     logits, masks = _mining_scene([0.3, 0.3, 0.01, 0.01, 0.38])
-    bg = I.background_region(logits, masks)
+    bg = P.background_region(logits, masks)
     assert bg[2, 5] > 0.5 and bg[0, 0] < 0.5 and bg[5, 0] > 0.5
-    found = I.mine_unknown_instances(bg, logits, masks, THINGS)
+    found = P.mine_unknown_instances(bg, logits, masks, THINGS)
     assert len(found) == 1  # the uncovered pixel overlaps no mask: stays background
     inst = found[0]
     assert inst.bbox == (5, 2, 7, 4) and inst.area == 4 and inst.query == 2
@@ -133,17 +134,17 @@ def test_mining_finds_unknown_thing():
 def test_mining_rejects_stuff_like_component():
     # uncertain among things instead -> E_S < E_T -> not an unknown instance
     logits, masks = _mining_scene([0.01, 0.01, 0.3, 0.3, 0.38])
-    bg = I.background_region(logits, masks)
+    bg = P.background_region(logits, masks)
     assert bg[2, 5] > 0.5
-    assert I.mine_unknown_instances(bg, logits, masks, THINGS) == []
+    assert P.mine_unknown_instances(bg, logits, masks, THINGS) == []
 
 
 def test_mining_requires_significant_overlap():
     logits, masks = _mining_scene([0.3, 0.3, 0.01, 0.01, 0.38])
     masks[2, 0:5, 5:7] = ON  # the object's mask now spills into stuff: IoU 4 / 10
-    bg = I.background_region(logits, masks)
-    assert I.mine_unknown_instances(bg, logits, masks, THINGS, iou_threshold=0.5) == []
-    assert len(I.mine_unknown_instances(bg, logits, masks, THINGS, iou_threshold=0.3)) == 1
+    bg = P.background_region(logits, masks)
+    assert P.mine_unknown_instances(bg, logits, masks, THINGS, iou_threshold=0.5) == []
+    assert len(P.mine_unknown_instances(bg, logits, masks, THINGS, iou_threshold=0.3)) == 1
 
 
 # -- open-set panoptic ------------------------------------------------------------------------
@@ -161,11 +162,11 @@ def test_open_set_panoptic_assembly():
     ])
     masks = _masks((4, 6), [[(2, 4, 0, 6)], [(0, 1, 0, 3)], [(0, 2, 3, 6)], [(1, 2, 0, 3)],
                             [(0, 4, 0, 6)], [(0, 2, 3, 6), (1, 2, 2, 3)]])
-    unknown_a = I.UnknownInstance(bbox=(0, 1, 4, 2), area=4, query=3, iou=1.0, stuff_entropy=1.0,
+    unknown_a = P.UnknownInstance(bbox=(0, 1, 4, 2), area=4, query=3, iou=1.0, stuff_entropy=1.0,
                                   thing_entropy=0.0, mask=np.ones((1, 4), dtype=bool))
-    unknown_b = I.UnknownInstance(bbox=(4, 0, 6, 1), area=2, query=2, iou=1.0, stuff_entropy=1.0,
+    unknown_b = P.UnknownInstance(bbox=(4, 0, 6, 1), area=2, query=2, iou=1.0, stuff_entropy=1.0,
                                   thing_entropy=0.0, mask=np.ones((1, 2), dtype=bool))
-    pan, info = I.open_set_panoptic(logits, masks, thing_ids=(2,), unknown=[unknown_a, unknown_b])
+    pan, info = P.open_set_panoptic(logits, masks, thing_ids=(2,), unknown=[unknown_a, unknown_b])
     assert pan.dtype == np.int32 and pan.shape == (4, 6)
     expected = np.array([[1, 1, 1, 2, 2, 2],
                          [3, 3, 3, 2, 2, 2],
@@ -183,7 +184,7 @@ def test_open_set_panoptic_assembly():
 
 def test_open_set_panoptic_without_kept_queries():
     logits = _logits([[0.1, 0.1, 0.1, 0.7]])
-    pan, info = I.open_set_panoptic(logits, _masks((2, 3), [[(0, 2, 0, 3)]]), thing_ids=(2,))
+    pan, info = P.open_set_panoptic(logits, _masks((2, 3), [[(0, 2, 0, 3)]]), thing_ids=(2,))
     assert info == [] and not pan.any()
 
 
@@ -194,7 +195,7 @@ def test_golden_mining_decision_matches_manual_computation():
     data = np.load(golden_dir() / "outputs.npz")
     logits = torch.from_numpy(data["decoder.pred_logits"])
     masks = torch.from_numpy(data["decoder.pred_masks"])
-    bg = I.background_region(logits, masks)
+    bg = P.background_region(logits, masks)
     assert bg.shape == masks.shape[1:]
     if not bool((bg > 0.5).all()):
         pytest.skip("golden background is not one component; manual check below assumes it is")
@@ -210,7 +211,7 @@ def test_golden_mining_decision_matches_manual_computation():
     cases = [(tuple(range(11, 19)), 0.0, unknown), (low_entropy, 0.0, True),
              (low_entropy, float(iou[best]) + 1e-6, False)]
     for things, thr, expect in cases:
-        found = I.mine_unknown_instances(bg, logits, masks, things, iou_threshold=thr)
+        found = P.mine_unknown_instances(bg, logits, masks, things, iou_threshold=thr)
         assert len(found) == int(expect)
         if found:
             assert found[0].query == best and found[0].area == bg.numel()

@@ -23,8 +23,8 @@ from m2a_pipe.io.video_reader import VideoReader  # noqa: E402
 from m2a_pipe.mining import ClipError, cut_clip, mine, rank_key, walk_outputs  # noqa: E402
 from m2a_pipe.mining.outputs import Skipped, VideoFolder  # noqa: E402
 from m2a_pipe.mining.report import FIRST_THUMB_BOX, THUMB_BACKGROUND  # noqa: E402
-from m2a_pipe.pipeline import process  # noqa: E402
-from m2a_pipe.runtime import video_job  # noqa: E402
+from m2a_pipe.pipeline import job as video_job  # noqa: E402
+from m2a_pipe.pipeline.process import process  # noqa: E402
 
 FAST = dict(short_side=64, quiet=True, instances="panoptic", event_min_score=-1.0)
 MANIFEST = [("videos/car1/front.mp4", "V1", "d1"), ("videos/car2/front.mp4", "V2", "d2"),

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from m2a_pipe.config import preset
-from m2a_pipe.inference import Predictor
+from m2a_pipe.inference.predictor import Predictor
+from m2a_pipe.inference.stage import ModelStage, map_size, network_input_size, prepare_frame
 from m2a_pipe.model.mask2anomaly import build_model
-from m2a_pipe.runtime.model_stage import ModelStage, map_size, network_input_size, prepare_frame
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_input_size_follows_the_official_resize():
 
 
 def test_mined_unknown_instances_match_the_open_set_panoptic_of_the_predictor(model):
-    from m2a_pipe.instances import full_mask
+    from m2a_pipe.inference.instances import full_mask
 
     imgs = frames(2, seed=3)
     stage = ModelStage(model, "cpu", map_stride=1, mine_unknown=True)

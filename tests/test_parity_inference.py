@@ -9,9 +9,9 @@ import torch
 from conftest import assert_close
 from PIL import Image
 
-from m2a_pipe.inference import Predictor, full_resolution_semantic
-from m2a_pipe.preprocess import resize_uint8, shortest_edge_size
-from m2a_pipe.scoring import official_semantic_inference, upsample_masks
+from m2a_pipe.inference.predictor import Predictor, full_resolution_semantic
+from m2a_pipe.inference.preprocess import resize_uint8, shortest_edge_size
+from m2a_pipe.inference.scoring import official_semantic_inference, upsample_masks
 
 TOL_SEM = dict(abs_tol=5e-4)
 TOL_ANOMALY = dict(abs_tol=5e-4, allowed_frac=1e-3)

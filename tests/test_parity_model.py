@@ -11,10 +11,10 @@ import pytest
 import torch
 from conftest import assert_close
 
+from m2a_pipe.inference.preprocess import normalize_and_pad
 from m2a_pipe.model.checkpoint import load_into
 from m2a_pipe.model.mask2anomaly import build_model
 from m2a_pipe.model.transformer_decoder import plain_state_dict_from_gma
-from m2a_pipe.preprocess import normalize_and_pad
 
 TOL_BACKBONE = dict(rel_scale=3e-4, rel=1e-4)
 TOL_PIXEL_DECODER = dict(rel_scale=5e-4, rel=1e-4)

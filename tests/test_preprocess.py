@@ -1,4 +1,4 @@
-"""Tests of m2a_pipe.preprocess: resize sizes, Pillow bit-exactness, normalisation and padding."""
+"""Tests of m2a_pipe.inference.preprocess: resize sizes, Pillow bit-exactness, normalisation and padding."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from conftest import golden_dir
 from PIL import Image
 
 from m2a_pipe.config import PIXEL_MEAN_RGB, PIXEL_STD_RGB
-from m2a_pipe.preprocess import normalize_and_pad, padded_size, resize_uint8, shortest_edge_size, to_chw_tensor
+from m2a_pipe.inference.preprocess import (
+    normalize_and_pad,
+    padded_size,
+    resize_uint8,
+    shortest_edge_size,
+    to_chw_tensor,
+)
 
 
 @pytest.mark.parametrize("hw, expected", [

@@ -14,7 +14,7 @@ import video_fixtures as vf  # noqa: E402
 
 from m2a_pipe.cli import cli  # noqa: E402
 from m2a_pipe.io.video_reader import VideoReader  # noqa: E402
-from m2a_pipe.pipeline import ProcessError, process  # noqa: E402
+from m2a_pipe.pipeline.process import ProcessError, process  # noqa: E402
 
 FAST = dict(short_side=64, quiet=True)
 

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import video_fixtures as vf  # noqa: E402
 
 from m2a_pipe.cli import cli  # noqa: E402
-from m2a_pipe.pipeline import process  # noqa: E402
-from m2a_pipe.process_config import RayConfig  # noqa: E402
+from m2a_pipe.pipeline.config import RayConfig  # noqa: E402
+from m2a_pipe.pipeline.process import process  # noqa: E402
 
 # One torch thread in both runners and the same batches: the maps are then bit-identical.
 COMMON = dict(short_side=64, batch_size=2, threads=1, quiet=True)

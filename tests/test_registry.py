@@ -11,7 +11,8 @@ from conftest import golden_dir
 
 from m2a_pipe.config import ConfigError, ModelConfig, preset
 from m2a_pipe.model import registry
-from m2a_pipe.model.checkpoint import load_model, save_weights, sha256_file
+from m2a_pipe.model.checkpoint import save_weights, sha256_file
+from m2a_pipe.model.loading import load_model
 from m2a_pipe.model.mask2anomaly import build_model
 from m2a_pipe.model.registry import (
     REGISTRY,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from m2a_pipe.instances import anomaly_instances
-from m2a_pipe.render import heat_weights, overlay, timecode, track_colour
+from m2a_pipe.inference.instances import anomaly_instances
+from m2a_pipe.video.render import heat_weights, overlay, timecode, track_colour
 
 H, W = 96, 160
 
@@ -90,7 +90,7 @@ def test_timecode_format():
 def test_region_blend_equals_full_frame_blend(threshold):
     import cv2
 
-    from m2a_pipe.render import _rgb_colormap
+    from m2a_pipe.video.render import _rgb_colormap
 
     rng = np.random.default_rng(5)
     img = frame(2)

@@ -1,4 +1,4 @@
-"""Tests of m2a_pipe.scoring against explicit numpy loops and the official golden outputs."""
+"""Tests of m2a_pipe.inference.scoring against explicit numpy loops and the official golden outputs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import golden_dir
 
-from m2a_pipe import scoring as S
+from m2a_pipe.inference import scoring as S
 from m2a_pipe.config import CITYSCAPES_REFINE_IDS
 
 # -- independent numpy references (explicit loops) --------------------------------------

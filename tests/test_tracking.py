@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from m2a_pipe.instances import Instance
-from m2a_pipe.tracking import FrameTracks, Tracker, TrackerConfig, association_cost, box_iou
+from m2a_pipe.inference.instances import Instance
+from m2a_pipe.video.tracking import FrameTracks, Tracker, TrackerConfig, association_cost, box_iou
 
 
 def inst(cx: float, cy: float, w: float = 10, h: float = 10, score: float = 0.9) -> Instance:
@@ -178,7 +178,7 @@ def gt_rows(swap_from: int | None = None, keep=lambda f: True):
 def test_mot_metrics_perfect_prediction(tmp_path):
     pytest.importorskip("motmetrics")
     from m2a_pipe.evaluation.tracking import mot_metrics
-    from m2a_pipe.events import write_tracks_csv
+    from m2a_pipe.video.events import write_tracks_csv
 
     write_tracks_csv(tmp_path / "tracks.csv", gt_rows())
     m = mot_metrics(tmp_path / "tracks.csv", gt_json(tmp_path), min_gt_area=10)
@@ -196,7 +196,7 @@ def test_mot_metrics_perfect_prediction(tmp_path):
 def test_mot_metrics_id_swap_lowers_idf1(tmp_path):
     pytest.importorskip("motmetrics")
     from m2a_pipe.evaluation.tracking import mot_metrics
-    from m2a_pipe.events import write_tracks_csv
+    from m2a_pipe.video.events import write_tracks_csv
 
     write_tracks_csv(tmp_path / "tracks.csv", gt_rows(swap_from=20))
     m = mot_metrics(tmp_path / "tracks.csv", gt_json(tmp_path), min_gt_area=10)
@@ -207,7 +207,7 @@ def test_mot_metrics_id_swap_lowers_idf1(tmp_path):
 def test_mot_metrics_half_the_boxes_gives_half_recall(tmp_path):
     pytest.importorskip("motmetrics")
     from m2a_pipe.evaluation.tracking import mot_metrics
-    from m2a_pipe.events import write_tracks_csv
+    from m2a_pipe.video.events import write_tracks_csv
 
     write_tracks_csv(tmp_path / "tracks.csv", gt_rows(keep=lambda f: f % 2 == 0))
     m = mot_metrics(tmp_path / "tracks.csv", gt_json(tmp_path), min_gt_area=10)
@@ -217,7 +217,7 @@ def test_mot_metrics_half_the_boxes_gives_half_recall(tmp_path):
 def test_mot_metrics_frame_step(tmp_path):
     pytest.importorskip("motmetrics")
     from m2a_pipe.evaluation.tracking import mot_metrics
-    from m2a_pipe.events import write_tracks_csv
+    from m2a_pipe.video.events import write_tracks_csv
 
     # a run with stride 2 writes processed-frame counters: counter c is clip frame 2 c
     rows = [(f // 2, tid, box, conf) for f, tid, box, conf in gt_rows(keep=lambda f: f % 2 == 0)]
@@ -228,7 +228,7 @@ def test_mot_metrics_frame_step(tmp_path):
 
 def test_false_events_per_minute(tmp_path):
     from m2a_pipe.evaluation.tracking import false_events, false_events_per_minute
-    from m2a_pipe.events import Event
+    from m2a_pipe.video.events import Event
 
     def ev(event_id, start, end, peak, box):
         return Event(event_id, "track", event_id, start, end, start / 10, end / 10, (end - start + 1) / 10,

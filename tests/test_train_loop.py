@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from m2a_pipe.config import ConfigError
-from m2a_pipe.model.checkpoint import load_model
+from m2a_pipe.model.loading import load_model
 from m2a_pipe.training.cli import train
 from m2a_pipe.training.recipes import Recipe
 from m2a_pipe.training.trainer import Trainer

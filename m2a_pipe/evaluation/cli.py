@@ -5,32 +5,12 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
 from m2a_pipe.evaluation.components import PROFILES
 from m2a_pipe.evaluation.pixel import AP_CONVENTIONS, DEFAULT_MAX_EXACT_PIXELS
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    from m2a_pipe.config import ConfigError
-    from m2a_pipe.evaluation.datasets import DatasetError
-    from m2a_pipe.evaluation.inputs import EvaluationInputError
-    from m2a_pipe.model.checkpoint import CheckpointError
-    from m2a_pipe.model.registry import WeightsError
-
-    return (EvaluationInputError, DatasetError, OSError, ConfigError, CheckpointError, WeightsError)
-
-
-@contextmanager
-def _one_line_errors():
-    try:
-        yield
-    except _user_errors() as err:
-        text = str(err).strip()
-        raise click.ClickException(text.splitlines()[0] if text else type(err).__name__) from None
 
 
 def _emit(report: dict, json_path: Path | None) -> None:
@@ -105,25 +85,24 @@ def anomaly(scores, labels, dataset, dataset_type, weights, out_dir, device, fli
     from m2a_pipe.evaluation import datasets as ds
     from m2a_pipe.evaluation import inputs, predict, report
 
-    with _one_line_errors():
-        if dataset is not None:
-            data = ds.detect_dataset(dataset) if dataset_type == "auto" else ds.READERS[dataset_type](dataset)
-            if not data.samples:
-                raise ds.DatasetError(f"{dataset}: no images found")
-            stride = int(map_stride)
-            scores_dir = scores or _out(out_dir, dataset, score_name, flip, stride) / "scores"
-            missing = [s for s in data.samples if not (scores_dir / f"{predict.file_stem(s.stem)}.npy").is_file()]
-            _prepare_run(scores_dir.parent, weights, flip, score_name, bool(missing), stride)
-            if missing:
-                predictor = predict.load_predictor(weights, device, flip, score_name, stride)
-                scores_dir = predict.write_anomaly_scores(predictor, data, scores_dir.parent, progress=_bar)
-            pairs = [_npy_pair(inputs, s, scores_dir / f"{predict.file_stem(s.stem)}.npy") for s in data.samples]
-        elif scores is not None and labels is not None:
-            pairs = inputs.score_pairs(scores, labels)
-        else:
-            raise click.UsageError("give --scores and --labels, or --dataset")
-        result = report.evaluate_anomaly(pairs, profile=profile, ap_convention=ap_convention, threshold=threshold,
-                                         max_exact_pixels=max_exact_pixels, plots_dir=plots_dir)
+    if dataset is not None:
+        data = ds.detect_dataset(dataset) if dataset_type == "auto" else ds.READERS[dataset_type](dataset)
+        if not data.samples:
+            raise ds.DatasetError(f"{dataset}: no images found")
+        stride = int(map_stride)
+        scores_dir = scores or _out(out_dir, dataset, score_name, flip, stride) / "scores"
+        missing = [s for s in data.samples if not (scores_dir / f"{predict.file_stem(s.stem)}.npy").is_file()]
+        _prepare_run(scores_dir.parent, weights, flip, score_name, bool(missing), stride)
+        if missing:
+            predictor = predict.load_predictor(weights, device, flip, score_name, stride)
+            scores_dir = predict.write_anomaly_scores(predictor, data, scores_dir.parent, progress=_bar)
+        pairs = [_npy_pair(inputs, s, scores_dir / f"{predict.file_stem(s.stem)}.npy") for s in data.samples]
+    elif scores is not None and labels is not None:
+        pairs = inputs.score_pairs(scores, labels)
+    else:
+        raise click.UsageError("give --scores and --labels, or --dataset")
+    result = report.evaluate_anomaly(pairs, profile=profile, ap_convention=ap_convention, threshold=threshold,
+                                     max_exact_pixels=max_exact_pixels, plots_dir=plots_dir)
     _emit(result, json_path)
 
 
@@ -182,34 +161,33 @@ def open_set(scores, semantic, labels, num_known, anomaly_id, threshold, calib_s
     from m2a_pipe.evaluation import datasets as ds
     from m2a_pipe.evaluation import predict, report
 
-    with _one_line_errors():
-        calibration = None
-        if dataset is not None:
-            data = ds.read_streethazards(dataset)
-            if not data.samples:
-                raise ds.DatasetError(f"{dataset}: no images found")
-            out = _out(out_dir, dataset, flip=flip)
-            names = [predict.file_stem(s.stem) for s in data.samples]
-            missing = not all((out / "scores" / f"{n}.npy").is_file() and (out / "semantic" / f"{n}.npy").is_file()
-                              for n in names)
-            _prepare_run(out, weights, flip, "official", missing)
-            if missing:
-                predictor = predict.load_predictor(weights, device, flip)
-                predict.write_anomaly_scores(predictor, data, out, semantic=True, progress=_bar)
-            k = ds.STREETHAZARDS_NUM_KNOWN
-            items = [report.OpenSetItem(n, out / "scores" / f"{n}.npy", out / "semantic" / f"{n}.npy", s.label,
-                                        ds.STREETHAZARDS_SEMANTIC, s.subset) for n, s in zip(names, data.samples)]
-        elif scores is not None and semantic is not None and labels is not None and num_known:
-            k = num_known
-            lut = report.open_set_lut(k, k if anomaly_id is None else anomaly_id)
-            items = _open_items(scores, semantic, labels, lut)
-            if calib_scores or calib_semantic or calib_labels:
-                if not (calib_scores and calib_semantic and calib_labels):
-                    raise click.UsageError("give all of --calib-scores, --calib-semantic and --calib-labels")
-                calibration = _open_items(calib_scores, calib_semantic, calib_labels, lut)
-        else:
-            raise click.UsageError("give --scores, --semantic, --labels and --num-known, or --dataset")
-        result = report.evaluate_open_set(items, k, threshold=threshold, calibration=calibration)
+    calibration = None
+    if dataset is not None:
+        data = ds.read_streethazards(dataset)
+        if not data.samples:
+            raise ds.DatasetError(f"{dataset}: no images found")
+        out = _out(out_dir, dataset, flip=flip)
+        names = [predict.file_stem(s.stem) for s in data.samples]
+        missing = not all((out / "scores" / f"{n}.npy").is_file() and (out / "semantic" / f"{n}.npy").is_file()
+                          for n in names)
+        _prepare_run(out, weights, flip, "official", missing)
+        if missing:
+            predictor = predict.load_predictor(weights, device, flip)
+            predict.write_anomaly_scores(predictor, data, out, semantic=True, progress=_bar)
+        k = ds.STREETHAZARDS_NUM_KNOWN
+        items = [report.OpenSetItem(n, out / "scores" / f"{n}.npy", out / "semantic" / f"{n}.npy", s.label,
+                                    ds.STREETHAZARDS_SEMANTIC, s.subset) for n, s in zip(names, data.samples)]
+    elif scores is not None and semantic is not None and labels is not None and num_known:
+        k = num_known
+        lut = report.open_set_lut(k, k if anomaly_id is None else anomaly_id)
+        items = _open_items(scores, semantic, labels, lut)
+        if calib_scores or calib_semantic or calib_labels:
+            if not (calib_scores and calib_semantic and calib_labels):
+                raise click.UsageError("give all of --calib-scores, --calib-semantic and --calib-labels")
+            calibration = _open_items(calib_scores, calib_semantic, calib_labels, lut)
+    else:
+        raise click.UsageError("give --scores, --semantic, --labels and --num-known, or --dataset")
+    result = report.evaluate_open_set(items, k, threshold=threshold, calibration=calibration)
     _emit(result, json_path)
 
 
@@ -231,24 +209,23 @@ def panoptic(pred_json, pred_dir, gt_json, gt_dir, unknown_split, dataset, weigh
     from m2a_pipe.evaluation import predict, report
 
     split = int(unknown_split) if unknown_split else None
-    with _one_line_errors():
-        if dataset is not None:
-            root = Path(dataset)
-            gt_json = gt_json or root / "annotations" / "panoptic_val2017.json"
-            gt_dir = gt_dir or root / "annotations" / "panoptic_val2017"
-            gt = ds.read_coco_panoptic(gt_json, gt_dir, root / "val2017", split)
-            all_ids = [int(c["id"]) for c in json.loads(Path(gt_json).read_text())["categories"]]
-            out = _out(out_dir, dataset, "panoptic")
-            pred_json, pred_dir = out / "panoptic.json", out / "panoptic"
-            done = set(report.read_prediction_json(pred_json)) if pred_json.is_file() else set()
-            missing = any(im.stem not in done for im in gt.images)
-            _prepare_run(out, weights, False, "panoptic", missing)
-            if missing:
-                predictor = predict.load_predictor(weights, device, flip=False)
-                pred_json, pred_dir = predict.write_panoptic(predictor, gt, out, all_ids, progress=_bar)
-        elif pred_json and pred_dir and gt_json and gt_dir:
-            gt = ds.read_coco_panoptic(gt_json, gt_dir, None, split)
-        else:
-            raise click.UsageError("give --pred-json, --pred-dir, --gt-json and --gt-dir, or --dataset")
-        result = report.evaluate_panoptic(gt, pred_json, pred_dir)
+    if dataset is not None:
+        root = Path(dataset)
+        gt_json = gt_json or root / "annotations" / "panoptic_val2017.json"
+        gt_dir = gt_dir or root / "annotations" / "panoptic_val2017"
+        gt = ds.read_coco_panoptic(gt_json, gt_dir, root / "val2017", split)
+        all_ids = [int(c["id"]) for c in json.loads(Path(gt_json).read_text())["categories"]]
+        out = _out(out_dir, dataset, "panoptic")
+        pred_json, pred_dir = out / "panoptic.json", out / "panoptic"
+        done = set(report.read_prediction_json(pred_json)) if pred_json.is_file() else set()
+        missing = any(im.stem not in done for im in gt.images)
+        _prepare_run(out, weights, False, "panoptic", missing)
+        if missing:
+            predictor = predict.load_predictor(weights, device, flip=False)
+            pred_json, pred_dir = predict.write_panoptic(predictor, gt, out, all_ids, progress=_bar)
+    elif pred_json and pred_dir and gt_json and gt_dir:
+        gt = ds.read_coco_panoptic(gt_json, gt_dir, None, split)
+    else:
+        raise click.UsageError("give --pred-json, --pred-dir, --gt-json and --gt-dir, or --dataset")
+    result = report.evaluate_panoptic(gt, pred_json, pred_dir)
     _emit(result, json_path)

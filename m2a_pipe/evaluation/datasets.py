@@ -44,11 +44,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from m2a_pipe.errors import M2AError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 UNKNOWN_CATEGORY_ID = 1000
 
 
-class DatasetError(ValueError):
+class DatasetError(M2AError):
     """Bad dataset input; the message starts with the file or folder concerned."""
 
 

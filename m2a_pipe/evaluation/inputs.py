@@ -26,10 +26,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from m2a_pipe.errors import M2AError
 from m2a_pipe.evaluation.datasets import DatasetError, read_label
 
 
-class EvaluationInputError(ValueError):
+class EvaluationInputError(M2AError):
     """Bad evaluation input; the message names the file and the reason."""
 
 

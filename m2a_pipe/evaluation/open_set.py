@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from m2a_pipe.scoring import threshold_at_tpr
+from m2a_pipe.inference.scoring import threshold_at_tpr
 
 VOID = 255
 
@@ -66,7 +66,7 @@ def open_set_labels(semantic: np.ndarray, anomaly: np.ndarray, threshold: float,
 
 def calibrate_threshold(anomalous_scores: list[np.ndarray] | np.ndarray, tpr: float = 0.95) -> float:
     """Threshold with TPR ``tpr`` on the anomalous calibration pixels (the k-th largest
-    score; :func:`m2a_pipe.scoring.threshold_at_tpr`). Args: 1-D float arrays."""
+    score; :func:`m2a_pipe.inference.scoring.threshold_at_tpr`). Args: 1-D float arrays."""
     if isinstance(anomalous_scores, list):
         anomalous_scores = np.concatenate([np.ravel(a) for a in anomalous_scores]) if anomalous_scores \
             else np.zeros(0, np.float32)

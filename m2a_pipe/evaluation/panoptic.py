@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from m2a_pipe.errors import M2AError
+
 OFFSET = 1 << 32
 
 
@@ -41,7 +43,7 @@ class CategoryStat:
         self.fn += other.fn
 
 
-class PanopticInputError(ValueError):
+class PanopticInputError(M2AError):
     """A segment list that does not agree with its map."""
 
 

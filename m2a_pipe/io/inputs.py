@@ -29,13 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from m2a_pipe.errors import M2AError
+
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".ts", ".m2ts", ".mts", ".avi", ".webm", ".m4v",
                             ".mpg", ".mpeg", ".h264", ".h265", ".hevc", ".3gp", ".flv"})
 MANIFEST_SUFFIXES = frozenset({".txt", ".lst", ".csv"})
 _GLOB_CHARS = set("*?[")
 
 
-class InputError(ValueError):
+class InputError(M2AError):
     """An input argument that names nothing usable (one line: the argument and why)."""
 
 

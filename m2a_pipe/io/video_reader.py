@@ -22,6 +22,8 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from m2a_pipe.errors import M2AError
+
 DEFAULT_FPS = 30.0
 TS_PACKET_BYTES = 188          # MPEG-TS packet size
 M2TS_PACKET_BYTES = 192        # Blu-ray / AVCHD transport packet (4-byte timecode + 188)
@@ -36,7 +38,7 @@ EARLY_END_FRACTION = 0.1       # ... or this fraction of it, whichever is larger
 MAX_REASON_CHARS = 300         # error messages are clipped to this many characters
 
 
-class VideoError(Exception):
+class VideoError(M2AError):
     """A video that cannot be read.
 
     ``str(err)`` is one line, ``"<path>: <reason>"``, e.g.

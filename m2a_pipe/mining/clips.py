@@ -28,6 +28,7 @@ from typing import Iterator
 import av
 import numpy as np
 
+from m2a_pipe.errors import M2AError
 from m2a_pipe.io.video_reader import PTS_EPSILON_S, VideoError, VideoReader, _to_rgb
 from m2a_pipe.io.video_writer import VideoWriter
 from m2a_pipe.mining.outputs import EVENTS_FILE, OVERLAY_FILE, SCORES_FILE, OutputError, find_event, read_root_attrs
@@ -38,7 +39,7 @@ CLIP_SOURCES = ("auto", "source", "overlay")
 SEEK_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)  # retries of a seek that lands after its target
 
 
-class ClipError(Exception):
+class ClipError(M2AError):
     """A clip that cannot be made; ``str(err)`` is one line."""
 
 

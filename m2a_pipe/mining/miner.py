@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from m2a_pipe.errors import M2AError
 from m2a_pipe.mining.clips import ClipError, cut_clip
 from m2a_pipe.mining.outputs import OutputError, Skipped, read_video_events, walk_outputs
 from m2a_pipe.mining.ranking import RankSpool, TopEvents, rank_key
@@ -39,7 +40,7 @@ CLIP_BEFORE_S = 2.0
 CLIP_AFTER_S = 2.0
 
 
-class MineError(Exception):
+class MineError(M2AError):
     """Mining cannot start or finish (bad OUT_ROOT, unwritable report folder); one line."""
 
 

@@ -24,7 +24,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import h5py
 import numpy as np
 
-from m2a_pipe.layout import (
+from m2a_pipe.errors import M2AError
+from m2a_pipe.io.layout import (
     EVENTS_FILE,
     OVERLAY_FILE,
     SCORES_FILE,
@@ -44,7 +45,7 @@ EVENT_REQUIRED_FIELDS = ("event_id", "start_frame", "end_frame", "start_s", "end
 MAX_REASON_CHARS = 200
 
 
-class OutputError(Exception):
+class OutputError(M2AError):
     """A video output folder or file that cannot be read; ``str(err)`` is one line."""
 
 
@@ -144,7 +145,7 @@ def classify(path: Path, rel: str, names: Sequence[str] | set[str], *,
              include_partial: bool = False) -> VideoFolder | Skipped:
     """A folder holding pipeline outputs (``names``: its file names) as a :class:`VideoFolder`
     when it is finished and complete (``summary.json`` present and ``scores.h5`` status
-    ``complete``, the rule of :func:`m2a_pipe.runtime.video_job.is_complete`), or as partial
+    ``complete``, the rule of :func:`m2a_pipe.pipeline.job.is_complete`), or as partial
     when ``include_partial``; otherwise a :class:`Skipped` saying why."""
     present = set(names)
     missing = [name for name in REQUIRED_FILES if name not in present]

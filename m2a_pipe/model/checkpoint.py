@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from m2a_pipe.config import ModelConfig
+from m2a_pipe.errors import M2AError
 
 FORMAT = "m2a-pipe/1"
 """Value of the ``m2a_format`` metadata entry of the weight files this version writes."""
@@ -53,9 +54,11 @@ _FROZEN_BN_OPTIONAL = re.compile(r"^backbone\..*\bnorm\.num_batches_tracked$")
 """Keys a FrozenBatchNorm2d checkpoint of detectron2 < 2023-05 does not write."""
 
 _HASH_CHUNK_BYTES = 1 << 20
+MAX_KEYS_SHOWN = 8
+"""Keys of each kind (missing, mis-shaped, unexpected) a command-line error lists."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(M2AError):
     """A weight file cannot be read, or does not fit the model it is loaded into."""
 
 
@@ -297,6 +300,10 @@ class StateDictMismatch(CheckpointError):
             lines += group
         return lines
 
+    def user_message(self) -> str:
+        """The summary and at most :data:`MAX_KEYS_SHOWN` keys of each kind."""
+        return "\n".join([self.summary, *self.details(MAX_KEYS_SHOWN)])
+
 
 def load_into(model: nn.Module, state_dict: Mapping[str, Any], source: str = "<state dict>") -> LoadReport:
     """Load ``state_dict`` into ``model`` strictly.
@@ -470,64 +477,3 @@ def rewrite_weights(src: str | os.PathLike, out: str | os.PathLike, *,
     new_meta = {k: v for k, v in meta.items() if k not in set(drop)}
     new_meta.update(metadata or {})
     return save_weights(state_dict, new_cfg, out, new_meta)
-
-
-def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cpu",
-               cfg: ModelConfig | None = None) -> nn.Module:
-    """Build a model and load weights into it strictly; returned in eval mode on ``device``.
-
-    ``path_or_name`` is a registry name (see :mod:`m2a_pipe.model.registry`) or a file.
-    A ``.safetensors`` file supplies its own config (a different ``cfg`` is an error); a
-    ``.pth``/``.pkl`` needs ``cfg`` (or a registry entry that names a preset).
-    """
-    from m2a_pipe.model.mask2anomaly import build_model
-    from m2a_pipe.model.registry import registered_config, resolve
-
-    path = resolve(path_or_name)
-    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
-        state_dict, stored, _ = load_weights(path)
-        if cfg is not None and cfg != stored:
-            raise CheckpointError(f"{path}: the config given differs from the one stored in the file")
-        cfg = stored
-    else:
-        cfg = cfg or registered_config(path_or_name)
-        if cfg is None:
-            raise CheckpointError(f"{path}: a {path.suffix} checkpoint carries no config; pass cfg=")
-        state_dict = read_state_dict(path)
-    model = build_model(cfg)
-    load_into(model, state_dict, source=str(path))
-    return model.to(device).eval()
-
-
-def convert_checkpoint(src: str | os.PathLike, cfg: ModelConfig, out: str | os.PathLike,
-                       metadata: Mapping[str, Any] | None = None) -> Path:
-    """Official ``.pth``/``.pkl`` -> the project's safetensors with ``cfg``.
-
-    The state dict is loaded strictly into a freshly built model (so a wrong config fails
-    here, naming every key), then the model's own state dict is written, with the source
-    file name and sha256 recorded in the metadata.
-    """
-    from m2a_pipe.model.mask2anomaly import build_model
-
-    src = Path(src)
-    state_dict = read_state_dict(src)
-    model = build_model(cfg)
-    report = load_into(model, state_dict, source=str(src))
-    meta = {"source_file": src.name, "source_sha256": sha256_file(src)}
-    if report.filled:
-        meta["filled_keys"] = list(report.filled)
-    meta.update(metadata or {})
-    return save_weights(model, cfg, out, meta)
-
-
-def count_parameters(cfg: ModelConfig) -> int:
-    """Parameters (``nn.Parameter`` elements, buffers excluded) of the model ``cfg`` builds,
-    counted on the meta device (nothing allocated)."""
-    from m2a_pipe.model.mask2anomaly import build_model
-
-    try:
-        with torch.device("meta"):
-            model = build_model(cfg)
-    except (NotImplementedError, RuntimeError):
-        model = build_model(cfg)
-    return sum(p.numel() for p in model.parameters())

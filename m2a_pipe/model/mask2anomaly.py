@@ -53,7 +53,7 @@ class Mask2Anomaly(nn.Module):
     """The whole network.
 
     ``forward`` takes the normalised, padded batch (B, 3, Hp, Wp) float32 (Hp, Wp multiples
-    of 32; see :mod:`m2a_pipe.preprocess`) and returns the predictor's dict:
+    of 32; see :mod:`m2a_pipe.inference.preprocess`) and returns the predictor's dict:
     pred_logits (B, Q, K+1), pred_masks (B, Q, Hp/4, Wp/4), aux_outputs.
     """
 

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from m2a_pipe.config import PRESETS, ConfigError, ModelConfig, preset
+from m2a_pipe.errors import M2AError
 from m2a_pipe.model.checkpoint import sha256_file
 
 WEIGHTS_DIR_ENV = "M2A_WEIGHTS_DIR"
 
 
-class WeightsError(LookupError):
+class WeightsError(M2AError):
     """A weights name is unknown, its file is missing, or it is not built yet."""
 
     def __str__(self) -> str:  # LookupError would quote the message
@@ -176,51 +177,6 @@ def check_sha256(name_or_path: str | os.PathLike, sha256: str | None = None) -> 
 def verify(name_or_path: str | os.PathLike, sha256: str | None = None) -> bool:
     """Whether the file's sha256 equals ``sha256`` (default: the registered one)."""
     return check_sha256(name_or_path, sha256).ok
-
-
-def describe(name_or_path: str | os.PathLike, cfg: ModelConfig | None = None) -> dict[str, Any]:
-    """Facts about a weights file, for ``m2a-pipe weights info``.
-
-    Keys: path, name (registered name or None), format, size_bytes, sha256,
-    registered_sha256, num_tensors, num_elements, config (stored in the file, else
-    ``cfg``, else the entry's preset, else None), num_parameters (None without a config),
-    metadata (stored in the file, else the entry's).
-    """
-    from m2a_pipe.model import checkpoint
-
-    text = os.fspath(name_or_path)
-    entry = REGISTRY.get(text)
-    path = resolve(text)
-    suffix = path.suffix.lower()
-    metadata: dict[str, Any] = dict(entry.metadata) if entry else {}
-    if suffix in checkpoint.SAFETENSORS_SUFFIXES:
-        stored, stored_meta = checkpoint.read_metadata(path)
-        cfg, metadata = stored, {**metadata, **stored_meta}
-        shapes = checkpoint.read_shapes(path)
-        fmt = f"safetensors ({checkpoint.FORMAT})"
-    else:
-        shapes = {k: tuple(v.shape) for k, v in checkpoint.read_state_dict(path).items()}
-        fmt = "detectron2 pickle (.pkl)" if suffix in checkpoint.PICKLE_SUFFIXES else "torch checkpoint (.pth)"
-        cfg = cfg or registered_config(text)
-    num_elements = 0
-    for shape in shapes.values():
-        n = 1
-        for dim in shape:
-            n *= dim
-        num_elements += n
-    return {
-        "path": path,
-        "name": entry.name if entry else None,
-        "format": fmt,
-        "size_bytes": path.stat().st_size,
-        "sha256": sha256_file(path),
-        "registered_sha256": entry.sha256 if entry else None,
-        "num_tensors": len(shapes),
-        "num_elements": num_elements,
-        "config": cfg,
-        "num_parameters": checkpoint.count_parameters(cfg) if cfg is not None else None,
-        "metadata": metadata,
-    }
 
 
 def resolve_config(spec: str | os.PathLike | ModelConfig,

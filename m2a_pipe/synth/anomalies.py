@@ -56,6 +56,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from m2a_pipe.errors import UsageError
 from m2a_pipe.synth import textures
 from m2a_pipe.synth.geometry import ANOMALY, Part, Pattern, box, decal, ellipse, face_rect, flat, rect
 
@@ -361,7 +362,7 @@ that the ``hard`` family's ``mimic`` material copies."""
 def sample_anomaly(rng: np.random.Generator, family: str) -> AnomalySpec:
     """Draw one anomaly of ``family`` (``train``, ``train_ext``, ``eval`` or ``hard``)."""
     if family not in FAMILIES:
-        raise ValueError(f"unknown anomaly family {family!r}; expected one of {FAMILIES}")
+        raise UsageError(f"unknown anomaly family {family!r}; expected one of {FAMILIES}")
     shapes = GENERATORS[_SHAPES_OF.get(family, family)]
     name = str(rng.choice(sorted(shapes)))
     if family == "hard":

@@ -14,19 +14,7 @@ _FAMILIES = click.Choice(["eval", "train", "train_ext", "hard", "none"])
 def _size(value: str) -> tuple[int, int]:
     from m2a_pipe.synth.sample import parse_size
 
-    try:
-        return parse_size(value)
-    except ValueError as err:
-        raise click.ClickException(str(err)) from None
-
-
-@contextmanager
-def _errors():
-    try:
-        yield
-    except (ValueError, OSError) as err:
-        text = str(err).strip()
-        raise click.ClickException(text.splitlines()[0] if text else type(err).__name__) from None
+    return parse_size(value)
 
 
 @contextmanager
@@ -68,7 +56,7 @@ def images(seed, count, anomalies, out, size, workers, start, overwrite, quiet):
 
     wh = _size(size)
     t0 = time.perf_counter()
-    with _errors(), _bar(count, "synth images", quiet) as progress:
+    with _bar(count, "synth images", quiet) as progress:
         write_image_dataset(out, seed, count, anomalies, wh, workers=workers, start=start, overwrite=overwrite,
                             progress=progress)
     dt = time.perf_counter() - t0
@@ -90,7 +78,7 @@ def outliers(seed, count, out, family, workers, overwrite, quiet):
     """Write RGBA cut-outs of a train anomaly family (the AnomalyMix outlier source)."""
     from m2a_pipe.synth.dataset import write_outliers
 
-    with _errors(), _bar(count, "synth outliers", quiet) as progress:
+    with _bar(count, "synth outliers", quiet) as progress:
         write_outliers(out, seed, count, family=family, workers=workers, overwrite=overwrite, progress=progress)
     if not quiet:
         click.echo(f"{count} outliers -> {out / 'outliers'}")
@@ -110,7 +98,7 @@ def video(seed, seconds, fps, out, size, anomalies, crf, quiet):
     from m2a_pipe.synth.video import write_video
 
     wh = _size(size)
-    with _errors(), _bar(max(1, round(seconds * fps)), "synth video", quiet) as progress:
+    with _bar(max(1, round(seconds * fps)), "synth video", quiet) as progress:
         summary = write_video(out, seed, seconds, fps, wh, anomalies, crf=crf, progress=progress)
     if not quiet:
         click.echo(f"{summary['frames']} frames -> {out} ({summary['bytes'] / 1e6:.2f} MB), "

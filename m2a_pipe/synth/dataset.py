@@ -27,8 +27,9 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from m2a_pipe import __version__
+from m2a_pipe._version import __version__
 from m2a_pipe.config import CITYSCAPES_CLASSES, CITYSCAPES_THING_IDS
+from m2a_pipe.errors import UsageError
 from m2a_pipe.synth.anomalies import FAMILY_CODES
 from m2a_pipe.synth.geometry import ANOMALY
 from m2a_pipe.synth.objects import USED_TRAIN_IDS
@@ -115,9 +116,9 @@ def write_image_dataset(out_dir, seed: int, count: int, anomalies: str = "eval",
                         progress: Callable[[int], None] | None = None) -> dict:
     """Write ``count`` stills (indices ``start..start+count-1``) of dataset ``seed``; returns meta."""
     if anomalies not in ANOMALY_OPTIONS:
-        raise ValueError(f"anomalies must be one of {ANOMALY_OPTIONS}, got {anomalies!r}")
+        raise UsageError(f"anomalies must be one of {ANOMALY_OPTIONS}, got {anomalies!r}")
     if count < 1:
-        raise ValueError(f"count must be >= 1, got {count}")
+        raise UsageError(f"count must be >= 1, got {count}")
     width, height = parse_size(size)
     out = Path(out_dir)
     _prepare(out, ("images", "labels_masks", "semantic", "panoptic"), overwrite,
@@ -187,9 +188,9 @@ def write_outliers(out_dir, seed: int, count: int, *, family: str = "train", wor
                    overwrite: bool = False, progress: Callable[[int], None] | None = None) -> dict:
     """Write ``count`` RGBA cut-outs of ``family`` (``train`` or ``train_ext``) to ``out_dir/outliers/``."""
     if count < 1:
-        raise ValueError(f"count must be >= 1, got {count}")
+        raise UsageError(f"count must be >= 1, got {count}")
     if family not in OUTLIER_FAMILIES:
-        raise ValueError(f"the outlier source is a training family {OUTLIER_FAMILIES}, got {family!r}")
+        raise UsageError(f"the outlier source is a training family {OUTLIER_FAMILIES}, got {family!r}")
     out = Path(out_dir)
     _prepare(out, ("outliers",), overwrite, ("outliers_meta.json",))
     jobs = [(str(out), int(seed), k, family) for k in range(count)]

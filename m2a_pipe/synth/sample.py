@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from m2a_pipe.errors import UsageError
 from m2a_pipe.synth.anomalies import FAMILY_CODES
 from m2a_pipe.synth.geometry import ANOMALY, VOID
 from m2a_pipe.synth.objects import THING_IDS
@@ -89,18 +90,18 @@ def parse_size(size) -> tuple[int, int]:
         try:
             w, h = (int(p) for p in size.lower().split("x"))
         except ValueError:
-            raise ValueError(f"size must look like 512x256, got {size!r}") from None
+            raise UsageError(f"size must look like 512x256, got {size!r}") from None
     else:
         w, h = (int(p) for p in size)
     if w < 64 or h < 64 or w % 2 or h % 2 or w > 8192 or h > 8192:
-        raise ValueError(f"size {w}x{h}: width and height must be even, between 64 and 8192")
+        raise UsageError(f"size {w}x{h}: width and height must be even, between 64 and 8192")
     return w, h
 
 
 def render_sample(seed: int, index: int, size=(512, 256), anomalies: str = "eval") -> Sample:
     """Render still ``index`` of dataset ``seed`` with anomalies of a family (or ``"none"``)."""
     if anomalies not in ANOMALY_OPTIONS:
-        raise ValueError(f"anomalies must be one of {ANOMALY_OPTIONS}, got {anomalies!r}")
+        raise UsageError(f"anomalies must be one of {ANOMALY_OPTIONS}, got {anomalies!r}")
     width, height = parse_size(size)
     scene_rng = np.random.default_rng([seed, index, 0])
     world = sample_world(scene_rng, None, "none")

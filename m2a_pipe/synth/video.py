@@ -31,7 +31,8 @@ import av
 import h5py
 import numpy as np
 
-from m2a_pipe import __version__
+from m2a_pipe._version import __version__
+from m2a_pipe.errors import UsageError
 from m2a_pipe.synth.anomalies import FAMILY_CODES
 from m2a_pipe.synth.geometry import ANOMALY, VOID
 from m2a_pipe.synth.render import render
@@ -91,11 +92,11 @@ def write_video(path, seed: int, seconds: float, fps: float, size=(640, 320), an
     """Render and encode a clip with its ground truth (module docstring); returns a summary."""
     path = Path(path)
     if path.suffix.lower() != ".mp4":
-        raise ValueError(f"{path}: the clip must be an .mp4 file")
+        raise UsageError(f"{path}: the clip must be an .mp4 file")
     if anomalies not in ANOMALY_OPTIONS:
-        raise ValueError(f"anomalies must be one of {ANOMALY_OPTIONS}, got {anomalies!r}")
+        raise UsageError(f"anomalies must be one of {ANOMALY_OPTIONS}, got {anomalies!r}")
     if not seconds > 0 or not fps > 0 or fps > 120:
-        raise ValueError(f"seconds must be > 0 and fps in (0, 120], got {seconds} s at {fps} fps")
+        raise UsageError(f"seconds must be > 0 and fps in (0, 120], got {seconds} s at {fps} fps")
     width, height = parse_size(size)
     frames = max(1, int(round(seconds * fps)))
     world, pose_at, drive = make_drive(seed, seconds, anomalies)

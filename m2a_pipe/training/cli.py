@@ -1,4 +1,4 @@
-"""``m2a-pipe train``: run a training recipe (register with ``cli.add_command(train)``)."""
+"""``m2a-pipe train``: run a training recipe. Parses and delegates to :mod:`m2a_pipe.training.trainer`."""
 
 from __future__ import annotations
 
@@ -32,22 +32,15 @@ def train() -> None:
 def run(recipe: Path, data: Path | None, out: Path | None, resume: bool, device: str,
         max_steps: int | None, init: str | None, val: str | None, quiet: bool) -> None:
     """Train with RECIPE.json (see train/README.md)."""
-    from m2a_pipe.config import ConfigError
-    from m2a_pipe.evaluation.datasets import DatasetError
-    from m2a_pipe.model.checkpoint import CheckpointError
     from m2a_pipe.training.recipes import Recipe
     from m2a_pipe.training.trainer import Trainer
 
-    try:
-        r = Recipe.load(recipe)
-        if init:
-            r.init_weights = init
-        if val:
-            r.val = {**(r.val or {"every": 0}), "root": val}
-        trainer = Trainer(r, out or Path("runs") / r.name, data_root=data, device=device,
-                          resume=resume, max_steps=max_steps, progress=not quiet)
-        summary = trainer.run()
-    except (ConfigError, DatasetError, CheckpointError, OSError) as err:
-        text = str(err).strip()
-        raise click.ClickException(text.splitlines()[0] if text else type(err).__name__) from None
+    r = Recipe.load(recipe)
+    if init:
+        r.init_weights = init
+    if val:
+        r.val = {**(r.val or {"every": 0}), "root": val}
+    trainer = Trainer(r, out or Path("runs") / r.name, data_root=data, device=device,
+                      resume=resume, max_steps=max_steps, progress=not quiet)
+    summary = trainer.run()
     click.echo(json.dumps(summary, default=str))

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from m2a_pipe.scoring import semantic_probs
+from m2a_pipe.inference.scoring import semantic_probs
 from m2a_pipe.training.matcher import HungarianMatcher
 from m2a_pipe.training.points import (
     IMPORTANCE_SAMPLE_RATIO,

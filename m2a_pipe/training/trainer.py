@@ -31,9 +31,10 @@ import numpy as np
 import torch
 
 from m2a_pipe.config import ConfigError, ModelConfig
+from m2a_pipe.inference.device import resolve_device
+from m2a_pipe.inference.preprocess import normalize_and_pad
 from m2a_pipe.model.checkpoint import load_into, load_weights, save_weights
 from m2a_pipe.model.mask2anomaly import build_model
-from m2a_pipe.preprocess import normalize_and_pad
 from m2a_pipe.training.batches import StepBatches
 from m2a_pipe.training.data import build_dataset, build_outliers
 from m2a_pipe.training.losses import LossWeights, SetCriterion
@@ -52,14 +53,6 @@ CHECKPOINT_FORMAT = "m2a-pipe-train/1"
 LOG_FIELDS = ("step", "loss", "ce", "mask", "dice", "aux", "outlier", "lr", "grad_norm",
               "outlier_batch", "step_s", "elapsed_s")
 VAL_FIELDS = ("step", "auprc", "fpr95", "auroc", "miou", "images")
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for but CUDA is not available")
-    return torch.device(device)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -320,7 +313,7 @@ class Trainer:
         """AuPRC / FPR95 (and mIoU when ``semantic/`` exists) on the recipe's val folder."""
         from m2a_pipe.evaluation.datasets import detect_dataset, read_image, read_label
         from m2a_pipe.evaluation.pixel import PixelAccumulator
-        from m2a_pipe.inference import Predictor
+        from m2a_pipe.inference.predictor import Predictor
 
         val = self.recipe.val or {}
         root = Path(val["root"])

@@ -9,10 +9,10 @@ the official test-time path of Mask2Anomaly:
 3. mask logits upsampled to the padded size, official semantic inference (Eq. 3 plus one
    channel per confident stuff query), crop the padding, resize to the image size;
 4. anomaly map: Eq. 5 refined by Eq. 13 (official rule) or another score of
-   :data:`m2a_pipe.scoring.SCORES`; optional horizontal-flip averaging. With
+   :data:`m2a_pipe.inference.scoring.SCORES`; optional horizontal-flip averaging. With
    ``map_stride=4`` the score is computed at the mask resolution (1/4) and the score map is
    upsampled instead of the mask logits: the maps the video pipeline computes
-   (:mod:`m2a_pipe.runtime.model_stage`), here for image benchmarks;
+   (:mod:`m2a_pipe.inference.stage`), here for image benchmarks;
 5. semantic labels (argmax of Eq. 3) and, given a threshold, open-set labels (Eq. 14).
 
 Step 3 is evaluated in bands of rows so the (Q, Hp, Wp) upsampled masks never exist at
@@ -38,10 +38,9 @@ import torch
 import torch.nn.functional as F
 
 from m2a_pipe.config import ModelConfig
-from m2a_pipe.instances import background_region, mine_unknown_instances, open_set_panoptic
-from m2a_pipe.model.mask2anomaly import Mask2Anomaly
-from m2a_pipe.preprocess import normalize_and_pad, padded_size, resize_uint8, shortest_edge_size
-from m2a_pipe.scoring import (
+from m2a_pipe.inference.panoptic import background_region, mine_unknown_instances, open_set_panoptic
+from m2a_pipe.inference.preprocess import normalize_and_pad, padded_size, resize_uint8, shortest_edge_size
+from m2a_pipe.inference.scoring import (
     SCORES,
     crop_and_resize,
     flip_average,
@@ -50,6 +49,7 @@ from m2a_pipe.scoring import (
     official_semantic_inference,
     open_set_semantic,
 )
+from m2a_pipe.model.mask2anomaly import Mask2Anomaly
 
 MAP_STRIDES = (1, 4)
 """Resolution of the anomaly score before it is resized to the image: 1 = the padded input
@@ -141,7 +141,7 @@ class Predictor:
             test-time behaviour); False runs the network at the image's own size.
         flip: average with the horizontally flipped image's map (official evaluation).
         score: ``"official"`` (Eq. 5 with the Eq. 13 refinement, exactly as the official
-            evaluation) or a name of :data:`m2a_pipe.scoring.SCORES` (no refinement).
+            evaluation) or a name of :data:`m2a_pipe.inference.scoring.SCORES` (no refinement).
         open_set_threshold: anomaly threshold for Eq. 14 open-set labels (None: skip).
         map_stride: 1 (official) or 4: the anomaly score at the mask resolution, then
             upsampled (:data:`MAP_STRIDES`); semantic outputs are unchanged.
@@ -166,7 +166,7 @@ class Predictor:
                      config: ModelConfig | None = None, **kwargs) -> "Predictor":
         """Load weights by registry name or path (``.safetensors`` carry their config;
         official ``.pth`` / ``.pkl`` need ``config``)."""
-        from m2a_pipe.model.checkpoint import load_model
+        from m2a_pipe.model.loading import load_model
 
         return cls(load_model(weights, cfg=config), device, **kwargs)
 

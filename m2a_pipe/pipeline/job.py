@@ -1,7 +1,7 @@
 """One video from its source file to its output folder, minus the model: shared by both runners.
 
 A :class:`VideoJob` opens the video (PyAV), yields its frames resized to the network input,
-feeds the model's maps to a :class:`~m2a_pipe.runtime.video_sink.VideoSink`, and makes
+feeds the model's maps to a :class:`~m2a_pipe.pipeline.analysis.VideoSink`, and makes
 the outputs appear atomically:
 
 * everything is written to ``OUT/<rel parent>/.<name>.partial-<pid>`` and renamed to
@@ -25,15 +25,15 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from m2a_pipe import __version__
+from m2a_pipe._version import __version__
 from m2a_pipe.config import ModelConfig
+from m2a_pipe.inference.stage import FrameMaps, map_size, network_input_size, prepare_frame
 from m2a_pipe.io.hdf5_writer import read_status
 from m2a_pipe.io.inputs import VideoInput
+from m2a_pipe.io.layout import OLD_MARK, PARTIAL_MARK, SCORES_FILE, SUMMARY_FILE
 from m2a_pipe.io.video_reader import VideoReader
-from m2a_pipe.layout import OLD_MARK, PARTIAL_MARK, SCORES_FILE, SUMMARY_FILE
-from m2a_pipe.runtime.model_stage import FrameMaps, map_size, network_input_size, prepare_frame
-from m2a_pipe.runtime.video_sink import SinkSettings, VideoSink
-from m2a_pipe.scoring import BOUNDED_SCORES
+from m2a_pipe.pipeline.analysis import SinkSettings, VideoSink
+from m2a_pipe.settings import BOUNDED_SCORES
 
 FINGERPRINT_CHUNK_BYTES = 1 << 20
 
@@ -112,7 +112,7 @@ class VideoJob:
     Args:
         video: the input and its output folder name.
         out_root: OUT.
-        config: the run's :class:`~m2a_pipe.process_config.ProcessConfig`.
+        config: the run's :class:`~m2a_pipe.pipeline.config.ProcessConfig`.
         model: :class:`ModelInfo` of the weights.
     """
 

@@ -42,12 +42,13 @@ import numpy as np
 import ray
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayError
 
+from m2a_pipe.errors import M2AError
+from m2a_pipe.inference.stage import FrameMaps
 from m2a_pipe.io.inputs import VideoInput
-from m2a_pipe.process_config import ProcessConfig, RayConfig
-from m2a_pipe.runtime.model_stage import FrameMaps
-from m2a_pipe.runtime.video_job import ModelInfo, VideoResult, remove_partials
+from m2a_pipe.pipeline.config import ProcessConfig, RayConfig
+from m2a_pipe.pipeline.job import ModelInfo, VideoResult, remove_partials
+from m2a_pipe.settings import default_batch_size
 
-GPU_BATCH = 8
 WORKER_NAME = "m2a-pipe-worker"
 JOB_RETRIES = 2
 """Times Ray reruns a video job whose process died (node lost, out of memory)."""
@@ -57,11 +58,11 @@ CANCEL_WAIT_S = 10.0
 """Seconds to wait for killed jobs before their temporary folders are removed anyway."""
 
 
-class WorkerLost(RuntimeError):
+class WorkerLost(M2AError):
     """Every inference worker is gone, or a batch ran out of retries."""
 
 
-class PoolError(RuntimeError):
+class PoolError(M2AError):
     """The pool cannot start: the cluster lacks what it asks for, or a worker cannot load
     the model (one line)."""
 
@@ -86,7 +87,7 @@ class InferenceWorker:
 
         from m2a_pipe.model.checkpoint import load_into
         from m2a_pipe.model.mask2anomaly import build_model
-        from m2a_pipe.pipeline import make_stage
+        from m2a_pipe.pipeline.model import make_stage
 
         torch.set_num_threads(threads)
         holder = ray.get_actor(weights[0], namespace=weights[1])
@@ -141,7 +142,7 @@ class _Pending:
 
 
 class PoolClient:
-    """The pool as one video's loop sees it (a :class:`~m2a_pipe.runtime.local.BatchMapper`).
+    """The pool as one video's loop sees it (a :class:`~m2a_pipe.pipeline.local.BatchMapper`).
 
     Batches go to the live worker with the fewest of this client's batches in flight; at most
     ``in_flight`` are outstanding; maps come back in the order the batches were sent.
@@ -208,7 +209,7 @@ def _video_task(video: VideoInput, output: str, config: ProcessConfig, model: Mo
     """One video in a Ray worker process: the shared loop with the pool as its model."""
     import torch
 
-    from m2a_pipe.runtime.local import run_video
+    from m2a_pipe.pipeline.local import run_video
 
     torch.set_num_threads(1)
     return run_video(video, output, config, model, PoolClient(workers, in_flight, retries), batch_size)
@@ -247,7 +248,7 @@ def plan_pool(ray_config: RayConfig, config: ProcessConfig, resources: dict[str,
     jobs = ray_config.jobs or workers
     running = max(1, min(jobs, n_videos))
     in_flight = ray_config.in_flight or max(2, math.ceil(2 * workers / running))
-    batch = config.batch_size or (GPU_BATCH if gpus > 0 else 1)
+    batch = config.batch_size or default_batch_size("cuda" if gpus > 0 else "cpu")
     return PoolPlan(workers=workers, gpus=gpus, cpus=cpus, jobs=jobs, in_flight=in_flight, batch_size=batch)
 
 

@@ -1,6 +1,6 @@
-"""``m2a-pipe process``: parse the options into a ProcessConfig and call :func:`m2a_pipe.pipeline.process`.
+"""``m2a-pipe process``: parse the options into a ProcessConfig and call :func:`m2a_pipe.pipeline.process.process`.
 
-Every option maps to one :class:`~m2a_pipe.process_config.ProcessConfig` field; ``--config
+Every option maps to one :class:`~m2a_pipe.pipeline.config.ProcessConfig` field; ``--config
 FILE`` supplies defaults (JSON), options given on the command line win.
 """
 
@@ -11,8 +11,8 @@ import sys
 
 import click
 
-from m2a_pipe.process_config import EVENT_MODES, INSTANCE_MODES, ProcessConfig
-from m2a_pipe.runtime.model_stage import SCORE_NAMES
+from m2a_pipe.pipeline.config import ProcessConfig
+from m2a_pipe.settings import EVENT_MODES, INSTANCE_MODES, MAP_STRIDES, SCORE_NAMES
 
 
 @click.command("process")
@@ -27,7 +27,8 @@ from m2a_pipe.runtime.model_stage import SCORE_NAMES
 @click.option("--score", type=click.Choice(SCORE_NAMES), help="Anomaly score [official: Eq. 5 + Eq. 13].")
 @click.option("--refine/--no-refine", default=None, help="Eq. 13 refinement of the official score [on].")
 @click.option("--flip/--no-flip", default=None, help="Horizontal-flip test-time averaging [off].")
-@click.option("--map-stride", type=click.Choice(["1", "2", "4"]), help="Maps at 1/N of the network input [4].")
+@click.option("--map-stride", type=click.Choice([str(s) for s in MAP_STRIDES]),
+              help="Maps at 1/N of the network input [4].")
 @click.option("--threads", type=int, help="Torch CPU threads [torch default].")
 @click.option("--sample-fps", type=float, help="Process frames at this rate (evenly in time).")
 @click.option("--stride", type=int, help="Process every N-th frame [1].")
@@ -74,9 +75,8 @@ def process_cmd(inputs, output, config_file, quiet, json_path, use_ray, **option
     With --ray, a pool of inference workers (one model replica each) serves one job per
     video, locally or on a cluster; the outputs are the same as without.
     """
-    from m2a_pipe.config import ConfigError
-    from m2a_pipe.pipeline import ProcessError, process
-    from m2a_pipe.process_config import RayConfig
+    from m2a_pipe.pipeline.config import RayConfig
+    from m2a_pipe.pipeline.process import process
 
     ray_options = {name[4:]: options.pop(name) for name in list(options) if name.startswith("ray_")}
     given = [name for name, value in ray_options.items() if value is not None]
@@ -85,20 +85,11 @@ def process_cmd(inputs, output, config_file, quiet, json_path, use_ray, **option
 
     if options.get("map_stride") is not None:
         options["map_stride"] = int(options["map_stride"])
-    try:
-        base = ProcessConfig.from_file(config_file) if config_file else ProcessConfig()
-        config = base.updated(**options)
-        ray_config = RayConfig().updated(**ray_options) if use_ray else None
-    except (ConfigError, TypeError) as err:
-        raise click.UsageError(str(err)) from None
-    try:
-        summary = process(list(inputs), output, config, ray=ray_config, quiet=quiet,
-                          log=lambda msg: click.echo(f"m2a-pipe: {msg}", err=True))
-    except ProcessError as err:
-        raise click.ClickException(str(err)) from None
-    except KeyboardInterrupt:
-        click.echo("m2a-pipe: interrupted", err=True)
-        sys.exit(130)
+    base = ProcessConfig.from_file(config_file) if config_file else ProcessConfig()
+    config = base.updated(**options)
+    ray_config = RayConfig().updated(**ray_options) if use_ray else None
+    summary = process(list(inputs), output, config, ray=ray_config, quiet=quiet,
+                      log=lambda msg: click.echo(f"m2a-pipe: {msg}", err=True))
     click.echo(summary.table())
     if json_path:
         with open(json_path, "w") as f:

@@ -1,7 +1,7 @@
 """Everything after the model for one video: instances, tracking, events and the writers.
 
 A :class:`VideoSink` receives the frames of one video **in order** with their
-:class:`~m2a_pipe.runtime.model_stage.FrameMaps` and writes the video's output folder:
+:class:`~m2a_pipe.inference.stage.FrameMaps` and writes the video's output folder:
 
     per frame: frame scores -> instances (connected components of the thresholded map, or
                the mined unknown instances of open-set panoptic segmentation)
@@ -25,14 +25,14 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from m2a_pipe.events import Event, EventBuilder, EventConfig, TracksCsvWriter, draw_timeline, write_events
-from m2a_pipe.instances import anomaly_instances, scored_instance
+from m2a_pipe.inference.instances import anomaly_instances, scored_instance
+from m2a_pipe.inference.stage import FrameMaps
 from m2a_pipe.io.hdf5_writer import ScoresWriter
+from m2a_pipe.io.layout import OVERLAY_FILE, SCORES_FILE, SUMMARY_FILE, TIMELINE_FILE, TRACKS_FILE
 from m2a_pipe.io.video_writer import VideoWriter
-from m2a_pipe.layout import OVERLAY_FILE, SCORES_FILE, SUMMARY_FILE, TIMELINE_FILE, TRACKS_FILE
-from m2a_pipe.render import overlay, timecode
-from m2a_pipe.runtime.model_stage import FrameMaps
-from m2a_pipe.tracking import Tracker, TrackerConfig
+from m2a_pipe.video.events import Event, EventBuilder, EventConfig, TracksCsvWriter, draw_timeline, write_events
+from m2a_pipe.video.render import overlay, timecode
+from m2a_pipe.video.tracking import Tracker, TrackerConfig
 
 SCORE_PERCENTILE = 99.0
 
@@ -71,7 +71,7 @@ class VideoSink:
     Args:
         workdir: the (temporary) output folder, created by the caller.
         settings: :class:`SinkSettings`.
-        config: the run's :class:`~m2a_pipe.process_config.ProcessConfig`.
+        config: the run's :class:`~m2a_pipe.pipeline.config.ProcessConfig`.
         attrs: root attributes of ``scores.h5`` (source, fingerprint, weights, ...).
     """
 

@@ -9,7 +9,7 @@
 
 Steps: discover the inputs (files, folders, globs, manifests), load the weights once, then
 for every video not already complete: open it, run it through the local runner (or the Ray
-runner, :mod:`m2a_pipe.runtime.ray_runner`), and rename its outputs into place. A bad input
+runner, :mod:`m2a_pipe.pipeline.ray_runner`), and rename its outputs into place. A bad input
 is one line in the log, a failed entry in the summary and a line in ``OUT/failures.jsonl``;
 the other inputs go on. Ctrl-C removes the temporary folders of the videos in progress,
 keeps the finished ones, and raises KeyboardInterrupt after the summary is logged.
@@ -24,21 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import torch
 from tqdm import tqdm
 
-from m2a_pipe.config import ConfigError
+from m2a_pipe.inference.stage import ModelStage
 from m2a_pipe.io.inputs import InputError, VideoInput, discover
-from m2a_pipe.layout import FAILURES_FILE
-from m2a_pipe.process_config import DEFAULT_THRESHOLD, ProcessConfig, RayConfig
-from m2a_pipe.runtime.model_stage import ModelStage
-from m2a_pipe.runtime.video_job import ModelInfo, VideoJob, VideoResult, is_complete
-
-CUDA_BATCH = 8
-
-
-class ProcessError(RuntimeError):
-    """The run cannot start (weights, output folder, device): one line, nothing written."""
+from m2a_pipe.io.layout import FAILURES_FILE
+from m2a_pipe.pipeline.config import ProcessConfig, ProcessError, RayConfig
+from m2a_pipe.pipeline.job import ModelInfo, VideoJob, VideoResult, is_complete
+from m2a_pipe.pipeline.model import load_checked_model, load_stage, prepare_runtime
+from m2a_pipe.settings import default_batch_size
 
 
 @dataclass
@@ -78,72 +72,6 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda[:i]`` must exist."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ProcessError(f"--device {device!r}: not a device (auto, cpu, cuda, cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ProcessError(f"--device {device}: CUDA is not available on this machine")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ProcessError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
-    return dev
-
-
-def prepare_runtime(config: ProcessConfig) -> tuple[ProcessConfig, torch.device]:
-    """Resolve the device, set torch's CPU threads, and resolve the automatic settings that
-    depend on the device (``overlay_threads`` 0 -> 1 when the model runs on the CPU)."""
-    device = resolve_device(config.device)
-    if config.threads is not None and device.type == "cpu":
-        torch.set_num_threads(config.threads)
-    config = config.for_device(device.type)
-    return config, device
-
-
-def load_checked_model(config: ProcessConfig) -> tuple[Any, ModelInfo]:
-    """Load and verify the weights of ``config``: (model on the CPU, :class:`ModelInfo`).
-
-    The file's sha256 must match the registry's when the weights are registered; the
-    threshold comes from the option, else the file's ``anomaly_threshold`` metadata.
-    Raises ProcessError (one line naming the weights).
-    """
-    from m2a_pipe.model.checkpoint import CheckpointError, load_model, read_metadata, sha256_file
-    from m2a_pipe.model.registry import WeightsError, expected_sha256, resolve
-
-    try:
-        path = resolve(config.weights)
-        sha = sha256_file(path)
-        expected = expected_sha256(config.weights)
-        if expected and expected != sha:
-            raise ProcessError(f"weights {config.weights} ({path}): sha256 {sha[:12]}... differs from the "
-                               f"registered {expected[:12]}...; the file is damaged or replaced")
-        meta: dict[str, Any] = {}
-        if path.suffix.lower() == ".safetensors":
-            _, meta = read_metadata(path)
-        model = load_model(path if expected is None else config.weights)
-    except (WeightsError, CheckpointError, ConfigError, OSError) as err:
-        raise ProcessError(f"weights {config.weights}: {str(err).splitlines()[0]}") from None
-    threshold = config.threshold
-    if threshold is None:
-        threshold = float(meta.get("anomaly_threshold", DEFAULT_THRESHOLD))
-    return model, ModelInfo(weights=str(config.weights), sha256=sha, config=model.config, threshold=threshold)
-
-
-def make_stage(model: Any, config: ProcessConfig, device: torch.device | str) -> ModelStage:
-    """The :class:`ModelStage` of ``config`` (score, flip, map stride, instance mode) around ``model``."""
-    return ModelStage(model, device, score=config.effective_score, flip=config.flip, map_stride=config.map_stride,
-                      mine_unknown=config.instances == "panoptic", min_area_fraction=config.min_area_fraction)
-
-
-def load_stage(config: ProcessConfig, device: torch.device) -> tuple[ModelStage, ModelInfo]:
-    """Load and verify the weights, build the model stage. Raises ProcessError (one line)."""
-    model, info = load_checked_model(config)
-    return make_stage(model, config, device), info
-
-
 def _check_output(output: Path) -> None:
     try:
         output.mkdir(parents=True, exist_ok=True)
@@ -164,7 +92,7 @@ def process(inputs: str | os.PathLike | Iterable[str | os.PathLike], output: str
         inputs: a path, folder, glob or manifest, or several.
         output: OUT; each video's folder mirrors its place in the input tree.
         config: settings (default :class:`ProcessConfig`); ``options`` override its fields.
-        ray: run on Ray with these settings (:mod:`m2a_pipe.runtime.ray_runner`) instead of
+        ray: run on Ray with these settings (:mod:`m2a_pipe.pipeline.ray_runner`) instead of
             the local runner; the outputs are the same.
         quiet: no progress bars.
         log: where one-line messages go (default: tqdm.write to stderr, unless quiet).
@@ -247,7 +175,7 @@ def _process_locally(todo: list[VideoInput], output: Path, config: ProcessConfig
                      on_batch: Callable[[VideoInput, int], None] | None) -> None:
     config, device = prepare_runtime(config)
     stage, model_info = load_stage(config, device)
-    batch = config.batch_size or (CUDA_BATCH if device.type == "cuda" else 1)
+    batch = config.batch_size or default_batch_size(device.type)
     for video in todo:
         finished(_run_one(video, output, config, stage, model_info, batch, quiet, on_batch))
 
@@ -255,7 +183,7 @@ def _process_locally(todo: list[VideoInput], output: Path, config: ProcessConfig
 def _process_on_ray(todo: list[VideoInput], output: Path, config: ProcessConfig, ray_config: RayConfig,
                     finished: Callable[[VideoResult], None], log: Callable[[str], None]) -> None:
     try:
-        from m2a_pipe.runtime.ray_runner import PoolError, run_on_ray
+        from m2a_pipe.pipeline.ray_runner import PoolError, run_on_ray
     except ImportError as err:
         raise ProcessError(f"--ray: cannot import Ray ({err}); pip install 'ray>=2.9'") from None
     model, model_info = load_checked_model(config)
@@ -270,7 +198,7 @@ def _process_on_ray(todo: list[VideoInput], output: Path, config: ProcessConfig,
 
 def _run_one(video: VideoInput, output: Path, config: ProcessConfig, stage: ModelStage, model_info: ModelInfo,
              batch: int, quiet: bool, on_batch: Callable[[VideoInput, int], None] | None) -> VideoResult:
-    from m2a_pipe.runtime.local import run_video
+    from m2a_pipe.pipeline.local import run_video
 
     bar = tqdm(total=0, desc=video.rel, unit="frame", disable=quiet, leave=False, position=0)
 

@@ -7,7 +7,7 @@
     writer thread:  VideoSink (instances, tracker, events, HDF5, overlay encoding)
 
 The model is anything with ``map_batches``: the local runner's
-:class:`~m2a_pipe.runtime.model_stage.ModelStage` (one batch at a time, in this process) or
+:class:`~m2a_pipe.inference.stage.ModelStage` (one batch at a time, in this process) or
 the Ray runner's pool client (several batches in flight on remote replicas, results in order).
 
 The queues hold at most ``queue_size`` items each, so memory is flat however long the video,
@@ -24,10 +24,10 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
+from m2a_pipe.inference.stage import FrameMaps
 from m2a_pipe.io.inputs import VideoInput
 from m2a_pipe.io.video_reader import VideoError
-from m2a_pipe.runtime.model_stage import FrameMaps
-from m2a_pipe.runtime.video_job import ModelInfo, VideoJob, VideoResult
+from m2a_pipe.pipeline.job import ModelInfo, VideoJob, VideoResult
 
 Frame = tuple[int, float, np.ndarray]
 """(source index, pts in seconds, (h, w, 3) uint8 network-input image)."""

@@ -6,7 +6,7 @@ the anomalous area: about 1 ms for a 1024x512 frame with a few small blobs, ~3 m
 
 Coordinates: the anomaly map may have any resolution (h, w); it is resized to the frame (H, W)
 with cv2 bilinear interpolation (pixel centres aligned). Instances are given in the **map's**
-pixel coordinates (as :func:`m2a_pipe.instances.anomaly_instances` makes them) and scaled by
+pixel coordinates (as :func:`m2a_pipe.inference.instances.anomaly_instances` makes them) and scaled by
 ``(W / w, H / h)``: map pixel column ``x`` covers image columns ``[x * W / w, (x + 1) * W / w)``.
 """
 
@@ -19,7 +19,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from m2a_pipe.instances import Instance
+from m2a_pipe.inference.instances import Instance
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _GOLDEN_RATIO = 0.618033988749895

@@ -1,15 +1,14 @@
-"""Instances from per-pixel maps: anomaly blobs, unknown-instance mining, open-set panoptic.
+"""Open-set panoptic segmentation: the background region (Eq. 15), unknown-instance mining
+(Sec. 6.3) and the panoptic map of the known queries plus the mined unknowns.
 
-* :func:`anomaly_instances` -- 8-connected blobs of a thresholded anomaly map, the per-frame
-  detections the video tracker consumes.
 * :func:`background_region` (Eq. 15) and :func:`mine_unknown_instances` (Sec. 6.3) -- the
-  paper's open-set panoptic recipe for finding unknown *things* in the background.
+  paper's recipe for finding unknown *things* in the background.
 * :func:`open_set_panoptic` -- Mask2Former panoptic inference over the known queries, with the
   mined unknown instances added under the unknown category K.
 
 Host-side (numpy/scipy) except :func:`background_region`, which is torch on any device.
-Boxes are ``(x0, y0, x1, y1)`` in pixels with **exclusive** ``x1, y1`` (slice bounds: width is
-``x1 - x0``); each instance keeps a boolean mask cropped to its box.
+Boxes are ``(x0, y0, x1, y1)`` with exclusive ``x1, y1``, as in
+:mod:`m2a_pipe.inference.instances`.
 """
 
 from __future__ import annotations
@@ -19,26 +18,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from scipy import ndimage
 
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
-
-
-@dataclass(frozen=True)
-class Instance:
-    """One 8-connected anomalous region of a score map.
-
-    ``bbox`` is (x0, y0, x1, y1), x1/y1 exclusive; ``mask`` is (y1-y0, x1-x0) bool, the
-    region inside its box; ``centroid`` is (x, y), the mean pixel index; ``peak_score`` and
-    ``mean_score`` are the max and mean of the score map over the region.
-    """
-
-    bbox: tuple[int, int, int, int]
-    area: int
-    peak_score: float
-    mean_score: float
-    centroid: tuple[float, float]
-    mask: np.ndarray
+from m2a_pipe.inference.instances import components, full_mask, to_numpy
 
 
 @dataclass(frozen=True)
@@ -58,77 +39,6 @@ class UnknownInstance:
     thing_entropy: float
     mask: np.ndarray
 
-
-def full_mask(inst: Instance | UnknownInstance, shape: tuple[int, int]) -> np.ndarray:
-    """The instance's (H, W) bool mask in a frame of ``shape``."""
-    out = np.zeros(shape, dtype=bool)
-    x0, y0, x1, y1 = inst.bbox
-    out[y0:y1, x0:x1] = inst.mask
-    return out
-
-
-def _to_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _components(binary: np.ndarray, min_area: int):
-    """Yield (bbox, local bool mask, slices) of the 8-connected components of ``binary``
-    with at least ``min_area`` pixels, in label (raster-scan) order."""
-    labels, n = ndimage.label(binary, structure=_EIGHT_CONNECTED)
-    if n == 0:
-        return
-    areas = np.bincount(labels.ravel(), minlength=n + 1)
-    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
-        if sl is None or areas[i] < min_area:
-            continue
-        local = labels[sl] == i
-        bbox = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
-        yield bbox, local, sl
-
-
-# --------------------------------------------------------------------------------------
-# Anomaly blobs for the video pipeline
-# --------------------------------------------------------------------------------------
-
-
-def anomaly_instances(score_map: np.ndarray | torch.Tensor, threshold: float,
-                      min_area: int = 1) -> list[Instance]:
-    """8-connected components of ``score_map >= threshold`` with at least ``min_area`` pixels.
-
-    Host-side. Args: ``score_map`` (H, W) float (numpy, or a tensor that is copied to the
-    host), typically a 1/4-resolution anomaly map. Returns instances in raster-scan order of
-    their first pixel; NaN scores never pass the threshold.
-    """
-    scores = _to_numpy(score_map)
-    if scores.ndim != 2:
-        raise ValueError(f"score_map must be (H, W), got {scores.shape}")
-    out = []
-    for bbox, local, sl in _components(scores >= threshold, min_area):
-        vals = scores[sl][local]
-        ys, xs = np.nonzero(local)
-        out.append(Instance(
-            bbox=tuple(int(v) for v in bbox),
-            area=int(local.sum()),
-            peak_score=float(vals.max()),
-            mean_score=float(vals.mean()),
-            centroid=(float(xs.mean() + bbox[0]), float(ys.mean() + bbox[1])),
-            mask=local,
-        ))
-    return out
-
-
-def scored_instance(region: Instance | UnknownInstance, score_map: np.ndarray) -> Instance:
-    """An :class:`Instance` of ``region`` (its box and mask) scored on ``score_map`` (H, W)
-    float, as :func:`anomaly_instances` scores a component: how mined unknown instances are
-    tracked and ranked like the components."""
-    x0, y0, x1, y1 = region.bbox
-    vals = np.asarray(score_map)[y0:y1, x0:x1][region.mask]
-    ys, xs = np.nonzero(region.mask)
-    return Instance(bbox=region.bbox, area=int(region.mask.sum()), peak_score=float(vals.max()),
-                    mean_score=float(vals.mean()), centroid=(float(xs.mean() + x0), float(ys.mean() + y0)),
-                    mask=region.mask)
 
 
 # --------------------------------------------------------------------------------------
@@ -208,15 +118,15 @@ def mine_unknown_instances(background: np.ndarray | torch.Tensor, pred_logits: n
 
     Returns: the unknown instances in raster-scan order of their first pixel.
     """
-    bg = _to_numpy(background)
-    logits = torch.as_tensor(_to_numpy(pred_logits), dtype=torch.float64)
+    bg = to_numpy(background)
+    logits = torch.as_tensor(to_numpy(pred_logits), dtype=torch.float64)
     probs = logits.softmax(dim=-1)[:, :-1].numpy()
-    masks = _to_numpy(pred_masks) > 0  # sigmoid(m) > 0.5  <=>  m > 0
+    masks = to_numpy(pred_masks) > 0  # sigmoid(m) > 0.5  <=>  m > 0
     if masks.shape[1:] != bg.shape:
         raise ValueError(f"masks {masks.shape[1:]} and background {bg.shape} differ in size")
     mask_areas = masks.reshape(masks.shape[0], -1).sum(axis=1)
     out = []
-    for bbox, local, sl in _components(bg > bg_threshold, min_area):
+    for bbox, local, sl in components(bg > bg_threshold, min_area):
         area = int(local.sum())
         inter = masks[(slice(None),) + sl][:, local].sum(axis=1)  # (Q,)
         iou = inter / np.maximum(area + mask_areas - inter, 1)

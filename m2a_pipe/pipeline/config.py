@@ -13,12 +13,21 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from m2a_pipe.config import ConfigError
-from m2a_pipe.runtime.model_stage import SCORE_NAMES
+from m2a_pipe.errors import M2AError
+from m2a_pipe.settings import (
+    DEFAULT_MAP_STRIDE,
+    DEFAULT_MAX_MISSES,
+    DEFAULT_MIN_HITS,
+    DEFAULT_SCORE,
+    EVENT_MODES,
+    INSTANCE_MODES,
+    MAP_STRIDES,
+    SCORE_NAMES,
+)
 
-INSTANCE_MODES = ("components", "panoptic")
-EVENT_MODES = ("tracks", "frames")
-DEFAULT_THRESHOLD = 0.5
-"""Anomalous-pixel threshold when neither the option nor the weights' metadata gives one."""
+
+class ProcessError(M2AError):
+    """The run cannot start (weights, output folder, inputs): one line, nothing written."""
 
 
 def _updated(config: Any, changes: Mapping[str, Any]) -> Any:
@@ -39,7 +48,7 @@ class ProcessConfig:
     which a file is declared broken).
 
     Post-processing: ``threshold`` (anomalous pixels; None = the weights' metadata
-    ``anomaly_threshold``, else :data:`DEFAULT_THRESHOLD`), ``min_area_fraction`` (smallest
+    ``anomaly_threshold``, else :data:`m2a_pipe.settings.DEFAULT_THRESHOLD`), ``min_area_fraction`` (smallest
     instance, as a fraction of the frame), ``instances`` (``components``: connected components
     of the thresholded map; ``panoptic``: the unknown instances of open-set panoptic
     segmentation, mined from the background region, Eq. 15 and Sec. 6.3), tracker ``min_hits`` / ``max_misses``, events
@@ -56,10 +65,10 @@ class ProcessConfig:
     device: str = "auto"
     batch_size: int | None = None
     short_side: int | None = None
-    score: str = "official"
+    score: str = DEFAULT_SCORE
     refine: bool = True
     flip: bool = False
-    map_stride: int = 4
+    map_stride: int = DEFAULT_MAP_STRIDE
     threads: int | None = None
     sample_fps: float | None = None
     stride: int = 1
@@ -67,8 +76,8 @@ class ProcessConfig:
     threshold: float | None = None
     min_area_fraction: float = 0.0005
     instances: str = "components"
-    min_hits: int = 3
-    max_misses: int = 5
+    min_hits: int = DEFAULT_MIN_HITS
+    max_misses: int = DEFAULT_MAX_MISSES
     event_mode: str = "tracks"
     event_min_duration_s: float = 0.5
     event_min_score: float | None = None
@@ -90,8 +99,8 @@ class ProcessConfig:
             raise bad("batch_size", f"must be >= 1, got {self.batch_size}")
         if self.short_side is not None and self.short_side < 32:
             raise bad("short_side", f"must be >= 32, got {self.short_side}")
-        if self.map_stride not in (1, 2, 4):
-            raise bad("map_stride", f"must be 1, 2 or 4, got {self.map_stride}")
+        if self.map_stride not in MAP_STRIDES:
+            raise bad("map_stride", f"must be one of {MAP_STRIDES}, got {self.map_stride}")
         if self.sample_fps is not None and not self.sample_fps > 0:
             raise bad("sample_fps", f"must be > 0, got {self.sample_fps}")
         if self.stride < 1:

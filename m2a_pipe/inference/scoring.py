@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from m2a_pipe.settings import BOUNDED_SCORES
+
 # --------------------------------------------------------------------------------------
 # Marginalisation (Eq. 3) and resampling
 # --------------------------------------------------------------------------------------
@@ -267,8 +269,6 @@ SCORES: dict[str, ScoreFn] = {
 """Anomaly scores by name; each maps (B,Q,K+1) logits and (B,Q,H,W) mask logits to (B,H,W)
 at the masks' resolution, higher = more anomalous."""
 
-BOUNDED_SCORES = ("official", "msp")
-"""Scores computed from :func:`semantic_probs` (Eq. 5, with Eq. 13 for official): values in [0, 1]."""
 
 
 def grid_anomaly(name: str, pred_logits: torch.Tensor, pred_masks: torch.Tensor, refine_ids: Sequence[int],

@@ -10,9 +10,9 @@ as the design brief asks ("everything after the model works on 1/4-resolution ma
 
 * ``score="official"``: Eq. 5 refined by Eq. 13 with the official rule (the refinement
   applies when at least two confident queries of the refinement classes exist), evaluated at
-  the map resolution by :func:`m2a_pipe.scoring.refinement_mask`;
+  the map resolution by :func:`m2a_pipe.inference.scoring.refinement_mask`;
 * ``score="msp"``: Eq. 5 alone; ``rba``, ``max_logit``, ``energy``, ``entropy``: the
-  follow-up scores of :data:`m2a_pipe.scoring.SCORES`.
+  follow-up scores of :data:`m2a_pipe.inference.scoring.SCORES`.
 
 ``map_stride=1`` upsamples the mask logits to the full network input first (the official
 evaluation's resolution, 16x the work of the post-processing).
@@ -28,15 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from m2a_pipe.config import ModelConfig
-from m2a_pipe.instances import UnknownInstance, background_region, mine_unknown_instances
+from m2a_pipe.inference.panoptic import UnknownInstance, background_region, mine_unknown_instances
+from m2a_pipe.inference.preprocess import normalize_and_pad, resize_uint8, shortest_edge_size
+from m2a_pipe.inference.scoring import grid_anomaly, semantic_probs
 from m2a_pipe.model.mask2anomaly import Mask2Anomaly
-from m2a_pipe.preprocess import normalize_and_pad, resize_uint8, shortest_edge_size
-from m2a_pipe.scoring import BOUNDED_SCORES, SCORES, grid_anomaly, semantic_probs
-
-MASK_STRIDE = 4
-"""The mask logits of Mask2Former are at 1/4 of the padded input."""
-
-SCORE_NAMES = ("official", *SCORES)
+from m2a_pipe.settings import BOUNDED_SCORES, MAP_STRIDES, MASK_STRIDE, SCORE_NAMES
 
 
 @dataclass(frozen=True)
@@ -90,8 +86,8 @@ class ModelStage:
                  mine_unknown: bool = False, min_area_fraction: float = 0.0) -> None:
         if score not in SCORE_NAMES:
             raise ValueError(f"unknown score {score!r}; known: {', '.join(SCORE_NAMES)}")
-        if map_stride not in (1, 2, 4):
-            raise ValueError(f"map_stride must be 1, 2 or 4, got {map_stride}")
+        if map_stride not in MAP_STRIDES:
+            raise ValueError(f"map_stride must be one of {MAP_STRIDES}, got {map_stride}")
         self.device = torch.device(device)
         self.model = model.to(self.device).prepare_for_inference(channels_last=True)
         self.config: ModelConfig = model.config
@@ -126,7 +122,7 @@ class ModelStage:
 
     def map_batches(self, batches: Iterable[list[tuple]]) -> Iterator[tuple[list[tuple], list[FrameMaps]]]:
         """(batch, maps) for each batch of (index, pts, image) frames, one at a time in this
-        process (the local runner's model; see :func:`m2a_pipe.runtime.local.run_job`)."""
+        process (the local runner's model; see :func:`m2a_pipe.pipeline.local.run_job`)."""
         for batch in batches:
             yield batch, self([frame[-1] for frame in batch])
 

@@ -1,6 +1,6 @@
 """``m2a-pipe mine`` and ``m2a-pipe clip``: parse and delegate to :mod:`m2a_pipe.mining`.
 
-Every user error ends in one ``Error: ...`` line (click.ClickException), never a traceback.
+Torch-free: both commands start without the model stack.
 """
 
 from __future__ import annotations
@@ -32,14 +32,11 @@ def mine_cmd(out_root: str, top: int, min_score: float | None, min_duration: flo
     writes REPORT_DIR/events.csv (every event, ranked), contact_sheet.jpg and report.html.
     Ranking: peak score, then duration, then largest area, all highest first.
     """
-    from m2a_pipe.mining.miner import MineError, mine
+    from m2a_pipe.mining.miner import mine
 
     log = None if quiet else (lambda line: click.echo(f"m2a-pipe: {line}", err=True))
-    try:
-        result = mine(out_root, report_dir, top=top, min_score=min_score, min_duration=min_duration, clips=clips,
-                      include_partial=include_partial, log=log)
-    except MineError as err:
-        raise click.ClickException(str(err)) from None
+    result = mine(out_root, report_dir, top=top, min_score=min_score, min_duration=min_duration, clips=clips,
+                  include_partial=include_partial, log=log)
     click.echo(result.summary())
 
 
@@ -63,16 +60,13 @@ def clip_cmd(video_out: str, event_id: int, before: float, after: float, use_ove
     """
     from pathlib import Path
 
-    from m2a_pipe.mining.clips import ClipError, cut_clip
+    from m2a_pipe.mining.clips import cut_clip
 
     use = "auto" if use_overlay is None else ("overlay" if use_overlay else "source")
     folder = Path(video_out)
     suffix = "_overlay" if use == "overlay" else ""
     target = Path(output) if output else Path(f"{folder.resolve().name}_event_{event_id:04d}{suffix}.mp4")
-    try:
-        result = cut_clip(folder, event_id, target, before=before, after=after, use=use)
-    except ClipError as err:
-        raise click.ClickException(str(err)) from None
+    result = cut_clip(folder, event_id, target, before=before, after=after, use=use)
     if result.note:
         click.echo(f"m2a-pipe: {result.note}", err=True)
     click.echo(f"wrote {result.path}: {result.n_frames} frames from the {result.kind} "

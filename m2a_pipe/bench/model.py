@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from m2a_pipe.config import ModelConfig
-from m2a_pipe.inference import full_resolution_semantic
+from m2a_pipe.inference.predictor import full_resolution_semantic
+from m2a_pipe.inference.scoring import official_semantic_inference
 from m2a_pipe.model.mask2anomaly import build_model
 from m2a_pipe.model.ms_deform_attn import MSDeformAttn
-from m2a_pipe.scoring import official_semantic_inference
 
 STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "semantic_inference")
 

@@ -27,10 +27,11 @@ from typing import Any
 
 import torch
 
+from m2a_pipe.inference.stage import network_input_size, prepare_frame
 from m2a_pipe.io.inputs import VideoInput
 from m2a_pipe.io.video_reader import VideoReader
-from m2a_pipe.process_config import ProcessConfig
-from m2a_pipe.runtime.model_stage import network_input_size, prepare_frame
+from m2a_pipe.pipeline.config import ProcessConfig
+from m2a_pipe.settings import default_batch_size
 
 DEFAULT_VIDEO = Path(__file__).resolve().parent.parent / "examples" / "drive.mp4"
 
@@ -65,15 +66,15 @@ def _peak_rss_mb() -> float:
 
 def bench_pipeline(video: str | Path, config: ProcessConfig | None = None) -> PipelineBench:
     """Measure one video (see the module docstring)."""
-    from m2a_pipe.pipeline import load_stage, prepare_runtime
-    from m2a_pipe.runtime.local import run_job
-    from m2a_pipe.runtime.video_job import VideoJob
+    from m2a_pipe.pipeline.job import VideoJob
+    from m2a_pipe.pipeline.local import run_job
+    from m2a_pipe.pipeline.model import load_stage, prepare_runtime
 
     config = (config or ProcessConfig()).updated(overwrite=True)
     video = Path(video).resolve()
     config, device = prepare_runtime(config)
     stage, info = load_stage(config, device)
-    batch = config.batch_size or (8 if device.type == "cuda" else 1)
+    batch = config.batch_size or default_batch_size(device.type)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     with VideoReader(video, sample_fps=config.sample_fps, stride=config.stride) as reader:

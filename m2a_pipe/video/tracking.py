@@ -39,7 +39,7 @@ from typing import Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from m2a_pipe.instances import Instance
+from m2a_pipe.inference.instances import Instance
 
 _UNMATCHABLE = 1e9  # cost given to gated pairs so the assignment avoids them
 _MIN_SIZE_PX = 1.0  # predicted boxes never shrink below one pixel

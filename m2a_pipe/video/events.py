@@ -28,10 +28,10 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from m2a_pipe.instances import Instance
-from m2a_pipe.layout import EVENTS_FILE, THUMBS_DIR
+from m2a_pipe.inference.instances import Instance
+from m2a_pipe.io.layout import EVENTS_FILE, THUMBS_DIR
+from m2a_pipe.settings import EVENT_MODES
 
-EVENT_MODES = ("tracks", "frames")
 JPEG_QUALITY = 90
 _DURATION_EPS_S = 1e-6  # float slack when comparing durations with the minimum
 

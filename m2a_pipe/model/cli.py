@@ -1,0 +1,159 @@
+"""``m2a-pipe weights``: list, inspect, convert, edit and verify weights. Parses and delegates
+to :mod:`m2a_pipe.model.registry`, :mod:`.checkpoint` and :mod:`.loading`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def _class_names(value: str | None) -> tuple[str, ...] | None:
+    """``A,B,C`` or a file with one name per line."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.is_file():
+        names = [line.strip() for line in path.read_text().splitlines()]
+    else:
+        names = [part.strip() for part in value.split(",")]
+    return tuple(name for name in names if name)
+
+
+@click.group()
+def weights() -> None:
+    """Known weights: list, inspect, convert official checkpoints, edit metadata, verify sha256."""
+
+
+@weights.command("list")
+def weights_list() -> None:
+    """Registered weights: name, file, present?, sha256 prefix, description."""
+    from m2a_pipe.model import registry
+
+    rows = [("NAME", "FILE", "PRESENT", "SHA256", "DESCRIPTION")]
+    for entry in registry.list_entries():
+        digest = entry.sha256[:12] if entry.sha256 else "(not built)"
+        rows.append((entry.name, str(entry.path), "yes" if entry.present else "no", digest, entry.description))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        click.echo("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[4]]).rstrip())
+
+
+@weights.command("info")
+@click.argument("weights_ref", metavar="NAME|PATH")
+@click.option("--config", "config_spec", metavar="CONFIG",
+              help="Preset or config JSON for .pth/.pkl files, which carry no config.")
+def weights_info(weights_ref: str, config_spec: str | None) -> None:
+    """Config summary, metadata, parameter count and sha256 of a weights file."""
+    from m2a_pipe.model import loading, registry
+
+    cfg = registry.resolve_config(config_spec) if config_spec else None
+    info = loading.describe(weights_ref, cfg)
+    click.echo(f"file        {info['path']}")
+    if info["name"]:
+        click.echo(f"name        {info['name']}")
+    click.echo(f"format      {info['format']}")
+    click.echo(f"size        {info['size_bytes']:,} bytes")
+    click.echo(f"sha256      {info['sha256']}")
+    if info["registered_sha256"]:
+        ok = "matches" if info["registered_sha256"] == info["sha256"] else "DIFFERS FROM"
+        click.echo(f"registered  {ok} the registered sha256")
+    click.echo(f"tensors     {info['num_tensors']} ({info['num_elements']:,} elements)")
+    cfg = info["config"]
+    if cfg is None:
+        click.echo("config      none stored (pass --config for a summary and parameter count)")
+    else:
+        bb, pd, dec = cfg.backbone, cfg.pixel_decoder, cfg.decoder
+        click.echo(f"parameters  {info['num_parameters']:,}")
+        click.echo(f"backbone    ResNet-{bb.depth} (norm {bb.norm}, res2 {bb.res2_out_channels} channels)")
+        click.echo(f"pixel dec.  conv_dim {pd.conv_dim}, mask_dim {pd.mask_dim}, "
+                   f"{pd.enc_layers} encoder layers, {pd.nheads} heads")
+        click.echo(f"decoder     hidden_dim {dec.hidden_dim}, {dec.num_queries} queries, "
+                   f"{dec.num_layers} layers (dec_layers {dec.dec_layers}), {dec.nheads} heads, "
+                   f"ffn {dec.dim_feedforward}, attention {dec.attention}")
+        click.echo(f"classes     {cfg.num_classes}: {', '.join(cfg.class_names)}")
+        click.echo(f"thing ids   {list(cfg.thing_ids)}")
+    for key, value in sorted(info["metadata"].items()):
+        click.echo(f"meta.{key}  {json.dumps(value, sort_keys=True)}")
+
+
+@weights.command("convert")
+@click.argument("src", metavar="SRC.pth|SRC.pkl")
+@click.option("--config", "config_spec", required=True, metavar="CONFIG",
+              help="Preset name, reference config.json, or JSON of ModelConfig.to_dict.")
+@click.option("-o", "--output", required=True, metavar="OUT.safetensors",
+              help="The safetensors file to write.")
+@click.option("--class-names", default=None, metavar="A,B,...|FILE",
+              help="Class names (comma-separated, or a file with one per line); same count as the config.")
+def weights_convert(src: str, config_spec: str, output: str, class_names: str | None) -> None:
+    """Load an official checkpoint strictly and save it as safetensors with its config."""
+    from m2a_pipe.model import checkpoint, loading, registry
+
+    cfg = registry.resolve_config(config_spec, class_names=_class_names(class_names))
+    path = loading.convert_checkpoint(src, cfg, output)
+    digest = checkpoint.sha256_file(path)
+    click.echo(f"wrote {path}")
+    click.echo(f"sha256 {digest}")
+
+
+def _meta_entry(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict:
+    out = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE")
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw  # a bare word is a string
+    return out
+
+
+@weights.command("set")
+@click.argument("weights_ref", metavar="NAME|PATH")
+@click.option("-o", "--output", required=True, metavar="OUT.safetensors",
+              help="The file to write (may be the input: it is replaced atomically).")
+@click.option("--test-size", default=None, metavar="SHORT,LONG",
+              help="Inference resize: short side, long-side cap (min_size_test, max_size_test).")
+@click.option("--threshold", type=float, default=None, help="The stored anomaly_threshold.")
+@click.option("--meta", "meta", multiple=True, callback=_meta_entry, metavar="KEY=JSON",
+              help="Set a metadata entry (JSON, or a bare string); repeatable.")
+@click.option("--drop-meta", multiple=True, metavar="KEY", help="Remove a metadata entry; repeatable.")
+def weights_set(weights_ref: str, output: str, test_size: str | None, threshold: float | None, meta: dict,
+                drop_meta: tuple[str, ...]) -> None:
+    """Copy a weights file with a new test size, threshold or metadata; tensors unchanged."""
+    from m2a_pipe.model import checkpoint, registry
+
+    changes = {}
+    if test_size is not None:
+        try:
+            short, long = (int(v) for v in test_size.split(","))
+            if not 1 <= short <= long:
+                raise ValueError
+        except ValueError:
+            raise click.BadParameter(f"{test_size!r} is not SHORT,LONG with 1 <= SHORT <= LONG (e.g. 256,512)",
+                                     param_hint="--test-size") from None
+        changes["preprocess"] = {"min_size_test": short, "max_size_test": long}
+    if threshold is not None:
+        meta = {**meta, "anomaly_threshold": threshold}
+    path = checkpoint.rewrite_weights(registry.resolve(weights_ref), output, config_changes=changes,
+                                      metadata=meta, drop=drop_meta)
+    digest = checkpoint.sha256_file(path)
+    click.echo(f"wrote {path}")
+    click.echo(f"sha256 {digest}")
+
+
+@weights.command("verify")
+@click.argument("weights_ref", metavar="NAME|PATH")
+@click.option("--sha256", "expected", default=None, metavar="HEX",
+              help="Expected sha256 (default: the registered one).")
+def weights_verify(weights_ref: str, expected: str | None) -> None:
+    """Recompute a file's sha256 and compare; exit 1 on mismatch."""
+    from m2a_pipe.model import registry
+    from m2a_pipe.model.registry import WeightsError
+
+    result = registry.check_sha256(weights_ref, expected)
+    if not result.ok:
+        raise WeightsError(f"{result.path}: sha256 mismatch: expected {result.expected}, got {result.actual}")
+    click.echo(f"OK {result.path} sha256 {result.actual}")

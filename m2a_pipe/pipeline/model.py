@@ -1,0 +1,71 @@
+"""The model side of a run: the device, the verified weights and the model stage.
+
+Both runners start here: the local runner builds one :class:`ModelStage` in this process,
+the Ray runner loads the weights once here and each inference actor builds its stage from
+them with :func:`make_stage`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from m2a_pipe.config import ConfigError
+from m2a_pipe.inference.device import resolve_device
+from m2a_pipe.inference.stage import ModelStage
+from m2a_pipe.pipeline.config import ProcessConfig, ProcessError
+from m2a_pipe.pipeline.job import ModelInfo
+from m2a_pipe.settings import DEFAULT_THRESHOLD
+
+
+def prepare_runtime(config: ProcessConfig) -> tuple[ProcessConfig, torch.device]:
+    """Resolve the device, set torch's CPU threads, and resolve the automatic settings that
+    depend on the device (``overlay_threads`` 0 -> 1 when the model runs on the CPU)."""
+    device = resolve_device(config.device)
+    if config.threads is not None and device.type == "cpu":
+        torch.set_num_threads(config.threads)
+    config = config.for_device(device.type)
+    return config, device
+
+
+def load_checked_model(config: ProcessConfig) -> tuple[Any, ModelInfo]:
+    """Load and verify the weights of ``config``: (model on the CPU, :class:`ModelInfo`).
+
+    The file's sha256 must match the registry's when the weights are registered; the
+    threshold comes from the option, else the file's ``anomaly_threshold`` metadata.
+    Raises ProcessError (one line naming the weights).
+    """
+    from m2a_pipe.model.checkpoint import CheckpointError, read_metadata, sha256_file
+    from m2a_pipe.model.loading import load_model
+    from m2a_pipe.model.registry import WeightsError, expected_sha256, resolve
+
+    try:
+        path = resolve(config.weights)
+        sha = sha256_file(path)
+        expected = expected_sha256(config.weights)
+        if expected and expected != sha:
+            raise ProcessError(f"weights {config.weights} ({path}): sha256 {sha[:12]}... differs from the "
+                               f"registered {expected[:12]}...; the file is damaged or replaced")
+        meta: dict[str, Any] = {}
+        if path.suffix.lower() == ".safetensors":
+            _, meta = read_metadata(path)
+        model = load_model(path if expected is None else config.weights)
+    except (WeightsError, CheckpointError, ConfigError, OSError) as err:
+        raise ProcessError(f"weights {config.weights}: {str(err).splitlines()[0]}") from None
+    threshold = config.threshold
+    if threshold is None:
+        threshold = float(meta.get("anomaly_threshold", DEFAULT_THRESHOLD))
+    return model, ModelInfo(weights=str(config.weights), sha256=sha, config=model.config, threshold=threshold)
+
+
+def make_stage(model: Any, config: ProcessConfig, device: torch.device | str) -> ModelStage:
+    """The :class:`ModelStage` of ``config`` (score, flip, map stride, instance mode) around ``model``."""
+    return ModelStage(model, device, score=config.effective_score, flip=config.flip, map_stride=config.map_stride,
+                      mine_unknown=config.instances == "panoptic", min_area_fraction=config.min_area_fraction)
+
+
+def load_stage(config: ProcessConfig, device: torch.device) -> tuple[ModelStage, ModelInfo]:
+    """Load and verify the weights, build the model stage. Raises ProcessError (one line)."""
+    model, info = load_checked_model(config)
+    return make_stage(model, config, device), info

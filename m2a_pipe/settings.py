@@ -1,0 +1,53 @@
+"""One home for the settings the commands share: option lists, defaults, strides.
+
+Torch-free, so that the command line, configs and the light tools (``m2a-pipe mine``,
+``clip``) read them without the model stack. The modules that act on a setting import it
+from here; a test checks that the lists agree with the functions they name
+(:data:`SCORE_NAMES` with :data:`m2a_pipe.inference.scoring.SCORES`).
+"""
+
+from __future__ import annotations
+
+# -- the model's maps --------------------------------------------------------------------
+
+SCORE_NAMES = ("official", "msp", "rba", "max_logit", "energy", "entropy")
+"""Anomaly scores, higher = more anomalous: ``official`` = Eq. 5 refined by Eq. 13,
+``msp`` = Eq. 5 alone, then the follow-up literature's RbA, max-logit, energy, entropy."""
+BOUNDED_SCORES = ("official", "msp")
+"""Scores computed from the Eq. 3 class probabilities: values in [0, 1]."""
+DEFAULT_SCORE = "official"
+
+MASK_STRIDE = 4
+"""The mask logits of Mask2Former are at 1/4 of the padded network input."""
+MAP_STRIDES = (1, 2, 4)
+"""Resolutions of the score maps, as 1/N of the network input: 4 = the mask logits' own grid
+(the pipeline's default), 1 = the mask logits upsampled to the input first (the official
+evaluation)."""
+DEFAULT_MAP_STRIDE = MASK_STRIDE
+
+DEFAULT_THRESHOLD = 0.5
+"""Anomalous-pixel threshold when neither the option nor the weights' metadata gives one."""
+
+# -- devices and batches -----------------------------------------------------------------
+
+DEVICE_HELP = "auto, cpu, cuda or cuda:N"
+BATCH_SIZE_CPU = 1
+BATCH_SIZE_CUDA = 8
+"""Frames per model batch when the option is not given: 1 on a CPU (nothing to gain, more
+latency), 8 on a GPU (float16 autocast keeps 8 frames of 1080p well inside 16 GB)."""
+
+
+def default_batch_size(device_type: str) -> int:
+    """Frames per batch for a model on ``device_type`` (``cpu``, ``cuda``) when none is given."""
+    return BATCH_SIZE_CUDA if device_type == "cuda" else BATCH_SIZE_CPU
+
+
+# -- instances, tracks and events --------------------------------------------------------
+
+INSTANCE_MODES = ("components", "panoptic")
+"""``components``: connected components of the thresholded map; ``panoptic``: the unknown
+instances of open-set panoptic segmentation (Eq. 15, Sec. 6.3)."""
+EVENT_MODES = ("tracks", "frames")
+"""Events from confirmed tracks, or from runs of frames whose score passes the threshold."""
+DEFAULT_MIN_HITS = 3
+DEFAULT_MAX_MISSES = 5
