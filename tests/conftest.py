@@ -13,6 +13,31 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+ERROR_PREFIX = "m2a-pipe: error: "
+
+
+def run_cli(*args, **kwargs):
+    """``m2a-pipe ARGS`` through the real entry point (the root group, with its error handling),
+    in-process; stdout and stderr together in ``result.output``."""
+    from click.testing import CliRunner
+
+    from m2a_pipe.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], **kwargs)
+
+
+def assert_error_line(result, needle: str, exit_code: int = 1) -> str:
+    """The command failed with ``exit_code`` and one ``m2a-pipe: error: ...`` line holding
+    ``needle`` (a usage line before it is allowed for usage errors), no traceback."""
+    assert result.exit_code == exit_code, (result.exit_code, result.output)
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = [line for line in result.output.strip().splitlines() if not line.startswith(("Usage:", "Try "))]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith(ERROR_PREFIX) and needle in lines[0], result.output
+    return lines[0]
+
+
 def golden_path() -> Path:
     """``$M2A_GOLDEN_DIR``, else ``../shared/golden/golden_a`` next to the repository."""
     env = os.environ.get("M2A_GOLDEN_DIR")

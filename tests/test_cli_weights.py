@@ -6,10 +6,8 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
-from conftest import golden_path
+from conftest import assert_error_line, golden_path, run_cli
 
-from m2a_pipe.cli import cli
 from m2a_pipe.config import preset
 from m2a_pipe.model.checkpoint import load_weights, read_state_dict, sha256_file
 from m2a_pipe.model.mask2anomaly import build_model
@@ -17,16 +15,11 @@ from m2a_pipe.model.registry import REGISTRY, WeightsEntry, register
 
 
 def run(*args: str):
-    return CliRunner().invoke(cli, ["weights", *map(str, args)])
+    return run_cli("weights", *args)
 
 
-def assert_one_line_error(result, needle: str) -> None:
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("Error: ") and needle in lines[0], result.output
+def assert_one_line_error(result, needle: str, exit_code: int = 1) -> None:
+    assert_error_line(result, needle, exit_code)
 
 
 @pytest.fixture
@@ -118,7 +111,7 @@ def test_convert_with_wrong_config_names_keys_without_traceback(small_pth, tmp_p
     cfg_path.write_text(json.dumps(cfg.to_dict()))
     result = run("convert", src, "--config", cfg_path, "-o", out)
     assert result.exit_code != 0 and "Traceback" not in result.output
-    assert result.output.startswith("Error: ")
+    assert result.output.startswith("m2a-pipe: error: ") and result.exit_code == 1
     assert "mis-shaped: sem_seg_head.predictor.query_feat.weight expected [21, 64] got [20, 64]" in result.output
     assert not out.exists()
 
@@ -129,7 +122,8 @@ def test_convert_with_wrong_config_names_keys_without_traceback(small_pth, tmp_p
 ])
 def test_convert_bad_options(small_pth, tmp_path, args, needle):
     _, src = small_pth
-    assert_one_line_error(run("convert", src, *args, "-o", tmp_path / "x.safetensors"), needle)
+    # a bad --config or --class-names is a usage error: exit code 2
+    assert_one_line_error(run("convert", src, *args, "-o", tmp_path / "x.safetensors"), needle, exit_code=2)
 
 
 def test_convert_bad_source(tmp_path):

@@ -6,10 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from conftest import assert_error_line, run_cli
 from PIL import Image
 
-from m2a_pipe.evaluation.cli import evaluate
 from m2a_pipe.evaluation.datasets import write_panoptic_png
 
 
@@ -29,7 +28,7 @@ def _fake(tmp_path, n=3):
 
 
 def _run(args):
-    return CliRunner().invoke(evaluate, [str(a) for a in args])
+    return run_cli("evaluate", *args)
 
 
 def test_anomaly_json_and_plots(tmp_path):
@@ -62,9 +61,7 @@ def test_bad_input_one_line_naming_the_file(tmp_path, breakage, needle):
         arr = np.load(scores / "img0.npy"); arr[5, 5] = np.nan
         np.save(scores / "img0.npy", arr)
     res = _run(["anomaly", "--scores", scores, "--labels", labels])
-    assert res.exit_code == 1
-    assert "Traceback" not in res.output and res.output.startswith("Error: ")
-    assert needle in res.output and len(res.output.strip().splitlines()) == 1
+    assert_error_line(res, needle)
 
 
 def test_dataset_run_reuses_written_scores(tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from m2a_pipe.errors import UsageError
 from m2a_pipe.evaluation.datasets import detect_dataset, read_coco_panoptic, read_label, read_panoptic_png
 from m2a_pipe.synth import render_sample, write_image_dataset, write_outliers
 
@@ -121,5 +122,5 @@ def test_outliers_of_the_extended_train_family(tmp_path):
     assert a.shape != b.shape or not np.array_equal(a, b)
     assert [f["pattern"] for f in base["files"]] == [f["pattern"] for f in write_outliers(
         tmp_path / "b2", seed=3, count=3)["files"]]
-    with pytest.raises(ValueError, match="training family"):
+    with pytest.raises(UsageError, match="training family"):
         write_outliers(tmp_path / "e", seed=3, count=1, family="eval")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from m2a_pipe.errors import UsageError
 from m2a_pipe.synth import GENERATORS, PATTERNS, render_sample
 from m2a_pipe.synth.anomalies import _hsv_colors, make_pattern, paint, sample_anomaly
 from m2a_pipe.synth.objects import THING_IDS, USED_TRAIN_IDS
@@ -133,7 +134,7 @@ def test_same_street_for_every_family():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="anomalies"):
+    with pytest.raises(UsageError, match="anomalies"):
         render_sample(0, 0, SIZE, "weird")
-    with pytest.raises(ValueError, match="even"):
+    with pytest.raises(UsageError, match="even"):
         render_sample(0, 0, (101, 64), "eval")

@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
+from m2a_pipe.errors import UsageError
 from m2a_pipe.synth import write_video
 from m2a_pipe.synth.video import gt_paths
 
@@ -79,7 +80,7 @@ def test_deterministic(tmp_path, clip):
 
 
 def test_bad_arguments(tmp_path):
-    with pytest.raises(ValueError, match="mp4"):
+    with pytest.raises(UsageError, match="mp4"):
         write_video(tmp_path / "x.avi", 0, 1, 5)
-    with pytest.raises(ValueError, match="even"):
+    with pytest.raises(UsageError, match="even"):
         write_video(tmp_path / "x.mp4", 0, 1, 5, size=(127, 64))

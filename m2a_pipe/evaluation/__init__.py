@@ -8,20 +8,20 @@ F1*), :mod:`.open_set` (open-IoU), :mod:`.panoptic` (PQ / SQ / RQ), :mod:`.datas
 :mod:`.plots` (PR / ROC PNG), :mod:`.cli`.
 """
 
-from m2a_pipe.evaluation.components import PROFILES, ComponentAccumulator, image_components
-from m2a_pipe.evaluation.open_set import OpenSetAccumulator, calibrate_threshold, iou_per_class
-from m2a_pipe.evaluation.panoptic import PanopticAccumulator, pq_image
-from m2a_pipe.evaluation.pixel import PixelAccumulator, PixelMetrics
+_LAZY = {
+    "PROFILES": "components", "ComponentAccumulator": "components", "image_components": "components",
+    "OpenSetAccumulator": "open_set", "calibrate_threshold": "open_set", "iou_per_class": "open_set",
+    "PanopticAccumulator": "panoptic", "pq_image": "panoptic",
+    "PixelAccumulator": "pixel", "PixelMetrics": "pixel",
+}
+"""Public names, imported from their module on first use (the package itself stays light)."""
 
-__all__ = [
-    "PROFILES",
-    "ComponentAccumulator",
-    "OpenSetAccumulator",
-    "PanopticAccumulator",
-    "PixelAccumulator",
-    "PixelMetrics",
-    "calibrate_threshold",
-    "image_components",
-    "iou_per_class",
-    "pq_image",
-]
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"m2a_pipe.evaluation.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'm2a_pipe.evaluation' has no attribute {name!r}")
