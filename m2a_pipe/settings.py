@@ -51,3 +51,15 @@ EVENT_MODES = ("tracks", "frames")
 """Events from confirmed tracks, or from runs of frames whose score passes the threshold."""
 DEFAULT_MIN_HITS = 3
 DEFAULT_MAX_MISSES = 5
+
+
+def check_track_lifetimes(min_hits: int, max_misses: int) -> None:
+    """The one check of the tracker's lifetimes (``process`` options and ``TrackerConfig``):
+    ``min_hits`` >= 1 detections confirm a track, ``max_misses`` >= 0 misses end it.
+    Raises UsageError naming the setting."""
+    from m2a_pipe.errors import UsageError
+
+    if min_hits < 1:
+        raise UsageError(f"min_hits: must be >= 1, got {min_hits}")
+    if max_misses < 0:
+        raise UsageError(f"max_misses: must be >= 0, got {max_misses}")

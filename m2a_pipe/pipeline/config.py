@@ -23,6 +23,7 @@ from m2a_pipe.settings import (
     INSTANCE_MODES,
     MAP_STRIDES,
     SCORE_NAMES,
+    check_track_lifetimes,
 )
 
 
@@ -115,8 +116,7 @@ class ProcessConfig:
             raise bad("instances", f"must be one of {INSTANCE_MODES}, got {self.instances!r}")
         if self.event_mode not in EVENT_MODES:
             raise bad("event_mode", f"must be one of {EVENT_MODES}, got {self.event_mode!r}")
-        if self.min_hits < 1 or self.max_misses < 0:
-            raise bad("min_hits", "min_hits must be >= 1 and max_misses >= 0")
+        check_track_lifetimes(self.min_hits, self.max_misses)
         if self.queue_size < 1:
             raise bad("queue_size", f"must be >= 1, got {self.queue_size}")
         if not 0 <= self.overlay_crf <= 51:
