@@ -17,6 +17,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 import video_fixtures as vf  # noqa: E402
+from conftest import assert_error_line  # noqa: E402
 
 from m2a_pipe.cli import cli  # noqa: E402
 from m2a_pipe.io.video_reader import VideoReader  # noqa: E402
@@ -334,25 +335,25 @@ def test_cli_clip_and_one_line_errors(fleet, tmp_path):
                           ([str(folder), "99"], "no event 99"),
                           ([str(gone), "1", "--source", "-o", str(tmp_path / "s.mp4")], "missing.mp4 not found"),
                           ([str(fleet.root), "1"], "events.jsonl")):
-        result = runner.invoke(cli, ["clip", *args])
-        assert result.exit_code == 1, (args, result.output)
-        assert result.output.startswith("Error: ") and message in result.output, result.output
-        assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+        assert_error_line(runner.invoke(cli, ["clip", *args]), message)
     result = runner.invoke(cli, ["mine", str(tmp_path / "nope")])
-    assert result.exit_code == 1 and result.output.strip() == f"Error: {tmp_path / 'nope'}: no such folder"
+    assert result.exit_code == 1
+    assert result.output.strip() == f"m2a-pipe: error: {tmp_path / 'nope'}: no such folder"
 
 
-def test_seeking_gives_the_frames_of_a_full_decode(tmp_path):
-    from m2a_pipe.mining.clips import _reader_frames, _seek_frames
+def test_clip_window_seeks_and_gives_the_frames_of_a_full_decode(tmp_path):
+    from m2a_pipe.mining.clips import frames_between
 
     for name in ("gop.mp4", "gop.ts"):
         path = vf.make_video(tmp_path / name, n=60, fps=10, gop=8)
         with VideoReader(path) as reader:
-            t_first = next(iter(reader)).pts_s  # MPEG-TS starts at an offset
+            full = [(f.pts_s, f.image) for f in reader]
+        t_first = full[0][0]  # MPEG-TS starts at an offset
         t0, t1 = t_first + 3.25, t_first + 4.5
-        seeked = _seek_frames(path, t0, t1, rotation=0)
-        assert seeked is not None, f"{path.suffix}: the seek fell back to a full decode"
-        got, full = list(seeked), list(_reader_frames(path, t0, t1))
-        assert len(got) == len(full) == 13  # 3.3 .. 4.5 s
-        np.testing.assert_allclose([t for t, _ in got], [t for t, _ in full], atol=1e-6)
-        assert [vf.pattern_index(i) for _, i in got] == [vf.pattern_index(i) for _, i in full]
+        with VideoReader(path) as reader:
+            got = list(frames_between(reader, t0, t1))
+            assert reader.n_decoded < 40, f"{path.suffix}: the clip decoded the file from its start"
+        expected = [(t, img) for t, img in full if t0 - 1e-6 <= t <= t1 + 1e-6]
+        assert len(got) == len(expected) == 13  # 3.3 .. 4.5 s
+        np.testing.assert_allclose([f.pts_s for f in got], [t for t, _ in expected], atol=1e-6)
+        assert [vf.pattern_index(f.image) for f in got] == [vf.pattern_index(i) for _, i in expected]

@@ -150,6 +150,116 @@ def test_iteration_is_lazy_and_single_use(clips):
     reader.close()  # twice is fine
 
 
+# -- seeking ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gops(tmp_path_factory):
+    """60 frames at 10 fps with a key frame every 8 frames (0.8 s), in three containers."""
+    root = tmp_path_factory.mktemp("gops")
+    return {suffix: vf.make_video(root / f"gop{suffix}", n=60, fps=10, gop=8) for suffix in (".mp4", ".mkv", ".ts")}
+
+
+class NoSeekContainer:
+    """An opened container whose ``seek`` fails, as with a stream that cannot seek."""
+
+    def __init__(self, container):
+        self._container = container
+
+    def seek(self, *args, **kwargs):
+        raise av.error.FFmpegError(38, "Function not implemented")
+
+    def __getattr__(self, name):
+        return getattr(self._container, name)
+
+
+def expected_after(full, t_s):
+    return [f for f in full if f.pts_s >= t_s - 1e-6]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".ts"])
+def test_seek_to_the_middle_starts_at_the_first_frame_at_or_after_t(gops, suffix):
+    _, full = read_all(gops[suffix])
+    t_first = full[0].pts_s                              # MPEG-TS starts at an offset
+    for t_s in (t_first + 3.25, t_first + 3.3, t_first + 3.35):  # between frames, on frame 33
+        with VideoReader(gops[suffix]) as reader:
+            frames = list(reader.seek(t_s))
+            n_decoded = reader.n_decoded
+        expected = expected_after(full, t_s)
+        assert len(frames) == len(expected) == 60 - round((t_s - t_first) * 10 + 0.49)
+        assert frames[0].pts_s >= t_s - 1e-6 and full[59 - len(frames)].pts_s < t_s
+        np.testing.assert_allclose([f.pts_s for f in frames], [f.pts_s for f in expected], atol=1e-6)
+        assert indices_shown(frames) == indices_shown(expected)
+        assert all(f.index == -1 and f.image.shape == (64, 96, 3) and f.image.dtype == np.uint8 for f in frames)
+        assert n_decoded < 60 - 8, f"{suffix}: the seek decoded the file from its start ({n_decoded} frames)"
+        assert reader.errors == [] and reader.partial_reason is None
+
+
+def test_seek_stops_early_and_past_the_end_yields_nothing(gops):
+    _, full = read_all(gops[".mp4"])
+    last = full[-1].pts_s
+    for t_s, n in ((last, 1), (last + 0.05, 0), (last + 100.0, 0)):
+        with VideoReader(gops[".mp4"]) as reader:
+            assert [f.pts_s for f in reader.seek(t_s)] == [f.pts_s for f in full[len(full) - n:]]
+    with VideoReader(gops[".mp4"]) as reader:
+        it = reader.seek(1.0)
+        assert next(it).pts_s == pytest.approx(1.0)
+        assert reader.n_decoded < 20                     # lazy: the rest is not decoded yet
+
+
+def test_seek_before_the_first_frame_gives_every_frame(gops):
+    _, full = read_all(gops[".ts"])
+    for t_s in (-5.0, 0.0, full[0].pts_s):
+        with VideoReader(gops[".ts"]) as reader:
+            frames = list(reader.seek(t_s))
+        assert [f.pts_s for f in frames] == [f.pts_s for f in full]
+        assert indices_shown(frames) == indices_shown(full)
+
+
+@pytest.mark.parametrize("rotation", [90, 270])
+def test_seek_keeps_the_rotation(tmp_path, rotation):
+    path = vf.make_rotated_video(tmp_path / f"rot{rotation}.mp4", rotation=rotation, n=20, size=(96, 64))
+    with VideoReader(path) as reader:
+        frames = list(reader.seek(1.2))
+    assert reader.info.rotation == rotation
+    assert [f.image.shape for f in frames] == [(64, 96, 3)] * 8
+    assert all(f.image.flags.c_contiguous for f in frames)
+    assert [vf.marker_corner(f.image) for f in frames] == ["tl"] * 8
+    assert indices_shown(frames) == list(range(12, 20))
+
+
+def test_a_file_that_cannot_seek_is_decoded_from_its_start(gops):
+    _, full = read_all(gops[".mp4"])
+    with VideoReader(gops[".mp4"]) as reader:
+        reader._container = NoSeekContainer(reader._container)
+        frames = list(reader.seek(3.25))
+        assert not isinstance(reader._container, NoSeekContainer)   # reopened
+    assert [f.pts_s for f in frames] == [f.pts_s for f in expected_after(full, 3.25)]
+    assert indices_shown(frames) == indices_shown(expected_after(full, 3.25))
+
+
+def test_seek_again_ends_the_previous_iterator_and_excludes_iteration(gops):
+    with VideoReader(gops[".mkv"]) as reader:
+        first = reader.seek(4.0)
+        assert vf.pattern_index(next(first).image) == 40 % vf.LEVEL_PERIOD
+        second = reader.seek(1.0)
+        assert list(first) == []
+        assert indices_shown(second) == list(range(10, 40)) + list(range(0, 20))
+        assert indices_shown(reader.seek(0.0))[:3] == [0, 1, 2]
+        with pytest.raises(RuntimeError):
+            iter(reader)
+    with VideoReader(gops[".mkv"]) as reader:
+        iter(reader)
+        with pytest.raises(RuntimeError):
+            reader.seek(1.0)
+    with pytest.raises(RuntimeError):
+        reader.seek(1.0)                                 # closed
+    with VideoReader(gops[".mkv"]) as reader:
+        for bad in (float("nan"), float("inf")):
+            with pytest.raises(ValueError):
+                reader.seek(bad)
+
+
 # -- damaged files ----------------------------------------------------------------------------
 
 

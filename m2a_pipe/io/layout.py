@@ -5,7 +5,16 @@ that read it (``m2a-pipe mine``, ``m2a-pipe clip``). No heavy imports: readers s
     OUT/<rel>/.<stem>.partial-<pid>   the folder being written by process <pid>
     OUT/<rel>/.<stem>.old-<pid>       a replaced output, removed right after the rename
     OUT/failures.jsonl                the inputs that failed in the latest run (path, reason)
+
+The temporary names are built and recognised here only: :func:`partial_dir`, :func:`old_dir`,
+:func:`is_temporary`, :func:`temporary_dirs`.
 """
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
 
 SCORES_FILE = "scores.h5"
 OVERLAY_FILE = "overlay.mp4"
@@ -19,3 +28,58 @@ FAILURES_FILE = "failures.jsonl"
 PARTIAL_MARK = ".partial-"
 OLD_MARK = ".old-"
 TEMPORARY_MARKS = (PARTIAL_MARK, OLD_MARK)
+
+_MARKS_RE = "|".join(re.escape(mark) for mark in TEMPORARY_MARKS)
+_TEMPORARY_RE = re.compile(rf"\.(?P<stem>.+)(?P<mark>{_MARKS_RE})(?P<pid>[0-9]+)")
+
+
+def _temporary_name(out_dir: Path, mark: str, pid: int) -> Path:
+    if int(pid) != pid or pid < 0:
+        raise ValueError(f"pid must be an integer >= 0, got {pid!r}")
+    if not out_dir.name or out_dir.name in (".", ".."):
+        raise ValueError(f"{out_dir}: not an output folder name")
+    return out_dir.parent / f".{out_dir.name}{mark}{int(pid)}"
+
+
+def partial_dir(out_dir: str | os.PathLike, pid: int) -> Path:
+    """``<parent>/.<name>.partial-<pid>``: where process ``pid`` writes the outputs of
+    ``out_dir`` before renaming them into place (a sibling, so the rename stays on one file system).
+
+    Raises:
+        ValueError: ``pid`` is not an integer >= 0, or ``out_dir`` has no name (``/``, ``.``).
+    """
+    return _temporary_name(Path(out_dir), PARTIAL_MARK, pid)
+
+
+def old_dir(out_dir: str | os.PathLike, pid: int) -> Path:
+    """``<parent>/.<name>.old-<pid>``: where process ``pid`` moves the previous ``out_dir``
+    while the new one is renamed into place (removed right after).
+
+    Raises:
+        ValueError: as :func:`partial_dir`.
+    """
+    return _temporary_name(Path(out_dir), OLD_MARK, pid)
+
+
+def is_temporary(name: str) -> bool:
+    """Whether the file name ``name`` (one path component) is a pipeline temporary folder,
+    ``.<stem>.partial-<pid>`` or ``.<stem>.old-<pid>``, written by any process."""
+    return _TEMPORARY_RE.fullmatch(name) is not None
+
+
+def temporary_dirs(out_dir: str | os.PathLike) -> list[Path]:
+    """The temporary folders of ``out_dir`` (:func:`partial_dir` and :func:`old_dir` names, any
+    pid) that exist, sorted by name; ``[]`` when its parent folder does not exist or cannot be
+    listed. Folders of other outputs of the same parent (``.<other>.partial-1``) are not included."""
+    out_dir = Path(out_dir)
+    try:
+        with os.scandir(out_dir.parent) as entries:
+            names = sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        match = _TEMPORARY_RE.fullmatch(name)
+        if match and match["stem"] == out_dir.name:
+            found.append(out_dir.parent / name)
+    return found

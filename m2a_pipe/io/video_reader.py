@@ -5,13 +5,15 @@ give a single frame fails at open, and so that the rotation and displayed size a
 then yields :class:`Frame` objects one at a time. Damaged data does not stop it: packets that
 fail to demux or decode are counted in ``errors`` and skipped, and decoding goes on until the
 end of the file or until ``max_consecutive_errors`` failures in a row. ``partial_reason`` then
-says, on one line, why the result is incomplete.
+says, on one line, why the result is incomplete. :meth:`VideoReader.seek` gives the frames
+from a time on, decoding from the key frame before it instead of from the start.
 
 Every failure to open is a :class:`VideoError` whose text is one line: ``"<path>: <reason>"``.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import struct
@@ -36,6 +38,7 @@ PTS_EPSILON_S = 1e-6           # tolerance when comparing timestamps to sample t
 EARLY_END_MIN_S = 1.0          # a stream may end this much before its announced duration unflagged ...
 EARLY_END_FRACTION = 0.1       # ... or this fraction of it, whichever is larger
 MAX_REASON_CHARS = 300         # error messages are clipped to this many characters
+SEEK_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)  # retries of a seek that lands after its target
 
 
 class VideoError(M2AError):
@@ -82,7 +85,8 @@ class Frame:
     """One decoded video frame.
 
     Attributes:
-        index: 0-based position among all decoded video frames of the file (before sampling).
+        index: 0-based position among all decoded video frames of the file (before sampling);
+            -1 for frames from :meth:`VideoReader.seek`, whose position is not known.
         pts_s: presentation time in seconds (stream timestamps, not shifted to start at 0).
         image: (H, W, 3) uint8 RGB, upright (rotation applied), C-contiguous.
     """
@@ -126,7 +130,8 @@ class VideoReader:
         partial_reason: None if the whole file decoded, else one line saying why frames were lost.
         n_decoded: video frames decoded (before sampling).
 
-    The reader is iterable once and is a context manager.
+    The reader is read once, by iterating it or by :meth:`seek` (which may be called again),
+    and is a context manager.
     """
 
     def __init__(self, path: str | os.PathLike, *, sample_fps: float | None = None, stride: int = 1,
@@ -151,18 +156,17 @@ class VideoReader:
         self._stopped_on_errors = False
         self._first_pts_s: float | None = None
         self._last_pts_s: float | None = None
-        self._iterated = False
+        self._threads = int(threads)
+        self._mode: str | None = None    # "iter" or "seek" once reading has begun
         self._container = _open_container(self.path)
         try:
-            self._stream = _video_stream(self.path, self._container)
-            ctx = self._stream.codec_context
-            ctx.thread_type = "AUTO"
-            ctx.thread_count = int(threads)
+            self._stream = self._open_stream()
             self._raw = self._decode_frames()
             first = next(self._raw, None)
             if first is None:
                 raise VideoError(self.path, self._no_frame_reason())
-            self._first = first
+            self._first: av.VideoFrame | None = first
+            self._start_s = float(first.time) if first.time is not None else 0.0
             self.info = self._make_info(first)
         except BaseException:
             self.close()
@@ -171,10 +175,40 @@ class VideoReader:
     # -- public --------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[Frame]:
-        if self._iterated:
-            raise RuntimeError("a VideoReader can be iterated only once; open a new one")
-        self._iterated = True
+        if self._mode is not None:
+            raise RuntimeError("a VideoReader can be iterated only once (and not after a seek); open a new one")
+        self._mode = "iter"
         return self._frames()
+
+    def seek(self, t_s: float) -> Iterator[Frame]:
+        """Every frame with ``pts_s >= t_s`` (seconds, on the scale of :attr:`Frame.pts_s`), in
+        presentation order to the end of the file (stop early by leaving the loop).
+
+        Decoding starts at the key frame at or before ``t_s``. Some demuxers (MPEG-TS) land on
+        the key frame *after* it: the seek is then retried 1, 2, 4, ... s earlier
+        (:data:`SEEK_BACKOFF_S`); a file that cannot seek there is decoded from its start. A
+        ``t_s`` past the last frame yields nothing.
+
+        Frames are those of iteration: ``image`` (H, W, 3) uint8 RGB, upright, at the size of
+        :attr:`info`; but ``sample_fps`` and ``stride`` are not applied and ``index`` is -1.
+        Damaged data is skipped and recorded in ``errors``; ``partial_reason`` stays None (only
+        a full iteration sets it). Each call ends the iterator the previous one returned.
+
+        Raises:
+            ValueError: ``t_s`` is not a finite number.
+            RuntimeError: the reader is closed or has been iterated.
+            VideoError: the file, decoded from its start, cannot be opened again.
+        """
+        t_s = float(t_s)
+        if not math.isfinite(t_s):
+            raise ValueError(f"t_s must be a finite number of seconds, got {t_s!r}")
+        if self._container is None:
+            raise RuntimeError("the VideoReader is closed")
+        if self._mode == "iter":
+            raise RuntimeError("a VideoReader cannot seek once iterated; open a new one")
+        self._mode = "seek"
+        first, self._raw = self._position(t_s)
+        return self._frames_from(first, self._raw, t_s)
 
     def close(self) -> None:
         """Release the file. Safe to call more than once."""
@@ -196,10 +230,8 @@ class VideoReader:
 
     def _frames(self) -> Iterator[Frame]:
         """Converted, sampled frames; sets ``partial_reason`` when the file has been read to its end."""
-        info = self.info
-        k_rot = (-info.rotation // 90) % 4          # np.rot90 turns counter-clockwise
-        stored_w, stored_h = (info.height, info.width) if k_rot % 2 else (info.width, info.height)
-        step_s = 1.0 / info.fps if info.fps > 0 else 1.0 / DEFAULT_FPS
+        stored_w, stored_h, k_rot = self._geometry()
+        step_s = 1.0 / self.info.fps if self.info.fps > 0 else 1.0 / DEFAULT_FPS
         pts_s: float | None = None
         t0: float | None = None
         next_slot = 0
@@ -225,6 +257,57 @@ class VideoReader:
                 yield Frame(index=index, pts_s=pts_s, image=_to_rgb(frame, stored_w, stored_h, k_rot))
             frame = next(raw, None)
         self.partial_reason = self._partial_reason()
+
+    def _frames_from(self, first: av.VideoFrame | None, raw: Iterator[av.VideoFrame], t_s: float) -> Iterator[Frame]:
+        """Converted frames (``first``, then ``raw``) with pts at or after ``t_s``, pts as in :meth:`_frames`."""
+        stored_w, stored_h, k_rot = self._geometry()
+        step_s = 1.0 / self.info.fps if self.info.fps > 0 else 1.0 / DEFAULT_FPS
+        pts_s: float | None = None
+        for frame in raw if first is None else itertools.chain((first,), raw):
+            time = frame.time
+            pts_s = float(time) if time is not None else (0.0 if pts_s is None else pts_s + step_s)
+            if pts_s >= t_s - PTS_EPSILON_S:
+                yield Frame(index=-1, pts_s=pts_s, image=_to_rgb(frame, stored_w, stored_h, k_rot))
+
+    def _position(self, t_s: float) -> tuple[av.VideoFrame | None, Iterator[av.VideoFrame]]:
+        """(first frame or None, decoder of the frames after it), from a key frame at or before ``t_s``."""
+        first, self._first = self._first, None
+        if first is not None and t_s <= self._start_s + PTS_EPSILON_S:
+            return first, self._raw   # nothing read yet: the start is where we are
+        self._raw.close()
+        time_base = self._stream.time_base
+        for back_s in (0.0, *SEEK_BACKOFF_S):
+            target_s = t_s - back_s
+            if time_base is None or target_s <= self._start_s:
+                break
+            try:
+                self._container.seek(int(target_s / time_base), stream=self._stream, backward=True,
+                                     any_frame=False)
+            except av.error.FFmpegError:
+                break
+            raw = self._decode_frames()
+            first = next(raw, None)
+            if first is not None and first.time is not None and first.time <= t_s + PTS_EPSILON_S:
+                return first, raw
+            raw.close()
+        container = _open_container(self.path)   # decode from the start on a fresh container
+        self._container.close()
+        self._container = container
+        self._stream = self._open_stream()
+        return None, self._decode_frames()
+
+    def _open_stream(self) -> av.video.stream.VideoStream:
+        stream = _video_stream(self.path, self._container)
+        stream.codec_context.thread_type = "AUTO"
+        stream.codec_context.thread_count = self._threads
+        return stream
+
+    def _geometry(self) -> tuple[int, int, int]:
+        """(stored width, stored height, np.rot90 turns): the decoded size before rotation, and
+        the counter-clockwise quarter turns that make it upright."""
+        k_rot = (-self.info.rotation // 90) % 4
+        width, height = self.info.width, self.info.height
+        return (height, width, k_rot) if k_rot % 2 else (width, height, k_rot)
 
     def _decode_frames(self) -> Iterator[av.VideoFrame]:
         """Decoded frames of the video stream, in presentation order, skipping packets that fail.

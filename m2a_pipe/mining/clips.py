@@ -13,9 +13,9 @@ fewer frames than the source). The source is found through the ``source`` attrib
 ``scores.h5``; with ``use="auto"`` the overlay is used when the source is gone or its size
 differs from the one recorded at processing time (``source_fingerprint``).
 
-Decoding starts at the key frame before the window (a seek), so a clip from the end of an
-hour-long file does not decode the hour before it; a container that cannot seek (or seeks
-past the window) is decoded from its start instead.
+Decoding starts at the key frame before the window (:meth:`VideoReader.seek
+<m2a_pipe.io.video_reader.VideoReader.seek>`), so a clip from the end of an hour-long file does
+not decode the hour before it; a container that cannot seek there is decoded from its start.
 """
 
 from __future__ import annotations
@@ -26,17 +26,15 @@ from pathlib import Path
 from typing import Iterator
 
 import av
-import numpy as np
 
 from m2a_pipe.errors import M2AError
-from m2a_pipe.io.video_reader import PTS_EPSILON_S, VideoError, VideoReader, _to_rgb
+from m2a_pipe.io.video_reader import PTS_EPSILON_S, Frame, VideoError, VideoReader
 from m2a_pipe.io.video_writer import VideoWriter
 from m2a_pipe.mining.outputs import EVENTS_FILE, OVERLAY_FILE, SCORES_FILE, OutputError, find_event, read_root_attrs
 
 CLIP_CRF = 20              # a little better than x264's default: clips are for looking at
 MIN_STEP_S = 1e-3          # timestamps that do not increase are moved this much after the previous one
 CLIP_SOURCES = ("auto", "source", "overlay")
-SEEK_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)  # retries of a seek that lands after its target
 
 
 class ClipError(M2AError):
@@ -117,85 +115,14 @@ def choose_video(folder: Path, use: str = "auto") -> tuple[str, Path, str]:
     raise ClipError(f"{folder}: neither the source video ({source or 'not recorded'}) nor {OVERLAY_FILE} exists")
 
 
-def _seek_frames(path: Path, t0: float, t1: float, rotation: int) -> Iterator[tuple[float, np.ndarray]] | None:
-    """(pts_s, RGB) of the frames in [t0, t1], decoding from a key frame at or before t0 found by
-    seeking; None when the container cannot seek there (the caller then decodes from the start).
-
-    Some demuxers (MPEG-TS) land on the key frame *after* the target: the seek is then retried
-    1, 2, 4, ... s earlier (:data:`SEEK_BACKOFF_S`) until it lands at or before t0.
-    """
-    try:
-        container = av.open(str(path), mode="r", metadata_errors="replace")
-    except av.error.FFmpegError:
-        return None
-    first = None
-    try:
-        stream = next((s for s in container.streams.video
-                       if not (s.disposition & av.stream.Disposition.attached_pic)), None)
-        if stream is None or stream.time_base is None:
-            container.close()
-            return None
-        stream.thread_type = "AUTO"
-        for back_s in (0.0, *SEEK_BACKOFF_S):
-            if t0 - back_s <= 0:
-                break
-            container.seek(int((t0 - back_s) / stream.time_base), stream=stream, backward=True, any_frame=False)
-            frames = container.decode(stream)
-            first = next(frames, None)
-            if first is not None and first.time is not None and first.time <= t0 + PTS_EPSILON_S:
-                break
-            first = None
-    except (av.error.FFmpegError, StopIteration):
-        first = None
-    if first is None:
-        container.close()
-        return None
-    k_rot = (-rotation // 90) % 4
-    width, height = first.width, first.height
-
-    def generate() -> Iterator[tuple[float, np.ndarray]]:
-        try:
-            frame = first
-            while frame is not None:
-                pts = frame.time
-                if pts is not None:
-                    if pts > t1 + PTS_EPSILON_S:
-                        break
-                    if pts >= t0 - PTS_EPSILON_S:
-                        yield float(pts), _to_rgb(frame, width, height, k_rot)
-                try:
-                    frame = next(frames, None)
-                except av.error.FFmpegError:  # damaged data: keep what decoded
-                    break
-        finally:
-            container.close()
-
-    return generate()
-
-
-def _reader_frames(path: Path, t0: float, t1: float) -> Iterator[tuple[float, np.ndarray]]:
-    """(pts_s, RGB) of the frames in [t0, t1], decoding from the start (VideoReader)."""
-    with VideoReader(path) as reader:
-        for frame in reader:
-            if frame.pts_s > t1 + PTS_EPSILON_S:
-                break
-            if frame.pts_s >= t0 - PTS_EPSILON_S:
-                yield frame.pts_s, frame.image
-
-
-def frames_between(path: str | os.PathLike, t0: float, t1: float) -> tuple[float, Iterator[tuple[float, np.ndarray]]]:
-    """``(fps, frames)``: the nominal frame rate of a video and an iterator of ``(pts_s, image)``
-    over its frames with ``t0 <= pts_s <= t1`` (upright RGB uint8, as
-    :class:`~m2a_pipe.io.video_reader.VideoReader` gives them).
-
-    Raises:
-        VideoError: the file cannot be read.
-    """
-    path = Path(path)
-    with VideoReader(path) as reader:
-        info = reader.info
-    frames = _seek_frames(path, t0, t1, info.rotation) if t0 > 0 else None
-    return info.fps, frames if frames is not None else _reader_frames(path, t0, t1)
+def frames_between(reader: VideoReader, t0: float, t1: float) -> Iterator[Frame]:
+    """The frames of an open ``reader`` with ``t0 <= pts_s <= t1`` (seconds, with the reader's
+    :data:`~m2a_pipe.io.video_reader.PTS_EPSILON_S` tolerance), from :meth:`VideoReader.seek`:
+    ``image`` (H, W, 3) uint8 RGB, upright; ``index`` -1."""
+    for frame in reader.seek(t0):
+        if frame.pts_s > t1 + PTS_EPSILON_S:
+            break
+        yield frame
 
 
 def cut_clip(folder: str | os.PathLike, event_id: int, output: str | os.PathLike, *, before: float = 2.0,
@@ -232,16 +159,17 @@ def cut_clip(folder: str | os.PathLike, event_id: int, output: str | os.PathLike
     writer: VideoWriter | None = None
     first_pts = last_pts = last_clip_pts = None
     try:
-        fps, frames = frames_between(video, t0, t1)
-        for pts, image in frames:
-            if writer is None:
-                writer = VideoWriter(tmp, image.shape[1], image.shape[0], fps, crf=crf)
-                first_pts = pts
-            clip_pts = pts - first_pts
-            if last_clip_pts is not None and clip_pts < last_clip_pts + MIN_STEP_S:
-                clip_pts = last_clip_pts + MIN_STEP_S
-            writer.write(image, clip_pts)
-            last_pts, last_clip_pts = pts, clip_pts
+        with VideoReader(video) as reader:
+            for frame in frames_between(reader, t0, t1):
+                pts, image = frame.pts_s, frame.image
+                if writer is None:
+                    writer = VideoWriter(tmp, image.shape[1], image.shape[0], reader.info.fps, crf=crf)
+                    first_pts = pts
+                clip_pts = pts - first_pts
+                if last_clip_pts is not None and clip_pts < last_clip_pts + MIN_STEP_S:
+                    clip_pts = last_clip_pts + MIN_STEP_S
+                writer.write(image, clip_pts)
+                last_pts, last_clip_pts = pts, clip_pts
         if writer is None:
             raise ClipError(f"{video}: no frame between {t0:.3f} s and {t1:.3f} s")
         writer.close()

@@ -6,7 +6,8 @@ order is reproducible) and yields, for every folder that holds pipeline outputs,
 :class:`VideoFolder` (complete, ready to mine) or a :class:`Skipped` (why not). It never
 descends into a video folder (its ``thumbs/``) and never follows symbolic links to folders.
 Hidden folders are not entered: the pipeline's temporary folders (``.<stem>.partial-<pid>``,
-``.<stem>.old-<pid>``) are reported as skipped, other hidden folders are ignored silently.
+``.<stem>.old-<pid>``, :func:`m2a_pipe.io.layout.is_temporary`) are reported as skipped, other
+hidden folders are ignored silently.
 
 Only the root attributes of ``scores.h5`` are read (a handful of scalars and short strings),
 never the maps or the per-frame tables; a video's ``events.jsonl`` is read one video at a time.
@@ -30,9 +31,9 @@ from m2a_pipe.io.layout import (
     OVERLAY_FILE,
     SCORES_FILE,
     SUMMARY_FILE,
-    TEMPORARY_MARKS,
     TIMELINE_FILE,
     TRACKS_FILE,
+    is_temporary,
 )
 
 OUTPUT_FILES = (SCORES_FILE, SUMMARY_FILE, EVENTS_FILE, OVERLAY_FILE, TRACKS_FILE, TIMELINE_FILE)
@@ -164,10 +165,6 @@ def classify(path: Path, rel: str, names: Sequence[str] | set[str], *,
     return VideoFolder(path=path, rel=rel, attrs=attrs, extra=manifest_extra(attrs))
 
 
-def _is_temporary(name: str) -> bool:
-    return name.startswith(".") and any(mark in name for mark in TEMPORARY_MARKS)
-
-
 def walk_outputs(out_root: str | os.PathLike, *, exclude: Sequence[str | os.PathLike] = (),
                  include_partial: bool = False) -> Iterator[VideoFolder | Skipped]:
     """Every video output folder under ``out_root`` (itself included), in sorted depth-first
@@ -205,7 +202,7 @@ def walk_outputs(out_root: str | os.PathLike, *, exclude: Sequence[str | os.Path
                 continue
             child_rel = name if rel == "." else f"{rel}/{name}"
             if name.startswith("."):
-                if _is_temporary(name):
+                if is_temporary(name):
                     yield Skipped(child_rel, "temporary", "temporary folder of an unfinished or interrupted run")
                 continue
             if excluded and os.path.realpath(folder / name) in excluded:
