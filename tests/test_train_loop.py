@@ -1,4 +1,5 @@
-"""A few training steps reduce the loss; resuming gives the same next step; CLI and export."""
+"""A few training steps reduce the loss; resuming gives the same next step; CLI (extends, --set,
+recorded recipe, errors) and export."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from m2a_pipe.cli import cli
 from m2a_pipe.config import ConfigError
 from m2a_pipe.model.loading import load_model
 from m2a_pipe.training.cli import train
@@ -100,26 +102,62 @@ def test_resume_gives_the_same_next_step(tmp_path):
     assert logs[0][-1].split(",")[:8] == logs[1][-1].split(",")[:8]
 
 
-def test_cli_run_exports_loadable_weights(tmp_path):
+def test_cli_run_with_extends_and_set_exports_and_records_the_recipe(tmp_path):
     root = make_synth(tmp_path / "d")
-    recipe = tiny_recipe(root).to_dict()
-    recipe["solver"]["max_steps"] = 2
-    recipe["val"] = {"root": str(root), "every": 1, "max_images": 2}
-    recipe["export"] = {"dtype": "float16", "name": "w.safetensors"}
-    path = tmp_path / "r.json"
-    path.write_text(json.dumps(recipe))
-    res = CliRunner().invoke(train, ["run", str(path), "--out", str(tmp_path / "o"), "--device", "cpu", "--quiet"])
+    base = tiny_recipe(root).to_dict()  # solver.max_steps 20
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    child = {"extends": "base.json", "name": "child",
+             "val": {"root": str(root), "every": 1, "max_images": 2},
+             "export": {"dtype": "float16", "name": "w.safetensors"}}
+    path = tmp_path / "child.json"
+    path.write_text(json.dumps(child))
+    res = CliRunner().invoke(train, ["run", str(path), "--out", str(tmp_path / "o"), "--device", "cpu", "--quiet",
+                                     "--set", "solver.max_steps=2", "--set", "loss.num_points=128"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output.strip().splitlines()[-1])
-    assert summary["step"] == 2 and 0 <= summary["val"]["auprc"] <= 1
+    assert summary["step"] == 2 and 0 <= summary["val"]["auprc"] <= 1  # --set reached the trainer
     model = load_model(tmp_path / "o" / "w.safetensors")
     assert model.config.decoder.num_queries == 6
     assert (tmp_path / "o" / "val.csv").read_text().count("\n") == 3  # header, step 1, final
+    recorded = json.loads((tmp_path / "o" / "recipe.json").read_text())
+    assert "extends" not in recorded and recorded["name"] == "child"
+    assert recorded["solver"]["max_steps"] == 2 and recorded["loss"]["num_points"] == 128
+    assert recorded["solver"]["lr"] == base["solver"]["lr"] and recorded["val"]["every"] == 1
+    assert Recipe.load(tmp_path / "o" / "recipe.json").to_dict() == recorded
+    ckpt = torch.load(next((tmp_path / "o" / "checkpoints").glob("step_*.pt")), weights_only=True)
+    assert json.loads(ckpt["recipe"]) == recorded
+
+
+def _main(args):
+    """The console script as a user runs it (its error lines and exit codes)."""
+    return CliRunner().invoke(cli, args)
 
 
 def test_cli_reports_bad_data_in_one_line(tmp_path):
     recipe = tiny_recipe(tmp_path).to_dict()
     path = tmp_path / "r.json"
     path.write_text(json.dumps(recipe))
-    res = CliRunner().invoke(train, ["run", str(path), "--data", str(tmp_path / "none"), "--device", "cpu"])
-    assert res.exit_code != 0 and "Error:" in res.output and "Traceback" not in res.output
+    res = _main(["train", "run", str(path), "--data", str(tmp_path / "none"), "--device", "cpu"])
+    assert res.exit_code != 0 and "m2a-pipe: error:" in res.output and "Traceback" not in res.output
+
+
+def test_cli_missing_init_weights_names_the_recipe_that_makes_it(tmp_path):
+    recipe = tiny_recipe(tmp_path).to_dict()
+    recipe.update(init_weights=str(tmp_path / "runs" / "up" / "final.safetensors"), init_from="train/demo/up.json")
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(recipe))
+    res = _main(["train", "run", str(path), "--out", str(tmp_path / "o"), "--device", "cpu"])
+    assert res.exit_code == 2, res.output
+    line = next(x for x in res.output.splitlines() if x.startswith("m2a-pipe: error:"))
+    assert str(path) in line and "final.safetensors not found" in line and "train/demo/up.json" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_set_with_an_unknown_key_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(tiny_recipe(tmp_path).to_dict()))
+    res = _main(["train", "run", str(path), "--set", "solver.max_step=2", "--device", "cpu"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert f"m2a-pipe: error: {path} with --set solver.max_step: unknown recipe keys: ['solver.max_step']" in res.output
+    res = _main(["train", "run", str(path), "--set", "solver.max_steps"])
+    assert res.exit_code == 2 and "m2a-pipe: error: --set 'solver.max_steps': expected KEY=VALUE" in res.output

@@ -226,7 +226,5 @@ register(WeightsEntry(
                 "the embedded default (model card: weights/README.md)",
     config="small",
     metadata={"status": "v5", "classes": "cityscapes-19",
-              "recipes": "train/demo_stage1.json, train/demo_stage2.json, train/demo_stage1_cont.json, "
-                         "train/demo_stage2_cont.json, train/demo_stage2_v3a.json, train/demo_stage2_v3b.json, "
-                         "train/demo_stage2_v4a.json, train/demo_stage2_v5b.json, train/demo_stage2_v6g.json"},
+              "recipes": "train/demo/01_stage1.json ... train/demo/09_stage2_v6g.json (in order)"},
 ))

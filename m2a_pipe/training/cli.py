@@ -28,16 +28,23 @@ def train() -> None:
               help="Initial weights (replaces the recipe's init_weights; stage 2 from stage 1).")
 @click.option("--val", "val", type=click.Path(file_okay=False), default=None,
               help="Validation folder (images/ + labels_masks/), replaces the recipe's val.root.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Change one recipe value, e.g. loss.outlier_pixel_weight=64 or solver.max_steps=1000 "
+                   "(VALUE as JSON, else a string); repeatable, applied in order after `extends`.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def run(recipe: Path, data: Path | None, out: Path | None, resume: bool, device: str,
-        max_steps: int | None, init: str | None, val: str | None, quiet: bool) -> None:
-    """Train with RECIPE.json (see train/README.md)."""
-    from m2a_pipe.training.recipes import Recipe
+        max_steps: int | None, init: str | None, val: str | None, sets: tuple[str, ...], quiet: bool) -> None:
+    """Train with RECIPE.json (see train/README.md).
+
+    The run folder gets recipe.json: the recipe as run, itself a recipe (extends resolved;
+    --set, --init, --val and --data applied; --max-steps and --resume are not recipe values).
+    """
+    from m2a_pipe.training.recipes import Recipe, parse_override
     from m2a_pipe.training.trainer import Trainer
 
-    r = Recipe.load(recipe)
+    r = Recipe.load(recipe, [parse_override(s) for s in sets])
     if init:
-        r.init_weights = init
+        r.init_weights, r.init_from = init, None
     if val:
         r.val = {**(r.val or {"every": 0}), "root": val}
     trainer = Trainer(r, out or Path("runs") / r.name, data_root=data, device=device,

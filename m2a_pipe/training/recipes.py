@@ -1,4 +1,4 @@
-"""Training recipes: one JSON file = one run (``train/*.json``).
+"""Training recipes: one JSON file = one run (``train/*.json``, ``train/demo/*.json``).
 
 A recipe names the model (a preset plus changes, or the config stored with initial
 weights), the data, the augmentation, the losses, the solver and the bookkeeping::
@@ -17,16 +17,32 @@ weights), the data, the augmentation, the losses, the solver and the bookkeeping
       "checkpoint_every": 250, "export": {"dtype": "float16"}
     }
 
-Relative paths are resolved against the current directory (the CLI's ``--data`` replaces
+Composition (:meth:`Recipe.load`):
+
+* ``"extends": "PARENT.json"`` (a path relative to the recipe file) starts from the parent
+  recipe (itself resolved the same way): the child's keys replace the parent's, tables
+  (JSON objects) are merged key by key, anything else (lists, ``null``) is replaced whole.
+  ``name`` and ``notes`` describe one file and are not inherited;
+* overrides (``m2a-pipe train run RECIPE --set solver.max_steps=1000``) are applied to the
+  resolved recipe, then the result is validated like any recipe.
+
+``init_from`` documents where ``init_weights`` comes from when that file is not shipped: the
+recipe whose run writes it (the trainer names it when the file is missing).
+
+Every other path (data roots, ``init_weights``, ``init_from``) is relative to the current
+directory, the repository root for the shipped recipes (the CLI's ``--data`` replaces
 ``data.root`` and, for stage 2, the default outlier folder ``<data>/outliers``).
 """
 
 from __future__ import annotations
 
+import copy
 import json
-from dataclasses import asdict, dataclass, field
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from m2a_pipe.config import ConfigError, ModelConfig, preset
 from m2a_pipe.training.anomaly_mix import AnomalyMixConfig
@@ -73,6 +89,7 @@ class Recipe:
     seed: int = 0
     model: dict = field(default_factory=lambda: {"preset": "cityscapes-r50"})
     init_weights: str | None = None
+    init_from: str | None = None  # the recipe whose run writes init_weights (documentation)
     data: dict = field(default_factory=dict)
     outliers: dict | None = None
     val: dict | None = None
@@ -87,10 +104,19 @@ class Recipe:
     export: dict = field(default_factory=lambda: {"dtype": "float32", "name": "final.safetensors"})
     notes: str = ""
 
+    source: ClassVar[str | None] = None
+    """The file :meth:`load` read (set on the instance; not a recipe key)."""
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Recipe":
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
+        """Validate a recipe given as a dict (no ``extends``: see :meth:`load`)."""
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        for key, section in SECTIONS.items():
+            if key not in d:
+                continue
+            if not isinstance(d[key], dict):
+                raise ConfigError(f"recipe {key} must be a table (a JSON object), got {d[key]!r}")
+            unknown |= {f"{key}.{k}" for k in set(d[key]) - set(section.__dataclass_fields__)}
         if unknown:
             raise ConfigError(f"unknown recipe keys: {sorted(unknown)}")
         d = dict(d)
@@ -106,6 +132,10 @@ class Recipe:
             recipe = cls(**d)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"bad recipe: {err}") from None
+        for key in ("init_weights", "init_from"):
+            value = getattr(recipe, key)
+            if value is not None and not (isinstance(value, str) and value):
+                raise ConfigError(f"recipe {key} must be a path or null, got {value!r}")
         if recipe.stage not in (1, 2):
             raise ConfigError("recipe stage must be 1 or 2")
         if recipe.stage == 2 and recipe.loss.outlier is None:
@@ -126,23 +156,145 @@ class Recipe:
         return recipe
 
     @classmethod
-    def load(cls, path: str | Path) -> "Recipe":
+    def load(cls, path: str | Path,
+             overrides: Mapping[str, Any] | Iterable[tuple[str, Any]] = ()) -> "Recipe":
+        """The recipe in ``path``: its ``extends`` chain resolved (:func:`resolve_extends`),
+        then ``overrides`` applied (dotted key -> value, :func:`apply_overrides`), then
+        validated. Every error is a one-line :class:`ConfigError` that names the file."""
         path = Path(path)
+        spec = resolve_extends(path)
+        pairs = list(overrides.items() if isinstance(overrides, Mapping) else overrides)
         try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"{path}: cannot read recipe ({err})") from None
-        return cls.from_dict(data)
+            spec = apply_overrides(spec, pairs)
+            if "name" not in spec:
+                raise ConfigError("a recipe needs its own name (name is not inherited through extends)")
+            recipe = cls.from_dict(spec)
+        except ConfigError as err:
+            where = f"{path} with --set {', '.join(k for k, _ in pairs)}" if pairs else str(path)
+            raise ConfigError(f"{where}: {err}") from None
+        recipe.source = str(path)
+        return recipe
+
+    def check_init_weights(self) -> None:
+        """Raise a :class:`ConfigError` naming this recipe and the recipe that writes
+        ``init_weights`` (``init_from``) when ``init_weights`` is set but is not a file."""
+        if not self.init_weights or Path(self.init_weights).is_file():
+            return
+        where = self.source or f"recipe {self.name!r}"
+        if self.init_from:
+            how = f"it is written by a run of {self.init_from}: run that first"
+        else:
+            how = "the recipe names no init_from (the recipe that writes it)"
+        raise ConfigError(f"{where}: init_weights {self.init_weights} not found; {how}, or pass --init FILE")
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
 
 
 def _merge(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` on top: tables merged key by key, other values replaced."""
     out = dict(base)
     for key, value in changes.items():
         out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+OWN_KEYS = ("name", "notes")
+"""Keys that describe one recipe file and are not inherited through ``extends``."""
+
+SECTIONS = {"augment": AugmentConfig, "anomaly_mix": AnomalyMixConfig, "loss": LossConfig,
+            "solver": SolverConfig}
+"""The recipe tables with a fixed set of keys (their dataclass)."""
+
+
+def read_recipe_file(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``, as written (no ``extends`` resolved)."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read recipe ({err.strerror or err})") from None
+    except ValueError as err:
+        raise ConfigError(f"{path}: not a JSON recipe ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe is a JSON object, not {type(data).__name__}")
+    return data
+
+
+def extends_chain(path: str | Path) -> list[tuple[Path, dict[str, Any]]]:
+    """``[(path, its JSON), (its parent, ...), ...]`` following ``extends`` (relative to the
+    file that names it). A missing parent or a cycle is a :class:`ConfigError` naming the files."""
+    chain = [(Path(path), read_recipe_file(Path(path)))]
+    while chain[-1][1].get("extends") is not None:
+        child, ref = chain[-1][0], chain[-1][1]["extends"]
+        if not isinstance(ref, str) or not ref:
+            raise ConfigError(f"{child}: extends must name a recipe file (relative to this one), got {ref!r}")
+        parent = Path(os.path.normpath(child.parent / ref))
+        if any(parent.resolve() == seen.resolve() for seen, _ in chain):
+            loop = " -> ".join(str(p) for p in [*(seen for seen, _ in chain), parent])
+            raise ConfigError(f"{child}: extends makes a cycle: {loop}")
+        if not parent.is_file():
+            raise ConfigError(f"{child}: extends {ref!r}, but there is no recipe file {parent}")
+        chain.append((parent, read_recipe_file(parent)))
+    return chain
+
+
+def resolve_extends(path: str | Path) -> dict[str, Any]:
+    """The recipe in ``path`` with its ``extends`` chain merged, farthest parent first: a
+    child's keys replace its parent's, tables merged key by key; the parents' ``name`` and
+    ``notes`` are dropped (:data:`OWN_KEYS`), and so is ``extends``."""
+    chain = extends_chain(path)
+    spec: dict[str, Any] = {}
+    for i, (_, layer) in enumerate(reversed(chain)):
+        own = i == len(chain) - 1
+        spec = _merge(spec, {k: v for k, v in layer.items() if own or k not in OWN_KEYS})
+    spec.pop("extends", None)
+    return copy.deepcopy(spec)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"solver.max_steps=1000"`` -> ``("solver.max_steps", 1000)``: the value as JSON, else
+    the bare string (``name=v6f``)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or not all(key.split(".")):
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. solver.max_steps=1000 or loss.outlier=bce")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key, value
+
+
+def apply_overrides(spec: dict[str, Any], overrides: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """A copy of ``spec`` with each dotted key set in turn (``loss.outlier_pixel_weight``).
+    A missing table on the way is created (from the recipe's default for a top-level key),
+    a value that is not a table is an error; unknown keys are left to the validation.
+    Setting ``init_weights`` without ``init_from`` clears ``init_from`` (it named the old file's maker)."""
+    out = copy.deepcopy(spec)
+    keys = []
+    for key, value in overrides:
+        keys.append(key)
+        *path, last = key.split(".")
+        node = out
+        for depth, part in enumerate(path):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = _default_table(part) if depth == 0 else {}
+            elif not isinstance(child, dict):
+                where = ".".join(path[: depth + 1])
+                raise ConfigError(f"{where} is {child!r}, not a table for {key}")
+            node = child
+        node[last] = copy.deepcopy(value)
+    if "init_weights" in keys and "init_from" not in keys:
+        out["init_from"] = None
+    return out
+
+
+def _default_table(key: str) -> dict[str, Any]:
+    """The default of a top-level recipe key that is a table (``model``, ``export``), else {}."""
+    f = Recipe.__dataclass_fields__.get(key)
+    default = f.default_factory() if f is not None and f.default_factory is not MISSING else None
+    return dict(default) if isinstance(default, dict) else {}
 
 
 def model_config(spec: dict) -> ModelConfig:

@@ -3,6 +3,8 @@
 ``Trainer(recipe, out_dir).run()`` trains for ``solver.max_steps`` steps and writes, under
 ``out_dir``:
 
+* ``recipe.json`` -- the recipe as run (:meth:`Trainer.recipe_record`: ``extends`` resolved,
+  overrides applied, ``data.root`` the folder trained on), itself a loadable recipe;
 * ``checkpoints/step_<n>.pt`` -- model, optimizer, schedule, gradient scaler, step, the RNG
   states of torch / CUDA / numpy / Python and the data-stream description; the newest
   ``keep_checkpoints`` are kept. Loaded with ``torch.load(weights_only=True)``;
@@ -101,6 +103,7 @@ class Trainer:
         torch.manual_seed(recipe.seed)
 
         init_state, cfg = None, None
+        recipe.check_init_weights()
         if recipe.init_weights:
             init_state, cfg = read_initial_weights(recipe.init_weights)
         self.cfg = cfg or model_config(recipe.model)
@@ -189,6 +192,7 @@ class Trainer:
         from tqdm import tqdm
 
         self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "recipe.json").write_text(json.dumps(self.recipe_record(), indent=2) + "\n")
         log = self._open_log()
         bar = tqdm(total=self.stop_step, initial=self.step, disable=not self.progress,
                    desc=self.recipe.name, unit="step")
@@ -223,6 +227,14 @@ class Trainer:
                 summary["val"] = self.validate()
             summary["weights"] = str(self.export())
         return summary
+
+    def recipe_record(self) -> dict:
+        """The recipe as this run uses it: ``recipe.to_dict()`` with ``data.root`` set to the
+        folder trained on (``--data`` replaces it)."""
+        spec = self.recipe.to_dict()
+        if self.data_root is not None:
+            spec["data"] = {**spec["data"], "root": str(self.data_root)}
+        return spec
 
     # -- logging ----------------------------------------------------------------------
     def _open_log(self):
@@ -270,7 +282,7 @@ class Trainer:
                     "python": random.getstate()},
             "data": {"seed": self.recipe.seed, "batch_size": self.recipe.solver.batch_size,
                      "dataset_len": len(self.dataset), "next_step": self.step},
-            "recipe": json.dumps(self.recipe.to_dict()),
+            "recipe": json.dumps(self.recipe_record()),
         }
         folder = self.checkpoint_dir()
         folder.mkdir(parents=True, exist_ok=True)
