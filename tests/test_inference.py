@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from m2a_pipe.config import preset
+from m2a_pipe.inference.forward import ForwardCore, grid_maps, precision_for, upsample_map
 from m2a_pipe.inference.predictor import Predictor
 from m2a_pipe.model.mask2anomaly import build_model
+from m2a_pipe.settings import MAP_STRIDES
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +97,42 @@ def test_from_weights_loads_a_saved_file(model, tmp_path):
     np.testing.assert_allclose(loaded(a).anomaly, Predictor(model, resize=False)(a).anomaly, atol=1e-5)
     with pytest.raises(Exception, match="missing file .*missing.safetensors"):
         Predictor.from_weights(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("map_stride", MAP_STRIDES)
+def test_every_map_stride_gives_image_size_maps_and_flip_averages(model, map_stride):
+    a = image(50, 70, 4)  # padded to 64x96 inside the network
+    plain = Predictor(model, resize=False, map_stride=map_stride)(a)
+    assert plain.anomaly.shape == (50, 70) and plain.anomaly.dtype == np.float32
+    mirrored = Predictor(model, resize=False, map_stride=map_stride)(np.ascontiguousarray(a[:, ::-1])).anomaly
+    both = Predictor(model, resize=False, map_stride=map_stride, flip=True)(a).anomaly
+    np.testing.assert_allclose(both, (plain.anomaly + mirrored[:, ::-1]) / 2, atol=1e-6)
+    official = Predictor(model, resize=False)(a)
+    np.testing.assert_array_equal(plain.semantic, official.semantic)  # semantic: official at every stride
+    assert np.array_equal(plain.anomaly, official.anomaly) == (map_stride == 1)
+
+
+@pytest.mark.parametrize("map_stride", [2, 4])
+def test_grid_strides_are_the_core_maps_upsampled(model, map_stride):
+    predictor = Predictor(model, resize=False, map_stride=map_stride, score="msp")
+    a = image(50, 70, 5)
+    out = predictor.forward([a])
+    grid, labels = grid_maps("msp", out["pred_logits"], out["pred_masks"], (50, 70), map_stride,
+                             model.config.refine_ids, model.config.keep_threshold)
+    assert grid.shape == labels.shape == (1, -(-50 // map_stride), -(-70 // map_stride))
+    expected = upsample_map(grid, (50, 70), map_stride, (50, 70))[0].numpy()
+    assert np.array_equal(predictor(a).anomaly, expected)
+
+
+def test_forward_is_the_shared_core_with_the_precision_rule(model):
+    predictor = Predictor(model, resize=False)
+    assert isinstance(predictor.core, ForwardCore)
+    assert predictor.core.precision == precision_for("cpu") and not predictor.core.precision.autocast
+    assert Predictor(model, autocast=False).core.precision == precision_for("cpu", autocast=False)
+    a = image(64, 96, 6)
+    out = predictor.forward([a])
+    logits, masks = predictor.core(predictor.core.batch([a]))
+    assert out["pred_logits"].dtype == out["pred_masks"].dtype == torch.float32
+    assert torch.equal(out["pred_logits"], logits) and torch.equal(out["pred_masks"], masks)
+    with pytest.raises(ValueError, match="map_stride must be one of"):
+        Predictor(model, map_stride=8)

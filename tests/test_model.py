@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 
+import m2a_pipe.model.ms_deform_attn as deform
 from m2a_pipe.config import BackboneConfig, ConfigError, DecoderConfig, preset
 from m2a_pipe.model.backbone import ResNet
 from m2a_pipe.model.mask2anomaly import build_model
-from m2a_pipe.model.ms_deform_attn import MSDeformAttn, ms_deform_attn, ms_deform_attn_reference
+from m2a_pipe.model.ms_deform_attn import MSDeformAttn, ms_deform_attn, ms_deform_attn_reference, use_reference_core
 from m2a_pipe.model.position_encoding import sine_position_encoding
 from m2a_pipe.model.transformer_decoder import _allow_all_if_empty
 
@@ -42,12 +43,30 @@ def test_deformable_layer_cores_agree():
     src = torch.randn(2, s, 16)
     ref = torch.rand(s, 2)
     lean = layer(src, ref, src, shapes)
-    try:
-        MSDeformAttn.use_reference_core = True
-        straightforward = layer(src, ref, src, shapes)
-    finally:
-        MSDeformAttn.use_reference_core = False
+    assert use_reference_core(layer, True) == 1
+    straightforward = layer(src, ref, src, shapes)
     torch.testing.assert_close(lean, straightforward, atol=1e-5, rtol=1e-5)
+
+
+def test_reference_core_switch_is_per_model(monkeypatch):
+    torch.manual_seed(2)
+    switched, other = build_model(preset("small")).eval(), build_model(preset("small")).eval()
+    n = use_reference_core(switched, True)
+    assert n > 0 and n == sum(isinstance(m, MSDeformAttn) for m in switched.modules())
+    assert all(m.use_reference_core for m in switched.modules() if isinstance(m, MSDeformAttn))
+    assert not any(m.use_reference_core for m in other.modules() if isinstance(m, MSDeformAttn))
+    assert "use_reference_core" not in vars(MSDeformAttn)  # no process-wide flag
+    calls = []
+    real = deform.ms_deform_attn_reference
+    monkeypatch.setattr(deform, "ms_deform_attn_reference", lambda *a: calls.append(1) or real(*a))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        other(x)
+        assert calls == []  # the other model still runs the lean core
+        switched(x)
+        assert len(calls) == n  # each switched layer ran the reference core once
+    use_reference_core(switched, False)
+    assert not any(m.use_reference_core for m in switched.modules() if isinstance(m, MSDeformAttn))
 
 
 def test_sine_position_encoding_matches_formula():

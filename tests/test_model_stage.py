@@ -1,12 +1,16 @@
-"""The model stage: maps of the right size that agree with the Predictor's official path."""
+"""The model stage: maps of the right size that agree with the Predictor's official path, and
+the forward core it shares with the Predictor."""
 
 import numpy as np
 import pytest
 import torch
 
 from m2a_pipe.config import preset
+from m2a_pipe.inference import forward as core_module
+from m2a_pipe.inference.forward import ForwardCore, precision_for, upsample_map
 from m2a_pipe.inference.predictor import Predictor
 from m2a_pipe.inference.stage import ModelStage, map_size, network_input_size, prepare_frame
+from m2a_pipe.model.loading import load_model
 from m2a_pipe.model.mask2anomaly import build_model
 
 
@@ -39,19 +43,79 @@ def test_full_resolution_official_map_equals_the_predictor(model):
         assert (maps.semantic == result.semantic).mean() > 0.999
 
 
+def stage_map_at_image(maps, size, map_stride):
+    """A stage map at the image size, upsampled exactly as the Predictor does it."""
+    return upsample_map(torch.from_numpy(maps.anomaly)[None], size, map_stride, size)[0].numpy()
+
+
+@pytest.mark.parametrize("map_stride", [4, 2])
 @pytest.mark.parametrize("score", ["official", "msp", "energy"])
-def test_predictor_at_map_stride_4_is_the_stage_map_upsampled(model, score):
-    imgs = frames(2, 96, 160, seed=3)  # a multiple of 32: no padding, the map is the whole mask grid
-    stage = ModelStage(model, "cpu", score=score)
-    predictor = Predictor(model, "cpu", resize=False, score=score, map_stride=4)
-    fine = Predictor(model, "cpu", resize=False, score=score)
-    for maps, result, full in zip(stage(imgs), predictor(imgs), fine(imgs)):
-        up = torch.nn.functional.interpolate(torch.from_numpy(maps.anomaly)[None, None], scale_factor=4,
-                                             mode="bilinear", align_corners=False)[0, 0].numpy()
-        np.testing.assert_allclose(result.anomaly, up, atol=1e-5)
-        assert not np.allclose(result.anomaly, full.anomaly, atol=1e-3)  # a different map than stride 1
+def test_predictor_at_map_stride_4_or_2_is_the_stage_map_upsampled(model, score, map_stride):
+    for h, w in ((96, 160), (90, 150)):  # no padding; padding (a map cell past the image edge)
+        imgs = frames(2, h, w, seed=3)
+        stage = ModelStage(model, "cpu", score=score, map_stride=map_stride)
+        predictor = Predictor(model, "cpu", resize=False, score=score, map_stride=map_stride)
+        fine = Predictor(model, "cpu", resize=False, score=score)
+        for maps, result, full in zip(stage(imgs), predictor(imgs), fine(imgs)):
+            assert np.array_equal(result.anomaly, stage_map_at_image(maps, (h, w), map_stride))
+            if map_stride == 4 and h % 32 == 0:  # the grid map upsampled by plain interpolation
+                up = torch.nn.functional.interpolate(torch.from_numpy(maps.anomaly)[None, None], scale_factor=4,
+                                                     mode="bilinear", align_corners=False)[0, 0].numpy()
+                np.testing.assert_allclose(result.anomaly, up, atol=1e-6)
+            assert not np.allclose(result.anomaly, full.anomaly, atol=1e-3)  # a different map than stride 1
+            np.testing.assert_array_equal(result.semantic, full.semantic)  # semantic stays official
+
+
+def test_predictor_and_stage_share_the_forward_core_on_the_demo_weights():
+    demo = load_model("demo")
+    img = frames(1, 128, 256, seed=5)[0]
+    stage = ModelStage(demo, "cpu", score="official", map_stride=4)
+    predictor = Predictor(demo, "cpu", resize=False, score="official", map_stride=4)
+    assert isinstance(stage.core, ForwardCore) and isinstance(predictor.core, ForwardCore)
+    maps = stage([img])[0]
+    result = predictor(img)
+    assert np.array_equal(result.anomaly, stage_map_at_image(maps, img.shape[:2], 4))
+    out = predictor.forward([img])  # the same network outputs through both
+    logits, masks = stage.core(stage.core.batch([img]))
+    assert torch.equal(out["pred_logits"], logits) and torch.equal(out["pred_masks"], masks)
+    # with flip the Predictor averages the two upsampled maps (at the image size), the stage
+    # averages at the grid: equal up to float rounding where the map cells tile the image
+    flipped = ModelStage(demo, "cpu", flip=True)([img])[0]
+    result = Predictor(demo, "cpu", resize=False, map_stride=4, flip=True)(img)
+    np.testing.assert_allclose(result.anomaly, stage_map_at_image(flipped, img.shape[:2], 4), atol=1e-6)
+
+
+def test_both_users_follow_the_one_precision_rule(model, monkeypatch):
+    assert precision_for("cuda").autocast_dtype == torch.float16 and precision_for("cuda").autocast
+    assert precision_for(torch.device("cuda", 1)).autocast_dtype == torch.float16
+    for device in ("cpu", torch.device("cpu"), "meta"):
+        assert precision_for(device).autocast_dtype is None and not precision_for(device).autocast
+    assert precision_for("cuda", autocast=False).autocast_dtype is None
+    assert ModelStage(model, "cpu").core.precision == Predictor(model, "cpu").core.precision == precision_for("cpu")
+    asked = []
+    monkeypatch.setattr(core_module, "precision_for", lambda device, autocast=True: asked.append(
+        (torch.device(device).type, autocast)) or core_module.Precision("cpu", None))
+    ModelStage(model, "cpu")
+    Predictor(model, "cpu")
+    ModelStage(model, "cpu", autocast=False)
+    assert asked == [("cpu", True), ("cpu", True), ("cpu", False)]
+
+
+def test_precision_context_on_cpu_keeps_float32(model):
+    core = ForwardCore(model, "cpu")
+    with core.precision.context():
+        assert not torch.is_autocast_enabled("cpu")
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    logits, masks = core(core.batch(frames(1, 64, 64)))
+    assert logits.dtype == masks.dtype == torch.float32
+    assert masks.shape[-2:] == (16, 16)
+
+
+def test_map_stride_is_checked(model):
     with pytest.raises(ValueError, match="map_stride"):
-        Predictor(model, "cpu", map_stride=2)
+        Predictor(model, "cpu", map_stride=3)
+    with pytest.raises(ValueError, match="map_stride"):
+        ModelStage(model, "cpu", map_stride=8)
 
 
 def test_batch_equals_single_frames(model):

@@ -13,9 +13,7 @@ once), so a speed-up can be measured on the machine at hand.
 
 from __future__ import annotations
 
-import resource
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -23,11 +21,12 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from m2a_pipe.bench.memory import peak_rss_mb
 from m2a_pipe.config import ModelConfig
 from m2a_pipe.inference.predictor import full_resolution_semantic
 from m2a_pipe.inference.scoring import official_semantic_inference
 from m2a_pipe.model.mask2anomaly import build_model
-from m2a_pipe.model.ms_deform_attn import MSDeformAttn
+from m2a_pipe.model.ms_deform_attn import use_reference_core
 
 STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "semantic_inference")
 
@@ -71,11 +70,6 @@ class BenchResult:
         return "\n".join(lines)
 
 
-def _peak_rss_mb() -> float:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
-
-
 def bench_model(cfg: ModelConfig, *, preset: str = "custom", height: int = 512, width: int = 1024,
                 device: str = "cpu", batch: int = 1, warmup: int = 1, repeats: int = 5,
                 threads: int | None = None, baseline: bool = False, amp: bool = False,
@@ -86,7 +80,7 @@ def bench_model(cfg: ModelConfig, *, preset: str = "custom", height: int = 512, 
     dev = torch.device(device)
     torch.manual_seed(0)
     model = build_model(cfg).to(dev).eval()
-    MSDeformAttn.use_reference_core = baseline
+    use_reference_core(model, baseline)  # this model only
     if not baseline:
         model.prepare_for_inference()
     x = torch.randn(batch, 3, height, width, device=dev)
@@ -122,22 +116,19 @@ def bench_model(cfg: ModelConfig, *, preset: str = "custom", height: int = 512, 
             times[stage] = (b - a) / batch
         return times
 
-    try:
-        for i in range(warmup):
-            if progress:
-                progress(f"warm-up {i + 1}/{warmup}")
-            run_once()
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-        runs = []
-        for i in range(repeats):
-            if progress:
-                progress(f"run {i + 1}/{repeats}")
-            runs.append(run_once())
-    finally:
-        MSDeformAttn.use_reference_core = False
+    for i in range(warmup):
+        if progress:
+            progress(f"warm-up {i + 1}/{warmup}")
+        run_once()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    runs = []
+    for i in range(repeats):
+        if progress:
+            progress(f"run {i + 1}/{repeats}")
+        runs.append(run_once())
     totals = [sum(r.values()) for r in runs]
-    peak = (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else _peak_rss_mb())
+    peak = (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else peak_rss_mb())
     return BenchResult(
         preset=preset, device=str(dev), height=height, width=width, batch=batch,
         threads=torch.get_num_threads(), baseline=baseline, amp=amp, repeats=repeats,

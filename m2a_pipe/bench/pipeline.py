@@ -17,8 +17,6 @@ peak memory between videos.
 from __future__ import annotations
 
 import json
-import resource
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -27,6 +25,7 @@ from typing import Any
 
 import torch
 
+from m2a_pipe.bench.memory import peak_rss_mb
 from m2a_pipe.inference.stage import network_input_size, prepare_frame
 from m2a_pipe.io.inputs import VideoInput
 from m2a_pipe.io.video_reader import VideoReader
@@ -59,11 +58,6 @@ class PipelineBench:
         return json.dumps(self.to_dict(), indent=1)
 
 
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
-
-
 def bench_pipeline(video: str | Path, config: ProcessConfig | None = None) -> PipelineBench:
     """Measure one video (see the module docstring)."""
     from m2a_pipe.pipeline.job import VideoJob
@@ -92,7 +86,7 @@ def bench_pipeline(video: str | Path, config: ProcessConfig | None = None) -> Pi
         sync()
         e2e_s = time.perf_counter() - t0
     frames = result.frames
-    peak = _peak_rss_mb()
+    peak = peak_rss_mb()
 
     t0 = time.perf_counter()
     with VideoReader(video, sample_fps=config.sample_fps, stride=config.stride) as reader:

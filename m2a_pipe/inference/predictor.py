@@ -5,14 +5,18 @@ the official test-time path of Mask2Anomaly:
 
 1. optional resize of the short side to 1024 with Pillow's uint8 bilinear (``resize=True``,
    what the official ``DefaultPredictor`` does), normalise, pad to /32;
-2. forward pass (batched when the images share a size);
+2. forward pass (batched when the images share a size) in the
+   :class:`~m2a_pipe.inference.forward.ForwardCore` the video pipeline's model stage runs too:
+   float16 autocast on CUDA, float32 elsewhere (:func:`~m2a_pipe.inference.forward.precision_for`);
 3. mask logits upsampled to the padded size, official semantic inference (Eq. 3 plus one
    channel per confident stuff query), crop the padding, resize to the image size;
 4. anomaly map: Eq. 5 refined by Eq. 13 (official rule) or another score of
-   :data:`m2a_pipe.inference.scoring.SCORES`; optional horizontal-flip averaging. With
-   ``map_stride=4`` the score is computed at the mask resolution (1/4) and the score map is
-   upsampled instead of the mask logits: the maps the video pipeline computes
-   (:mod:`m2a_pipe.inference.stage`), here for image benchmarks;
+   :data:`m2a_pipe.inference.scoring.SCORES`; optional horizontal-flip averaging (the
+   mirrored originals resized and run, their map flipped back and averaged at the image
+   size). With ``map_stride`` 4 or 2 the anomaly map is instead exactly the video pipeline's
+   map (:func:`~m2a_pipe.inference.forward.grid_maps`, what
+   :class:`~m2a_pipe.inference.stage.ModelStage` outputs) upsampled to the image
+   (:func:`~m2a_pipe.inference.forward.upsample_map`), here for image benchmarks;
 5. semantic labels (argmax of Eq. 3) and, given a threshold, open-set labels (Eq. 14).
 
 Step 3 is evaluated in bands of rows so the (Q, Hp, Wp) upsampled masks never exist at
@@ -38,22 +42,18 @@ import torch
 import torch.nn.functional as F
 
 from m2a_pipe.config import ModelConfig
+from m2a_pipe.inference.forward import ForwardCore, check_map_stride, grid_maps, upsample_map
 from m2a_pipe.inference.panoptic import background_region, mine_unknown_instances, open_set_panoptic
-from m2a_pipe.inference.preprocess import normalize_and_pad, padded_size, resize_uint8, shortest_edge_size
+from m2a_pipe.inference.preprocess import padded_size, resize_uint8, shortest_edge_size
 from m2a_pipe.inference.scoring import (
     SCORES,
     crop_and_resize,
-    flip_average,
-    grid_anomaly,
     official_anomaly_map,
     official_semantic_inference,
     open_set_semantic,
 )
 from m2a_pipe.model.mask2anomaly import Mask2Anomaly
-
-MAP_STRIDES = (1, 4)
-"""Resolution of the anomaly score before it is resized to the image: 1 = the padded input
-(mask logits upsampled first, the official evaluation), 4 = the mask logits' own grid."""
+from m2a_pipe.settings import SCORE_NAMES
 
 BAND_BYTES = 16 * 2**20
 """Size of one band of upsampled masks (Q x rows x Wp float32): about 16 MB keeps a band in
@@ -69,7 +69,7 @@ class Result:
     semantic: (H, W) int64 known-class labels, argmax of Eq. 3.
     open_set: (H, W) int64 labels with K = unknown (Eq. 14), when a threshold is set.
     sem_seg: (K + n_kept, H, W) float32 official semantic output (un-flipped pass).
-    pred_logits: (Q, K+1) and pred_masks: (Q, Hp/4, Wp/4), raw decoder outputs (un-flipped).
+    pred_logits: (Q, K+1) and pred_masks: (Q, Hp/4, Wp/4), float32 decoder outputs (un-flipped).
     input_size: (h, w) of the network input before padding (after the optional resize).
     """
 
@@ -143,23 +143,44 @@ class Predictor:
         score: ``"official"`` (Eq. 5 with the Eq. 13 refinement, exactly as the official
             evaluation) or a name of :data:`m2a_pipe.inference.scoring.SCORES` (no refinement).
         open_set_threshold: anomaly threshold for Eq. 14 open-set labels (None: skip).
-        map_stride: 1 (official) or 4: the anomaly score at the mask resolution, then
-            upsampled (:data:`MAP_STRIDES`); semantic outputs are unchanged.
+        map_stride: one of :data:`m2a_pipe.settings.MAP_STRIDES`. 1: the official path (mask
+            logits upsampled to the input, then scored). 4 or 2: the model stage's map at
+            1/``map_stride`` of the input (:func:`~m2a_pipe.inference.forward.grid_maps`),
+            upsampled to the image; with ``flip`` the two upsampled maps are averaged at the
+            image size. Semantic outputs are the official ones at every stride.
+        autocast: follow :func:`~m2a_pipe.inference.forward.precision_for` (float16 autocast
+            on CUDA, float32 elsewhere); False runs float32 everywhere.
     """
 
     def __init__(self, model: Mask2Anomaly, device: str | torch.device = "cpu", *,
                  resize: bool = True, flip: bool = False, score: str = "official",
-                 open_set_threshold: float | None = None, map_stride: int = 1) -> None:
-        if score != "official" and score not in SCORES:
+                 open_set_threshold: float | None = None, map_stride: int = 1,
+                 autocast: bool = True) -> None:
+        if score not in SCORE_NAMES:
             raise ValueError(f"unknown score {score!r}; known: official, {', '.join(SCORES)}")
-        if map_stride not in MAP_STRIDES:
-            raise ValueError(f"map_stride must be one of {MAP_STRIDES}, got {map_stride!r}")
-        self.map_stride = map_stride
-        self.device = torch.device(device)
-        self.model = model.to(self.device).prepare_for_inference()
-        self.config: ModelConfig = model.config
+        self.map_stride = check_map_stride(map_stride)
+        self.core = ForwardCore(model, device, autocast=autocast)
         self.resize, self.flip, self.score = resize, flip, score
         self.open_set_threshold = open_set_threshold
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the network and of the post-processing."""
+        return self.core.device
+
+    @property
+    def model(self) -> Mask2Anomaly:
+        """The network, prepared for inference."""
+        return self.core.model
+
+    @property
+    def config(self) -> ModelConfig:
+        """The network's config: preprocessing (resize, normalisation), classes, refinement."""
+        return self.core.config
+
+    @config.setter
+    def config(self, config: ModelConfig) -> None:
+        self.core.config = config
 
     @classmethod
     def from_weights(cls, weights: str | Path = "demo", device: str | torch.device = "cpu",
@@ -182,26 +203,31 @@ class Predictor:
         results = self.predict(batch)
         return results[0] if single else results
 
-    @torch.inference_mode()
-    def forward(self, images: Sequence[np.ndarray]) -> dict:
-        """Preprocess and run the network on images of one size.
-
-        Returns a dict with ``pred_logits`` (B, Q, K+1), ``pred_masks`` (B, Q, Hp/4, Wp/4)
-        and ``input_size`` (h, w), the network input size before padding.
-        """
+    def _network_input(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """B (H, W, 3) uint8 images of one size -> ((B, 3, h, w) uint8 on the device, (h, w)),
+        resized with Pillow when ``resize`` (the official test-time resize)."""
         pre = self.config.preprocess
         h, w = images[0].shape[:2]
         size = shortest_edge_size(h, w, pre.min_size_test, pre.max_size_test) if self.resize else (h, w)
-        batch = np.stack([resize_uint8(im, size) for im in images])
-        x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2)
-        x = normalize_and_pad(x, pre.pixel_mean, pre.pixel_std, pre.size_divisibility)
-        out = self.model(x)
-        return {"pred_logits": out["pred_logits"], "pred_masks": out["pred_masks"], "input_size": size}
+        return self.core.batch([resize_uint8(im, size) for im in images]), size
+
+    @torch.inference_mode()
+    def forward(self, images: Sequence[np.ndarray]) -> dict:
+        """Preprocess and run the network on (H, W, 3) uint8 images of one size.
+
+        Returns a dict with ``pred_logits`` (B, Q, K+1) and ``pred_masks`` (B, Q, Hp/4, Wp/4),
+        float32, and ``input_size`` (h, w), the network input size before padding.
+        """
+        x, size = self._network_input(images)
+        out = self.core(x)
+        return {"pred_logits": out.pred_logits, "pred_masks": out.pred_masks, "input_size": size}
 
     @torch.inference_mode()
     def sem_seg(self, pred_logits: torch.Tensor, pred_masks: torch.Tensor,
                 input_size: tuple[int, int], output_size: tuple[int, int]) -> torch.Tensor:
-        """Official semantic output of one image: (K + n_kept, H, W) at ``output_size``."""
+        """Official semantic output of one image from its (Q, K+1) logits and (Q, Hp/4, Wp/4)
+        mask logits: (K + n_kept, H, W) float32 at ``output_size`` (Eq. 3 plus the Eq. 13
+        channels, see :func:`full_resolution_semantic`)."""
         cfg = self.config
         sem = full_resolution_semantic(pred_logits, pred_masks, cfg.refine_ids, cfg.keep_threshold)
         return crop_and_resize(sem, input_size, output_size)
@@ -210,62 +236,74 @@ class Predictor:
     def anomaly_map(self, pred_logits: torch.Tensor, pred_masks: torch.Tensor,
                     input_size: tuple[int, int], output_size: tuple[int, int],
                     sem: torch.Tensor | None = None) -> torch.Tensor:
-        """(H, W) anomaly map of one image from its decoder outputs (score per ``self.score``)."""
-        if self.map_stride == 4:
-            return self._coarse_anomaly_map(pred_logits, pred_masks, input_size, output_size)
+        """(H, W) float32 anomaly map of one image from its (Q, K+1) logits and (Q, Hp/4, Wp/4)
+        mask logits (score per ``self.score``, resolution per ``self.map_stride``); ``sem`` is
+        its :meth:`sem_seg` when the caller has it (official score at stride 1)."""
+        if self.map_stride > 1:
+            return self._grid_anomaly(pred_logits[None], pred_masks[None], input_size, output_size)[0]
         if self.score == "official":
             if sem is None:
                 sem = self.sem_seg(pred_logits, pred_masks, input_size, output_size)
-            return official_anomaly_map(sem, self.config.num_classes)
+            return official_anomaly_map(sem, self.config.num_classes)  # Eq. 5 refined by Eq. 13
         hp, wp = padded_size(*input_size, self.config.preprocess.size_divisibility)
         masks = F.interpolate(pred_masks[None], size=(hp, wp), mode="bilinear", align_corners=False)
         score = SCORES[self.score](pred_logits[None], masks)
         return crop_and_resize(score, input_size, output_size)[0]
 
-    def _coarse_anomaly_map(self, pred_logits: torch.Tensor, pred_masks: torch.Tensor,
-                            input_size: tuple[int, int], output_size: tuple[int, int]) -> torch.Tensor:
-        """The score on the (Q, Hp/4, Wp/4) mask grid (Eq. 5 refined by Eq. 13 when official),
-        upsampled bilinearly to the padded input, cropped and resized: (H, W)."""
-        score = grid_anomaly(self.score, pred_logits[None].float(), pred_masks[None].float(),
-                             self.config.refine_ids, self.config.keep_threshold)
-        hp, wp = padded_size(*input_size, self.config.preprocess.size_divisibility)
-        score = F.interpolate(score[:, None], size=(hp, wp), mode="bilinear", align_corners=False)[:, 0]
-        return crop_and_resize(score, input_size, output_size)[0]
+    def _grid_anomaly(self, pred_logits: torch.Tensor, pred_masks: torch.Tensor,
+                      input_size: tuple[int, int], output_size: tuple[int, int]) -> torch.Tensor:
+        """(B, Q, K+1), (B, Q, Hp/4, Wp/4) -> (B, H, W): the model stage's map at
+        1/``map_stride`` (:func:`grid_maps`) upsampled to the image (:func:`upsample_map`)."""
+        cfg = self.config
+        grid, _ = grid_maps(self.score, pred_logits, pred_masks, input_size, self.map_stride,
+                            cfg.refine_ids, cfg.keep_threshold, semantic=False)
+        return upsample_map(grid, input_size, self.map_stride, output_size)
 
+    def _anomalies(self, pred_logits: torch.Tensor, pred_masks: torch.Tensor, input_size: tuple[int, int],
+                   output_size: tuple[int, int], sems: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, Q, K+1), (B, Q, Hp/4, Wp/4) -> (B, H, W) anomaly maps (``sems``: their
+        :meth:`sem_seg`, reused by the official score at stride 1)."""
+        if self.map_stride > 1:
+            return self._grid_anomaly(pred_logits, pred_masks, input_size, output_size)
+        return torch.stack([self.anomaly_map(pred_logits[j], pred_masks[j], input_size, output_size,
+                                             None if sems is None else sems[j]) for j in range(len(pred_logits))])
+
+    @torch.inference_mode()
     def predict(self, images: list[np.ndarray]) -> list[Result]:
-        """Results for a list of images; images of equal size share one forward pass."""
+        """Results for a list of (H, W, 3) uint8 images; images of equal size share one
+        forward pass (and one mirrored pass with ``flip``)."""
         results: list[Result | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, image in enumerate(images):
             groups.setdefault(image.shape[:2], []).append(i)
-        for (h, w), idx in groups.items():
+        for size, idx in groups.items():
             group = [images[i] for i in idx]
-            out = self.forward(group)
-            out_lr = self.forward([np.ascontiguousarray(im[:, ::-1]) for im in group]) if self.flip else None
+            x, input_size = self._network_input(group)
+            logits, masks = self.core(x)
+            sems = [self.sem_seg(logits[j], masks[j], input_size, size) for j in range(len(idx))]
+            anomaly = self._anomalies(logits, masks, input_size, size, sems)
+            if self.flip:  # the official TTA mirrors the original image, then resizes it
+                mirrored, _ = self._network_input([np.ascontiguousarray(im[:, ::-1]) for im in group])
+                anomaly = self.core.average_with_mirror(
+                    anomaly, mirrored, lambda lo, ma: self._anomalies(lo, ma, input_size, size))
             for j, i in enumerate(idx):
-                results[i] = self._finish(out, out_lr, j, (h, w))
+                results[i] = self._result(logits[j], masks[j], sems[j], anomaly[j], input_size)
         return results  # type: ignore[return-value]
 
-    def _finish(self, out: dict, out_lr: dict | None, j: int, size: tuple[int, int]) -> Result:
-        logits, masks = out["pred_logits"][j], out["pred_masks"][j]
-        sem = self.sem_seg(logits, masks, out["input_size"], size)
-        anomaly = self.anomaly_map(logits, masks, out["input_size"], size, sem)
-        if out_lr is not None:
-            lr = self.anomaly_map(out_lr["pred_logits"][j], out_lr["pred_masks"][j],
-                                  out_lr["input_size"], size)
-            anomaly = flip_average(anomaly, lr)
+    def _result(self, logits: torch.Tensor, masks: torch.Tensor, sem: torch.Tensor, anomaly: torch.Tensor,
+                input_size: tuple[int, int]) -> Result:
+        """The :class:`Result` of one image from its outputs, sem_seg and (H, W) anomaly map."""
         known = sem[: self.config.num_classes]
         open_set = None
         if self.open_set_threshold is not None:
-            open_set = open_set_semantic(known, anomaly, self.open_set_threshold).cpu().numpy()
+            open_set = open_set_semantic(known, anomaly, self.open_set_threshold).cpu().numpy()  # Eq. 14
         return Result(anomaly=anomaly.float().cpu().numpy(), semantic=known.argmax(0).cpu().numpy(),
                       open_set=open_set, sem_seg=sem.cpu(), pred_logits=logits.cpu(),
-                      pred_masks=masks.cpu(), input_size=out["input_size"])
+                      pred_masks=masks.cpu(), input_size=input_size)
 
     @torch.inference_mode()
-    def panoptic(self, result: Result, *, bg_threshold: float = 0.5,
-                          iou_threshold: float = 0.5, min_area: int = 1
-                          ) -> tuple[np.ndarray, list[dict]]:
+    def panoptic(self, result: Result, *, bg_threshold: float = 0.5, iou_threshold: float = 0.5,
+                 min_area: int = 1) -> tuple[np.ndarray, list[dict]]:
         """Open-set panoptic segmentation of one result at its image size: known segments
         (Mask2Former panoptic inference) plus unknown instances mined from the background
         region (Eq. 15, Sec. 6.3), with the thing/stuff split of the weights' config.

@@ -9,6 +9,10 @@ bilinearly sampled values. The core has two implementations with the same result
 * :func:`ms_deform_attn`: the one the model runs. It reads each level's values in place
   (no per-level transpose copy), samples one level at a time and accumulates the weighted
   sum in place, so the (B*heads, C/heads, queries, levels*points) tensor is never built.
+
+Which core a layer runs is a per-layer flag, ``MSDeformAttn.use_reference_core`` (False by
+default); :func:`use_reference_core` sets it on every layer of one model, leaving any other
+model in the process as it is.
 """
 
 from __future__ import annotations
@@ -81,14 +85,14 @@ class MSDeformAttn(nn.Module):
     """Deformable attention layer (keys ``sampling_offsets``, ``attention_weights``,
     ``value_proj``, ``output_proj`` as in the official module).
 
-    ``use_reference_core = True`` switches to the straightforward core (for comparisons).
+    The instance attribute ``use_reference_core`` (False) switches this layer to the
+    straightforward core (for comparisons); see :func:`use_reference_core`.
     """
-
-    use_reference_core: bool = False
 
     def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8,
                  n_points: int = 4) -> None:
         super().__init__()
+        self.use_reference_core = False
         if d_model % n_heads:
             raise ValueError(f"d_model {d_model} must be divisible by n_heads {n_heads}")
         self.d_model, self.n_levels, self.n_heads, self.n_points = d_model, n_levels, n_heads, n_points
@@ -147,3 +151,15 @@ class MSDeformAttn(nn.Module):
         grids = (2 * locations - 1).permute(0, 2, 3, 4, 1, 5)  # (B, M, L, P, Q, 2)
         out = ms_deform_attn(value_t, shapes, grids, weights.permute(0, 2, 3, 4, 1))  # (B, C, Q)
         return self.output_proj(out.transpose(1, 2))
+
+
+def use_reference_core(model: nn.Module, on: bool = True) -> int:
+    """Switch every :class:`MSDeformAttn` of ``model`` (``model`` itself included) to the
+    straightforward core (``on=True``) or back to the lean one; other models are untouched.
+
+    Returns the number of layers set (0: the model has no deformable attention).
+    """
+    layers = [m for m in model.modules() if isinstance(m, MSDeformAttn)]
+    for layer in layers:
+        layer.use_reference_core = bool(on)
+    return len(layers)
