@@ -11,6 +11,7 @@ import click
 
 from m2a_pipe.evaluation.components import PROFILES
 from m2a_pipe.evaluation.pixel import AP_CONVENTIONS, DEFAULT_MAX_EXACT_PIXELS
+from m2a_pipe.settings import DEFAULT_SCORE, MAP_STRIDES, SCORE_NAMES
 
 
 def _emit(report: dict, json_path: Path | None) -> None:
@@ -71,12 +72,11 @@ def evaluate() -> None:
 @click.option("--threshold", type=float, help="Component binarisation threshold (default: best pixel F1).")
 @click.option("--max-exact-pixels", type=int, default=DEFAULT_MAX_EXACT_PIXELS, show_default=True,
               help="Pixels kept verbatim before the exact mode switches to its fine histogram.")
-@click.option("--score", "score_name", type=click.Choice(["official", "msp", "rba", "max_logit", "energy", "entropy"]),
-              default="official", show_default=True,
+@click.option("--score", "score_name", type=click.Choice(SCORE_NAMES), default=DEFAULT_SCORE, show_default=True,
               help="Anomaly score of --dataset runs: official = Eq. 5 refined by Eq. 13; msp = Eq. 5 alone.")
-@click.option("--map-stride", type=click.Choice(["1", "4"]), default="1", show_default=True,
+@click.option("--map-stride", type=click.Choice([str(s) for s in MAP_STRIDES]), default="1", show_default=True,
               help="Resolution of the score of --dataset runs: 1 = mask logits upsampled first (official); "
-                   "4 = the score on the 1/4 mask grid, then upsampled (what `process` computes).")
+                   "2 or 4 = the score on the 1/2 or 1/4 grid, then upsampled (what `process` computes).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report here.")
 @click.option("--plots", "plots_dir", type=click.Path(path_type=Path), help="Write pr.png and roc.png here.")
 def anomaly(scores, labels, dataset, dataset_type, weights, out_dir, device, flip, profile, ap_convention,
