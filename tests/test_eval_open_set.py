@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
+from m2a_pipe.evaluation.datasets import DatasetError
 from m2a_pipe.evaluation.open_set import (
     OpenSetAccumulator,
     calibrate_threshold,
+    threshold_at_tpr,
     weighted_average,
 )
 
@@ -43,3 +46,20 @@ def test_weighted_average():
         b.add(np.array([[0, 1]]), np.array([[0, 0]]), np.array([[0.0, 0.1]]))
     avg = weighted_average([a.result(), b.result()])
     assert avg["open_miou"] == pytest.approx((1.0 * 1 + 0.5 * 3) / 4)
+
+
+def test_threshold_at_tpr():
+    scores = np.arange(1, 101, dtype=np.float32)  # 1..100
+    t = threshold_at_tpr(scores, 0.95)
+    assert t == 6.0  # 95 of 100 scores are >= 6, only 94 are >= 7
+    assert threshold_at_tpr(torch.from_numpy(scores[::-1].copy()), 0.95) == 6.0
+    assert threshold_at_tpr(scores, 1.0) == 1.0
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=1003)
+    t = threshold_at_tpr(torch.tensor(s), 0.95)
+    assert (s >= t).mean() >= 0.95 and (s > t).mean() < 0.95
+    with_nan = np.array([np.nan, 1.0, 2.0])  # NaN ignored: n = 2
+    assert threshold_at_tpr(with_nan, 0.5) == 2.0  # 1 of 2 scores >= 2
+    assert threshold_at_tpr(with_nan, 0.51) == 1.0
+    with pytest.raises(DatasetError, match="no anomalous pixels"):
+        threshold_at_tpr(np.array([]), 0.95)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import golden_dir
 
-from m2a_pipe.inference import scoring as S
 from m2a_pipe.config import CITYSCAPES_REFINE_IDS
+from m2a_pipe.inference import scoring as S
 
 # -- independent numpy references (explicit loops) --------------------------------------
 
@@ -201,23 +201,6 @@ def test_open_set_semantic_eq14():
     assert got.dtype == torch.int64
     assert got.tolist() == [[0, 2, 2]]  # 0.5 >= threshold -> unknown
     assert S.open_set_semantic(sem[None], anomaly[None], 0.8).tolist() == [[[0, 1, 1]]]
-
-
-def test_threshold_at_tpr():
-    scores = np.arange(1, 101, dtype=np.float32)  # 1..100
-    t = S.threshold_at_tpr(scores, 0.95)
-    assert t == 6.0  # 95 of 100 scores are >= 6, only 94 are >= 7
-    assert S.threshold_at_tpr(torch.from_numpy(scores[::-1].copy()), 0.95) == 6.0
-    assert S.threshold_at_tpr(scores, 1.0) == 1.0
-    rng = np.random.default_rng(0)
-    s = rng.normal(size=1003)
-    t = S.threshold_at_tpr(torch.tensor(s), 0.95)
-    assert (s >= t).mean() >= 0.95 and (s > t).mean() < 0.95
-    with_nan = np.array([np.nan, 1.0, 2.0])  # NaN ignored: n = 2
-    assert S.threshold_at_tpr(with_nan, 0.5) == 2.0  # 1 of 2 scores >= 2
-    assert S.threshold_at_tpr(with_nan, 0.51) == 1.0
-    with pytest.raises(ValueError):
-        S.threshold_at_tpr(np.array([]), 0.95)
 
 
 # -- golden parity ------------------------------------------------------------------------

@@ -19,11 +19,12 @@ the per-class list.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from m2a_pipe.inference.scoring import threshold_at_tpr
+from m2a_pipe.evaluation.datasets import DatasetError
 
 VOID = 255
 
@@ -64,9 +65,33 @@ def open_set_labels(semantic: np.ndarray, anomaly: np.ndarray, threshold: float,
     return np.where(np.asarray(anomaly) >= threshold, num_known, np.asarray(semantic)).astype(np.int64)
 
 
+def threshold_at_tpr(scores_anomalous: np.ndarray, tpr: float = 0.95) -> float:
+    """Threshold whose true-positive rate on anomalous calibration pixels is ``tpr``, the
+    ``f_hat`` cut of Eq. 14.
+
+    Returns the largest ``t`` such that at least ``ceil(tpr * n)`` of the ``n`` anomalous
+    scores satisfy ``score >= t`` (the k-th largest score); NaNs are ignored.
+
+    Args:
+        scores_anomalous: scores of ground-truth anomalous pixels, any shape (flattened),
+            float, array-like (numpy, or a CPU tensor).
+        tpr: target true-positive rate in (0, 1].
+    Raises DatasetError when there is no anomalous score to calibrate on.
+    """
+    if not 0.0 < tpr <= 1.0:
+        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
+    s = np.asarray(scores_anomalous, dtype=np.float64).ravel()
+    s = s[~np.isnan(s)]
+    n = s.size
+    if n == 0:
+        raise DatasetError("no anomalous pixels to calibrate the open-set threshold on")
+    k = max(1, math.ceil(round(tpr * n, 9)))  # round: 0.95 * 100 must give 95, not 96
+    return float(np.partition(s, n - k)[n - k])
+
+
 def calibrate_threshold(anomalous_scores: list[np.ndarray] | np.ndarray, tpr: float = 0.95) -> float:
     """Threshold with TPR ``tpr`` on the anomalous calibration pixels (the k-th largest
-    score; :func:`m2a_pipe.inference.scoring.threshold_at_tpr`). Args: 1-D float arrays."""
+    score; :func:`threshold_at_tpr`). Args: 1-D float arrays."""
     if isinstance(anomalous_scores, list):
         anomalous_scores = np.concatenate([np.ravel(a) for a in anomalous_scores]) if anomalous_scores \
             else np.zeros(0, np.float32)

@@ -20,10 +20,8 @@ Two families live here:
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Literal, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -305,8 +303,9 @@ def open_set_semantic(sem: torch.Tensor, anomaly: torch.Tensor, threshold: float
     """Open-set labels ``argmax(concat(g(x), f_hat(x)))`` (Eq. 14).
 
     ``f_hat`` is the anomaly score thresholded at ``threshold`` (calibrated with
-    :func:`threshold_at_tpr`): a pixel with ``anomaly >= threshold`` takes the unknown label
-    K, every other pixel the argmax of its known-class scores ``g(x)`` (Eq. 3).
+    :func:`m2a_pipe.evaluation.open_set.threshold_at_tpr`): a pixel with
+    ``anomaly >= threshold`` takes the unknown label K, every other pixel the argmax of its
+    known-class scores ``g(x)`` (Eq. 3).
 
     Args:
         sem: (B, K, H, W) or (K, H, W) known-class scores (extra channels must be removed).
@@ -317,26 +316,3 @@ def open_set_semantic(sem: torch.Tensor, anomaly: torch.Tensor, threshold: float
     num_classes = sem.shape[-3]
     labels = sem.argmax(dim=-3)
     return torch.where(anomaly >= threshold, torch.full_like(labels, num_classes), labels)
-
-
-def threshold_at_tpr(scores_anomalous: torch.Tensor | np.ndarray, tpr: float = 0.95) -> float:
-    """Threshold whose true-positive rate on anomalous calibration pixels is ``tpr``.
-
-    Returns the largest ``t`` such that at least ``ceil(tpr * n)`` of the ``n`` anomalous
-    scores satisfy ``score >= t`` (the k-th largest score); NaNs are ignored. Used to
-    calibrate ``f_hat`` of Eq. 14.
-
-    Args:
-        scores_anomalous: 1-D (or any shape, flattened) scores of ground-truth anomalous
-            pixels, tensor on any device or numpy array.
-        tpr: target true-positive rate in (0, 1].
-    """
-    if not 0.0 < tpr <= 1.0:
-        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
-    s = torch.as_tensor(scores_anomalous).flatten()
-    s = s[~torch.isnan(s)].to(torch.float64)
-    n = s.numel()
-    if n == 0:
-        raise ValueError("no anomalous scores to calibrate on")
-    k = max(1, math.ceil(round(tpr * n, 9)))  # round: 0.95 * 100 must give 95, not 96
-    return float(torch.kthvalue(s, n - k + 1).values)
