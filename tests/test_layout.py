@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from m2a_pipe.io.layout import OLD_MARK, PARTIAL_MARK, is_temporary, old_dir, partial_dir, temporary_dirs
+from m2a_pipe.io.layout import (
+    OLD_MARK,
+    PARTIAL_MARK,
+    is_temporary,
+    old_dir,
+    partial_dir,
+    temporary_dirs,
+    temporary_file,
+    written_atomically,
+)
 
 
 def test_partial_and_old_dirs_are_hidden_siblings(tmp_path):
@@ -89,3 +98,18 @@ def test_layout_imports_nothing_heavy():
             "print(','.join(m for m in ('torch', 'av', 'h5py', 'numpy') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+def test_written_atomically_renames_when_whole_and_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "failures.jsonl"
+    target.write_text("old\n")
+    with written_atomically(target) as tmp:
+        assert tmp == temporary_file(target) and tmp.parent == tmp_path and tmp.name.startswith(".failures.jsonl")
+        tmp.write_text("new\n")
+        assert target.read_text() == "old\n"  # nothing replaced before the block ends
+    assert target.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["failures.jsonl"]
+    with pytest.raises(OSError, match="disk full"):
+        with written_atomically(target) as tmp:
+            tmp.write_text("half")
+            raise OSError(28, "disk full")
+    assert target.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["failures.jsonl"]

@@ -6,14 +6,19 @@ that read it (``m2a-pipe mine``, ``m2a-pipe clip``). No heavy imports: readers s
     OUT/<rel>/.<stem>.old-<pid>       a replaced output, removed right after the rename
     OUT/failures.jsonl                the inputs that failed in the latest run (path, reason)
 
+    <any file>/.<name>.tmp-<pid>      a file being written, renamed onto <name> when whole
+
 The temporary names are built and recognised here only: :func:`partial_dir`, :func:`old_dir`,
-:func:`is_temporary`, :func:`temporary_dirs`.
+:func:`is_temporary`, :func:`temporary_dirs`, :func:`temporary_file`, and files are written
+under them by :func:`written_atomically`.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 SCORES_FILE = "scores.h5"
@@ -27,6 +32,7 @@ FAILURES_FILE = "failures.jsonl"
 
 PARTIAL_MARK = ".partial-"
 OLD_MARK = ".old-"
+TMP_FILE_MARK = ".tmp-"
 TEMPORARY_MARKS = (PARTIAL_MARK, OLD_MARK)
 
 _MARKS_RE = "|".join(re.escape(mark) for mark in TEMPORARY_MARKS)
@@ -83,3 +89,29 @@ def temporary_dirs(out_dir: str | os.PathLike) -> list[Path]:
         if match and match["stem"] == out_dir.name:
             found.append(out_dir.parent / name)
     return found
+
+
+def temporary_file(path: str | os.PathLike, pid: int | None = None) -> Path:
+    """``<parent>/.<name>.tmp-<pid>``: where process ``pid`` (default: this one) writes the
+    file ``path`` before renaming it into place (a sibling: the rename stays on one file system)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}{TMP_FILE_MARK}{os.getpid() if pid is None else int(pid)}")
+
+
+@contextmanager
+def written_atomically(path: str | os.PathLike) -> Iterator[Path]:
+    """Write a file so that it appears whole or not at all.
+
+    Yields :func:`temporary_file` ``(path)`` for the caller to write; when the block ends
+    normally the temporary file is renamed onto ``path`` (``os.replace``); when it raises
+    (a full disk, Ctrl-C) the temporary file is removed and the error goes on, so nothing
+    half-written is left under either name.
+    """
+    path = Path(path)
+    tmp = temporary_file(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

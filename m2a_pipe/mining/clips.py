@@ -28,6 +28,7 @@ from typing import Iterator
 import av
 
 from m2a_pipe.errors import M2AError
+from m2a_pipe.io.layout import temporary_file
 from m2a_pipe.io.video_reader import PTS_EPSILON_S, Frame, VideoError, VideoReader
 from m2a_pipe.io.video_writer import VideoWriter
 from m2a_pipe.mining.outputs import EVENTS_FILE, OVERLAY_FILE, SCORES_FILE, OutputError, find_event, read_root_attrs
@@ -155,7 +156,7 @@ def cut_clip(folder: str | os.PathLike, event_id: int, output: str | os.PathLike
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ClipError(f"{output}: cannot write the clip ({_reason(err)})") from None
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    tmp = temporary_file(output)
     writer: VideoWriter | None = None
     first_pts = last_pts = last_clip_pts = None
     try:

@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 from PIL import Image, ImageDraw, ImageFont
 
+from m2a_pipe.io.layout import written_atomically
 from m2a_pipe.mining.outputs import OVERLAY_FILE, TIMELINE_FILE, Skipped, VideoFolder
 from m2a_pipe.mining.ranking import RANKING_RULE, RankSpool
 
@@ -121,15 +122,13 @@ def write_events_csv(path: Path, spool: RankSpool, extra_keys: Iterable[str], cl
     """Write every spooled event in rank order; ``clips`` maps sequence numbers to clip paths.
     Returns the number of rows. Written under a temporary name and renamed."""
     keys = sorted(extra_keys)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     n = 0
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with written_atomically(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(csv_header(keys))
         for rank, seq, row in spool.ranked():
             writer.writerow(csv_row(rank, row, keys, clips.get(seq, "")))
             n += 1
-    os.replace(tmp, path)
     return n
 
 
@@ -192,9 +191,8 @@ def write_contact_sheet(path: Path, top: Sequence[TopEvent]) -> None:
         line2 = f"{item.video.rel}  event {ev['event_id']}"
         draw.text((x, y + cell_h + 3), _fit_text(draw, line1, font, cell_w), fill=SHEET_TEXT, font=font)
         draw.text((x, y + cell_h + 20), _fit_text(draw, line2, font, cell_w), fill=SHEET_TEXT, font=font)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    sheet.save(tmp, format="JPEG", quality=SHEET_JPEG_QUALITY)
-    os.replace(tmp, path)
+    with written_atomically(path) as tmp:
+        sheet.save(tmp, format="JPEG", quality=SHEET_JPEG_QUALITY)
 
 
 # -- report.html ------------------------------------------------------------------------------
@@ -311,11 +309,10 @@ def write_report_html(path: Path, *, out_root: Path, counts: Mapping[str, int], 
     """Assemble ``report.html`` from the top events and the spooled video and skipped rows
     (the two fragments are text files positioned anywhere; they are read from their start)."""
     report_dir = path.parent
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     title = f"m2a-pipe mine: {out_root}"
     summary = (f"{counts['videos']} videos mined, {counts['skipped']} folders skipped · "
                f"{counts['kept']} events ranked of {counts['events']}{filters} · top {len(top)} shown")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with written_atomically(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n<title>{_esc(title)}</title>\n'
                 f"<style>{_CSS}</style></head>\n<body>\n")
         f.write(f"<header><h1>Anomalous events: {_esc(out_root)}</h1><p>{_esc(summary)}</p></header>\n")
@@ -340,4 +337,3 @@ def write_report_html(path: Path, *, out_root: Path, counts: Mapping[str, int], 
                 f"The full table is <a href=\"{EVENTS_CSV}\">{EVENTS_CSV}</a>; the thumbnails above are embedded, "
                 "timelines, overlays and clips are linked relative to this file.</p></section>\n")
         f.write("</body></html>\n")
-    os.replace(tmp, path)

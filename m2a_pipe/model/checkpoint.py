@@ -27,7 +27,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -38,6 +37,7 @@ from torch import nn
 
 from m2a_pipe.config import ModelConfig
 from m2a_pipe.errors import M2AError
+from m2a_pipe.io.layout import written_atomically
 
 FORMAT = "m2a-pipe/1"
 """Value of the ``m2a_format`` metadata entry of the weight files this version writes."""
@@ -384,16 +384,10 @@ def save_weights(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
+    with written_atomically(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from m2a_pipe.inference.stage import ModelStage
 from m2a_pipe.io.inputs import InputError, VideoInput, discover
-from m2a_pipe.io.layout import FAILURES_FILE
+from m2a_pipe.io.layout import FAILURES_FILE, written_atomically
 from m2a_pipe.pipeline.config import ProcessConfig, ProcessError, RayConfig
 from m2a_pipe.pipeline.job import ModelInfo, VideoJob, VideoResult, is_complete
 from m2a_pipe.pipeline.model import load_checked_model, load_stage, prepare_runtime
@@ -162,12 +162,10 @@ def write_failures(output: Path, results: Iterable[VideoResult]) -> None:
     if not failed:
         path.unlink(missing_ok=True)
         return
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
+    with written_atomically(path) as tmp, open(tmp, "w") as f:
         for v in failed:
             f.write(json.dumps({"source": v.source, "rel": v.rel, "error": v.error,
                                 **({"extra": dict(v.extra)} if v.extra else {})}) + "\n")
-    os.replace(tmp, path)
 
 
 def _process_locally(todo: list[VideoInput], output: Path, config: ProcessConfig,

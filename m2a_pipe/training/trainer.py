@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch
 from m2a_pipe.config import ConfigError, ModelConfig
 from m2a_pipe.inference.device import resolve_device
 from m2a_pipe.inference.preprocess import normalize_and_pad
+from m2a_pipe.io.layout import written_atomically
 from m2a_pipe.model.checkpoint import load_into, load_weights, save_weights
 from m2a_pipe.model.mask2anomaly import build_model
 from m2a_pipe.training.batches import StepBatches
@@ -287,9 +287,8 @@ class Trainer:
         folder = self.checkpoint_dir()
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"step_{self.step:08d}.pt"
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        with written_atomically(path) as tmp:
+            torch.save(state, tmp)
         for old in sorted(folder.glob("step_*.pt"))[:-max(1, self.recipe.keep_checkpoints)]:
             old.unlink()
         return path
