@@ -1,4 +1,4 @@
-"""Events from tracks and frame runs, thumbnails, events.jsonl, tracks CSV, timeline PNG."""
+"""Events from tracks and frame runs, thumbnails, events.jsonl, tracks CSV, timeline PNG, Detections."""
 
 from __future__ import annotations
 
@@ -9,19 +9,11 @@ import pytest
 from PIL import Image
 
 from m2a_pipe.inference.instances import Instance
-from m2a_pipe.video.events import (
-    Event,
-    EventBuilder,
-    EventConfig,
-    TracksCsvWriter,
-    draw_timeline,
-    nice_step,
-    read_events,
-    read_tracks_csv,
-    thumbnail,
-    write_events,
-    write_tracks_csv,
-)
+from m2a_pipe.video.detections import Detections, as_detections
+from m2a_pipe.video.events import Event, EventBuilder, EventConfig, read_events, write_events
+from m2a_pipe.video.mot import TracksCsvWriter, read_tracks_csv, write_tracks_csv
+from m2a_pipe.video.thumbnails import thumbnail, thumbnail_name, write_thumbnail
+from m2a_pipe.video.timeline import draw_timeline, nice_step
 
 FPS = 10.0
 IMG_H, IMG_W = 400, 640  # frames; the map is 1/4 of it
@@ -42,7 +34,8 @@ def image(k: int) -> np.ndarray:
 
 def feed(builder: EventBuilder, frames: list[list[tuple[Instance, int]]], scores=None, images=True) -> None:
     for k, dets in enumerate(frames):
-        builder.add(frame=k, pts_s=k / FPS, instances=[d for d, _ in dets], track_ids=[t for _, t in dets],
+        detections = Detections([d for d, _ in dets], [t for _, t in dets])
+        builder.add(frame=k, pts_s=k / FPS, instances=detections,
                     image=image(k) if images else None, scale=SCALE, frame_score=None if scores is None else scores[k],
                     source_index=100 + k, image_size=(IMG_H, IMG_W))
 
@@ -191,3 +184,47 @@ def test_timeline_png(tmp_path):
 
 def test_nice_step():
     assert nice_step(10.0, 10) == 1.0 and nice_step(95.0, 10) == 10.0 and nice_step(0.8, 4) == 0.2
+
+
+def test_thumbnail_written_as_jpeg(tmp_path):
+    thumb = np.full((30, 40, 3), (200, 10, 10), np.uint8)
+    assert thumbnail_name(7) == "thumbs/event_0007.jpg"
+    assert write_thumbnail(tmp_path, 7, thumb) == "thumbs/event_0007.jpg"
+    with Image.open(tmp_path / "thumbs" / "event_0007.jpg") as im:
+        assert im.format == "JPEG" and im.size == (40, 30)
+        assert np.abs(np.asarray(im).astype(int) - (200, 10, 10)).max() < 8
+
+
+# --------------------------------------------------------------------------------------
+# Detections: a frame's instances with their track ids
+# --------------------------------------------------------------------------------------
+
+
+def test_detections_pairs_and_confirmed():
+    a, b, c = inst(0, 0, 4, 4, 0.9), inst(10, 0, 4, 4, 0.8), inst(20, 0, 4, 4, 0.7)
+    dets = Detections([a, b, c], [3, 0, 1])
+    assert isinstance(dets.instances, tuple) and dets.track_ids == (3, 0, 1) and len(dets) == 3
+    assert list(dets) == [(a, 3), (b, 0), (c, 1)]
+    conf = dets.confirmed()
+    assert list(conf) == [(a, 3), (c, 1)]  # id 0 dropped, order kept
+    assert len(Detections().confirmed()) == 0
+    untracked = Detections.untracked([a, b])
+    assert untracked.track_ids == (0, 0) and len(untracked.confirmed()) == 0
+    assert as_detections(dets) is dets and as_detections([a]).track_ids == (0,)
+
+
+def test_detections_reject_mismatched_or_negative_ids():
+    a = inst(0, 0, 4, 4, 0.9)
+    with pytest.raises(ValueError, match="2 track ids for 1 instances"):
+        Detections([a], [1, 2])
+    with pytest.raises(ValueError):
+        Detections([a], [])
+    with pytest.raises(ValueError):
+        Detections([a], [-1])
+
+
+def test_unconfirmed_detections_make_no_track_event():
+    frames = [[(inst(10, 10, 6, 6, 0.9), 0)] for _ in range(20)]  # detected all along, never confirmed
+    builder = EventBuilder(EventConfig(mode="tracks", min_duration_s=0.5))
+    feed(builder, frames, images=False)
+    assert builder.finish()[0] == []

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from m2a_pipe.inference.instances import anomaly_instances
+from m2a_pipe.video.detections import Detections
 from m2a_pipe.video.render import heat_weights, overlay, timecode, track_colour
 
 H, W = 96, 160
@@ -60,7 +61,7 @@ def test_box_at_right_place_for_half_resolution_map():
     amap[10:20, 30:45] = 0.9  # map box (30, 10, 45, 20) -> image box (60, 20, 90, 40)
     insts = anomaly_instances(amap, 0.5)
     assert [i.bbox for i in insts] == [(30, 10, 45, 20)]
-    out = overlay(img, amap, instances=insts, track_ids=[7], alpha=0.0)
+    out = overlay(img, amap, instances=Detections(insts, [7]), alpha=0.0)
     colour = np.array(track_colour(7))
     hit = np.all(out == colour, axis=2)
     # box edges: columns 60 and 89 between rows 20 and 39, rows 20 and 39 between columns 60 and 89
@@ -69,15 +70,20 @@ def test_box_at_right_place_for_half_resolution_map():
     assert not hit[25:39, 58].any() and not hit[25:39, 91].any() and not hit[41, 60:90].any()
     assert hit[:18].any()  # the "#7" label sits above the box
     # track id 0: contour only (grey), no box in the track colour
-    out0 = overlay(img, amap, instances=insts, track_ids=[0], alpha=0.0)
+    out0 = overlay(img, amap, instances=Detections(insts, [0]), alpha=0.0)
     assert not np.all(out0 == colour, axis=2).any() and out0.any()
+    np.testing.assert_array_equal(overlay(img, amap, instances=insts, alpha=0.0), out0)  # bare: unconfirmed
 
 
-def test_mismatched_track_ids_rejected():
-    amap = np.zeros((H, W), np.float32)
-    amap[5:9, 5:9] = 1
-    with pytest.raises(ValueError):
-        overlay(frame(), amap, instances=anomaly_instances(amap, 0.5), track_ids=[1, 2])
+def test_only_confirmed_detections_get_boxes():
+    img = np.zeros((H, W, 3), np.uint8)
+    amap = np.zeros((H // 2, W // 2), np.float32)
+    amap[10:20, 5:15] = 0.9
+    amap[10:20, 50:60] = 0.9
+    dets = Detections(anomaly_instances(amap, 0.5), [0, 3])
+    out = overlay(img, amap, instances=dets, alpha=0.0)
+    hit = np.all(out == np.array(track_colour(3)), axis=2)
+    assert hit[:, 95:125].any() and not hit[:, :35].any()  # box of #3 only, none around the id-0 blob
 
 
 def test_timecode_format():

@@ -1,4 +1,4 @@
-"""Tracker: identities, birth / death, the fixed output lag."""
+"""Tracker: identities, birth / death, the fixed output lag, its Detections; MOT metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from m2a_pipe.inference.instances import Instance
+from m2a_pipe.video.detections import Detections
 from m2a_pipe.video.tracking import FrameTracks, Tracker, TrackerConfig, association_cost, box_iou
 
 
@@ -22,6 +23,10 @@ def run(tracker: Tracker, frames: list[list[Instance]], start: int = 0) -> list[
     for k, dets in enumerate(frames):
         out += tracker.update(start + k, dets)
     return out + tracker.finish()
+
+
+def frames_and_ids(out: list[FrameTracks]) -> list[tuple[int, tuple[int, ...]]]:
+    return [(f.frame, f.track_ids) for f in out]
 
 
 def test_box_iou_and_cost():
@@ -74,9 +79,9 @@ def test_birth_needs_min_hits_and_lag_labels_first_frames():
     assert tracker.update(0, [inst(20, 20)]) == []
     assert tracker.update(1, [inst(22, 20)]) == []
     out = tracker.update(2, [inst(24, 20)])
-    assert out == [FrameTracks(0, (1,))]  # frame 0 already carries the id confirmed at frame 2
-    assert tracker.update(3, [inst(26, 20)]) == [FrameTracks(1, (1,))]
-    assert tracker.finish() == [FrameTracks(2, (1,)), FrameTracks(3, (1,))]
+    assert frames_and_ids(out) == [(0, (1,))]  # frame 0 already carries the id confirmed at frame 2
+    assert frames_and_ids(tracker.update(3, [inst(26, 20)])) == [(1, (1,))]
+    assert frames_and_ids(tracker.finish()) == [(2, (1,)), (3, (1,))]
     # two hits only (then lost): never confirmed
     out = run(Tracker(TrackerConfig(min_hits=3)), [[inst(20, 20)], [inst(22, 20)], [], []])
     assert [f.track_ids for f in out] == [(0,), (0,), (), ()]
@@ -85,7 +90,7 @@ def test_birth_needs_min_hits_and_lag_labels_first_frames():
 def test_min_hits_one_has_no_lag():
     tracker = Tracker(TrackerConfig(min_hits=1))
     assert tracker.lag == 0
-    assert tracker.update(5, [inst(20, 20), inst(80, 80)]) == [FrameTracks(5, (1, 2))]
+    assert frames_and_ids(tracker.update(5, [inst(20, 20), inst(80, 80)])) == [(5, (1, 2))]
 
 
 def test_every_frame_once_in_order_and_ids_without_gaps():
@@ -141,6 +146,19 @@ def test_deterministic():
     assert a == b
 
 
+def test_output_pairs_each_instance_with_its_id():
+    tracker = Tracker(TrackerConfig(min_hits=2))
+    frames = [[inst(20 + 2 * t, 20), inst(90, 90 - 2 * t)] for t in range(6)]
+    frames[2] = [inst(150, 10, 4, 4)] + frames[2]  # a one-frame blob, first in its frame
+    out = run(tracker, frames)
+    for dets, f in zip(frames, out):
+        assert isinstance(f.detections, Detections)
+        assert f.detections.instances == tuple(dets)  # the very instances given, in the order given
+        assert f.track_ids == f.detections.track_ids
+    assert list(out[2].detections) == [(frames[2][0], 0), (frames[2][1], 1), (frames[2][2], 2)]
+    assert out[2].detections.confirmed().instances == tuple(frames[2][1:])
+
+
 # --------------------------------------------------------------------------------------
 # Evaluation against synthetic ground truth (m2a_pipe.evaluation.tracking)
 # --------------------------------------------------------------------------------------
@@ -178,7 +196,7 @@ def gt_rows(swap_from: int | None = None, keep=lambda f: True):
 def test_mot_metrics_perfect_prediction(tmp_path):
     pytest.importorskip("motmetrics")
     from m2a_pipe.evaluation.tracking import mot_metrics
-    from m2a_pipe.video.events import write_tracks_csv
+    from m2a_pipe.video.mot import write_tracks_csv
 
     write_tracks_csv(tmp_path / "tracks.csv", gt_rows())
     m = mot_metrics(tmp_path / "tracks.csv", gt_json(tmp_path), min_gt_area=10)
@@ -196,7 +214,7 @@ def test_mot_metrics_perfect_prediction(tmp_path):
 def test_mot_metrics_id_swap_lowers_idf1(tmp_path):
     pytest.importorskip("motmetrics")
     from m2a_pipe.evaluation.tracking import mot_metrics
-    from m2a_pipe.video.events import write_tracks_csv
+    from m2a_pipe.video.mot import write_tracks_csv
 
     write_tracks_csv(tmp_path / "tracks.csv", gt_rows(swap_from=20))
     m = mot_metrics(tmp_path / "tracks.csv", gt_json(tmp_path), min_gt_area=10)
@@ -207,7 +225,7 @@ def test_mot_metrics_id_swap_lowers_idf1(tmp_path):
 def test_mot_metrics_half_the_boxes_gives_half_recall(tmp_path):
     pytest.importorskip("motmetrics")
     from m2a_pipe.evaluation.tracking import mot_metrics
-    from m2a_pipe.video.events import write_tracks_csv
+    from m2a_pipe.video.mot import write_tracks_csv
 
     write_tracks_csv(tmp_path / "tracks.csv", gt_rows(keep=lambda f: f % 2 == 0))
     m = mot_metrics(tmp_path / "tracks.csv", gt_json(tmp_path), min_gt_area=10)
@@ -217,7 +235,7 @@ def test_mot_metrics_half_the_boxes_gives_half_recall(tmp_path):
 def test_mot_metrics_frame_step(tmp_path):
     pytest.importorskip("motmetrics")
     from m2a_pipe.evaluation.tracking import mot_metrics
-    from m2a_pipe.video.events import write_tracks_csv
+    from m2a_pipe.video.mot import write_tracks_csv
 
     # a run with stride 2 writes processed-frame counters: counter c is clip frame 2 c
     rows = [(f // 2, tid, box, conf) for f, tid, box, conf in gt_rows(keep=lambda f: f % 2 == 0)]
@@ -250,3 +268,36 @@ def test_false_events_per_minute(tmp_path):
     events[1] = ev(2, 0, 10, 5, [101, 8, 104, 16])
     assert false_events(events, gt_json(tmp_path)) == [2, 3, 6]
     assert 2 not in false_events(events, gt_json(tmp_path), box_scale=(2.0, 2.0))
+
+
+# --------------------------------------------------------------------------------------
+# VideoAnalysis: every detection to /instances, confirmed ones to tracks.csv
+# --------------------------------------------------------------------------------------
+
+
+def test_only_confirmed_ids_reach_tracks_csv(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    from m2a_pipe.inference.stage import FrameMaps
+    from m2a_pipe.pipeline.analysis import AnalysisSettings, VideoAnalysis
+    from m2a_pipe.pipeline.config import ProcessConfig
+    from m2a_pipe.video.mot import read_tracks_csv
+
+    settings = AnalysisSettings(input_size=(64, 96), map_shape=(16, 24), source_size=(128, 192), fps=10.0,
+                                threshold=0.5, min_area=1, bounded=True, map_stride=4)
+    analysis = VideoAnalysis(tmp_path, settings, ProcessConfig(overlay=False, save_maps=False), {"source": "x"})
+    for t in range(8):
+        anomaly = np.zeros((16, 24), np.float32)
+        anomaly[4:8, 2 + t:6 + t] = 0.9  # one object moving right: a confirmed track
+        if t == 3:
+            anomaly[12:14, 20:22] = 0.8  # a one-frame blob: detected, never confirmed
+        analysis.add(100 + t, t / 10, np.zeros((64, 96, 3), np.uint8), FrameMaps(anomaly, np.zeros((16, 24), np.uint8)))
+        assert analysis.frames_received == t + 1
+    summary = analysis.finish()
+    assert summary["frames"] == 8 and analysis.frames_received == 8
+    rows = read_tracks_csv(tmp_path / "tracks.csv")
+    assert rows.shape == (8, 10) and set(rows[:, 1]) == {1}  # the blob (id 0) is not there
+    with h5py.File(tmp_path / "scores.h5", "r") as f:
+        instances = f["instances"][:]
+    assert len(instances) == 9 and sorted(instances["track_id"].tolist()) == [0] + [1] * 8
+    blob = instances[instances["track_id"] == 0][0]
+    assert blob["frame"] == 103 and (blob["x0"], blob["y0"], blob["x1"], blob["y1"]) == (160, 96, 176, 112)

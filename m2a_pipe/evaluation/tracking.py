@@ -23,7 +23,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from m2a_pipe.video.events import Event, event_field, read_tracks_csv
+from m2a_pipe.video.events import Event, event_field
+from m2a_pipe.video.mot import read_tracks_csv
 from m2a_pipe.video.tracking import box_iou
 
 MOT_METRICS = ("mota", "idf1", "motp", "num_switches", "num_false_positives", "num_misses", "precision",

@@ -1,18 +1,20 @@
 """Everything after the model for one video: instances, tracking, events and the writers.
 
-A :class:`VideoSink` receives the frames of one video **in order** with their
+A :class:`VideoAnalysis` receives the frames of one video **in order** with their
 :class:`~m2a_pipe.inference.stage.FrameMaps` and writes the video's output folder:
 
     per frame: frame scores -> instances (connected components of the thresholded map, or
                the mined unknown instances of open-set panoptic segmentation)
-               -> tracker (ids come back with a lag of min_hits - 1 frames)
-    per final frame: scores.h5 rows, tracks.csv rows, event builder, overlay frame
+               -> tracker (ids come back with a lag of min_hits - 1 frames, as
+                  :class:`~m2a_pipe.video.detections.Detections`)
+    per final frame: scores.h5 rows (every detection), tracks.csv rows (confirmed ones),
+                     event builder, overlay frame
 
 Frames wait in a small buffer (``lag`` + 1 entries) until the tracker has decided their ids,
 so every output frame carries its final track ids and nothing is rewritten later. Both
 runners use this class unchanged, which is why their outputs are identical.
 
-The sink writes into ``workdir`` (a temporary folder); the runner renames it into place.
+The analysis writes into ``workdir`` (a temporary folder); the runner renames it into place.
 """
 
 from __future__ import annotations
@@ -30,16 +32,19 @@ from m2a_pipe.inference.stage import FrameMaps
 from m2a_pipe.io.hdf5_writer import ScoresWriter
 from m2a_pipe.io.layout import OVERLAY_FILE, SCORES_FILE, SUMMARY_FILE, TIMELINE_FILE, TRACKS_FILE
 from m2a_pipe.io.video_writer import VideoWriter
-from m2a_pipe.video.events import Event, EventBuilder, EventConfig, TracksCsvWriter, draw_timeline, write_events
+from m2a_pipe.video.detections import Detections
+from m2a_pipe.video.events import Event, EventBuilder, EventConfig, write_events
+from m2a_pipe.video.mot import TracksCsvWriter
 from m2a_pipe.video.render import overlay, timecode
-from m2a_pipe.video.tracking import Tracker, TrackerConfig
+from m2a_pipe.video.timeline import draw_timeline
+from m2a_pipe.video.tracking import FrameTracks, Tracker, TrackerConfig
 
 SCORE_PERCENTILE = 99.0
 
 
 @dataclass(frozen=True)
-class SinkSettings:
-    """What the sink needs beyond the frames (resolved from the run's config and the video).
+class AnalysisSettings:
+    """What the analysis needs beyond the frames (resolved from the run's config and the video).
 
     ``input_size`` (h, w) of the frames it receives (the network input size); ``map_shape``
     (h, w) of the maps; ``source_size`` (height, width) of the decoded video; ``fps`` of the
@@ -65,17 +70,17 @@ def frame_scores(anomaly: np.ndarray, threshold: float) -> tuple[float, float, f
     return float(flat.max()), p99, float(np.count_nonzero(flat >= threshold)) / flat.size
 
 
-class VideoSink:
+class VideoAnalysis:
     """Stateful consumer of one video's frames (see the module docstring).
 
     Args:
         workdir: the (temporary) output folder, created by the caller.
-        settings: :class:`SinkSettings`.
+        settings: :class:`AnalysisSettings`.
         config: the run's :class:`~m2a_pipe.pipeline.config.ProcessConfig`.
         attrs: root attributes of ``scores.h5`` (source, fingerprint, weights, ...).
     """
 
-    def __init__(self, workdir: Path, settings: SinkSettings, config: Any, attrs: Mapping[str, Any]) -> None:
+    def __init__(self, workdir: Path, settings: AnalysisSettings, config: Any, attrs: Mapping[str, Any]) -> None:
         self.workdir, self.settings, self.config = Path(workdir), settings, config
         s = settings
         self.to_source = (s.source_size[1] / s.input_size[1] * s.map_stride,
@@ -94,11 +99,16 @@ class VideoSink:
         self.video = (VideoWriter(self.workdir / OVERLAY_FILE, w, h, s.fps, crf=config.overlay_crf,
                                   threads=config.overlay_threads)
                       if config.overlay else None)
-        self._pending: deque[tuple] = deque()
+        self._pending: deque[tuple] = deque()  # frames waiting for the tracker's ids
         self._counter = 0
         self._last_pts: float | None = None
         self._pts: list[float] = []
         self._frame_score: list[float] = []
+
+    @property
+    def frames_received(self) -> int:
+        """Frames given to :meth:`add` so far (written or still waiting for their track ids)."""
+        return self._counter
 
     # -- per frame -------------------------------------------------------------------
 
@@ -110,37 +120,47 @@ class VideoSink:
             instances = anomaly_instances(maps.anomaly, s.threshold, s.min_area)
         else:
             instances = [scored_instance(u, maps.anomaly) for u in maps.unknown]
-        self._pending.append((self._counter, index, pts_s, image, maps, instances))
+        self._pending.append((self._counter, index, pts_s, image, maps))
         for final in self.tracker.update(self._counter, instances):
-            self._emit(final.frame, final.track_ids)
+            self._emit(final)
         self._counter += 1
 
-    def _emit(self, key: int, track_ids: tuple[int, ...]) -> None:
-        counter, index, pts_s, image, maps, instances = self._pending.popleft()
-        if counter != key:
-            raise RuntimeError(f"tracker returned frame {key}, expected {counter}")
-        s, (sx, sy) = self.settings, self.to_source
+    def _emit(self, final: FrameTracks) -> None:
+        counter, index, pts_s, image, maps = self._pending.popleft()
+        if counter != final.frame:
+            raise RuntimeError(f"tracker returned frame {final.frame}, expected {counter}")
+        s, detections = self.settings, final.detections
         score_max, score_p99, fraction = frame_scores(maps.anomaly, s.threshold)
         self.scores.add_frame(index=index, pts=pts_s, score_max=score_max, score_p99=score_p99,
-                              anomalous_fraction=fraction, n_instances=len(instances),
+                              anomalous_fraction=fraction, n_instances=len(detections),
                               anomaly=maps.anomaly if self.config.save_maps else None,
                               semantic=maps.semantic if self.config.save_semantic else None)
-        for inst, tid in zip(instances, track_ids):
-            x0, y0, x1, y1 = inst.bbox
-            box = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
-            self.scores.add_instance(index, tid, box, inst.area * sx * sy, inst.mean_score, inst.peak_score)
-            if tid:
-                self.tracks_csv.write(counter, tid, box, inst.mean_score)
-        self.events.add(frame=counter, source_index=index, pts_s=pts_s, instances=instances, track_ids=track_ids,
+        self._write_boxes(counter, index, detections)
+        self.events.add(frame=counter, source_index=index, pts_s=pts_s, instances=detections,
                         frame_score=score_p99, image=image, scale=self.to_input)
         self._pts.append(pts_s)
         self._frame_score.append(score_p99)
         if self.video is not None:
-            picture = overlay(image, maps.anomaly, instances=instances, track_ids=track_ids,
-                              timecode=timecode(pts_s, index), threshold=s.threshold)
+            picture = overlay(image, maps.anomaly, instances=detections, timecode=timecode(pts_s, index),
+                              threshold=s.threshold)
             out_pts = pts_s if self._last_pts is None else max(pts_s, self._last_pts + 1e-3)
             self.video.write(picture, out_pts)
             self._last_pts = out_pts
+
+    def _write_boxes(self, counter: int, index: int, detections: Detections) -> None:
+        """Every detection to ``/instances`` (id 0 included), the confirmed ones to ``tracks.csv``;
+        boxes and areas in source pixels."""
+        sx, sy = self.to_source
+        for inst, tid in detections:
+            box = self._source_box(inst.bbox)
+            self.scores.add_instance(index, tid, box, inst.area * sx * sy, inst.mean_score, inst.peak_score)
+        for inst, tid in detections.confirmed():
+            self.tracks_csv.write(counter, tid, self._source_box(inst.bbox), inst.mean_score)
+
+    def _source_box(self, bbox: tuple[int, int, int, int]) -> tuple[float, float, float, float]:
+        """A map-pixel (x0, y0, x1, y1) box in source pixels."""
+        (sx, sy), (x0, y0, x1, y1) = self.to_source, bbox
+        return (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
 
     # -- end -------------------------------------------------------------------------
 
@@ -150,7 +170,7 @@ class VideoSink:
         Returns the summary (also written as ``summary.json``).
         """
         for final in self.tracker.finish():
-            self._emit(final.frame, final.track_ids)
+            self._emit(final)
         if self.video is not None:
             self.video.close()
         self.tracks_csv.close()

@@ -1,11 +1,11 @@
 """One video from its source file to its output folder, minus the model: shared by both runners.
 
 A :class:`VideoJob` opens the video (PyAV), yields its frames resized to the network input,
-feeds the model's maps to a :class:`~m2a_pipe.pipeline.analysis.VideoSink`, and makes
+feeds the model's maps to a :class:`~m2a_pipe.pipeline.analysis.VideoAnalysis`, and makes
 the outputs appear atomically:
 
 * everything is written to ``OUT/<rel parent>/.<name>.partial-<pid>`` and renamed to
-  ``OUT/<rel>`` when the sink has closed every file, so a folder that exists is whole;
+  ``OUT/<rel>`` when the analysis has closed every file, so a folder that exists is whole;
 * a video whose decoding lost frames (truncated, corrupt) is still renamed into place, with
   ``status = partial`` and the reason in ``scores.h5`` and ``summary.json``;
 * :meth:`VideoJob.discard` removes the temporary folder (failure, Ctrl-C);
@@ -30,9 +30,9 @@ from m2a_pipe.config import ModelConfig
 from m2a_pipe.inference.stage import FrameMaps, map_size, network_input_size, prepare_frame
 from m2a_pipe.io.hdf5_writer import read_status
 from m2a_pipe.io.inputs import VideoInput
-from m2a_pipe.io.layout import OLD_MARK, PARTIAL_MARK, SCORES_FILE, SUMMARY_FILE
+from m2a_pipe.io.layout import SCORES_FILE, SUMMARY_FILE, old_dir, partial_dir, temporary_dirs
 from m2a_pipe.io.video_reader import VideoReader
-from m2a_pipe.pipeline.analysis import SinkSettings, VideoSink
+from m2a_pipe.pipeline.analysis import AnalysisSettings, VideoAnalysis
 from m2a_pipe.settings import BOUNDED_SCORES
 
 FINGERPRINT_CHUNK_BYTES = 1 << 20
@@ -98,12 +98,8 @@ def is_complete(out_dir: str | os.PathLike) -> bool:
 
 def remove_partials(out_dir: str | os.PathLike) -> None:
     """Remove the temporary folders of ``out_dir`` that killed or cancelled runs left."""
-    out_dir = Path(out_dir)
-    prefix = f".{out_dir.name}{PARTIAL_MARK}"
-    if out_dir.parent.is_dir():
-        for stale in out_dir.parent.iterdir():
-            if stale.name.startswith(prefix) and stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
+    for stale in temporary_dirs(out_dir):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 class VideoJob:
@@ -119,9 +115,9 @@ class VideoJob:
     def __init__(self, video: VideoInput, out_root: str | os.PathLike, config: Any, model: ModelInfo) -> None:
         self.video, self.config, self.model = video, config, model
         self.out_dir = video.out_dir(out_root)
-        self.workdir = self.out_dir.parent / f".{self.out_dir.name}{PARTIAL_MARK}{os.getpid()}"
+        self.workdir = partial_dir(self.out_dir, os.getpid())
         self.reader: VideoReader | None = None
-        self.sink: VideoSink | None = None
+        self.analysis: VideoAnalysis | None = None
         self.started = time.perf_counter()
 
     def open(self) -> "VideoJob":
@@ -134,11 +130,11 @@ class VideoJob:
         input_size = network_input_size(info.height, info.width, cfg.short_side or pre.min_size_test,
                                         pre.max_size_test)
         shape = map_size(input_size, cfg.map_stride)
-        settings = SinkSettings(input_size=input_size, map_shape=shape, source_size=(info.height, info.width),
-                                fps=info.fps if cfg.sample_fps is None else cfg.sample_fps,
-                                threshold=model.threshold,
-                                min_area=max(1, int(round(cfg.min_area_fraction * shape[0] * shape[1]))),
-                                bounded=cfg.effective_score in BOUNDED_SCORES, map_stride=cfg.map_stride)
+        settings = AnalysisSettings(input_size=input_size, map_shape=shape, source_size=(info.height, info.width),
+                                    fps=info.fps if cfg.sample_fps is None else cfg.sample_fps,
+                                    threshold=model.threshold,
+                                    min_area=max(1, int(round(cfg.min_area_fraction * shape[0] * shape[1]))),
+                                    bounded=cfg.effective_score in BOUNDED_SCORES, map_stride=cfg.map_stride)
         self.input_size = input_size
         remove_partials(self.out_dir)
         self.workdir.mkdir(parents=True)
@@ -149,7 +145,7 @@ class VideoJob:
                  "score": cfg.effective_score, "threshold": model.threshold, "input_height": input_size[0],
                  "input_width": input_size[1], "extra": json.dumps(dict(self.video.extra), sort_keys=True),
                  **{f"extra_{k}": v for k, v in self.video.extra.items()}}
-        self.sink = VideoSink(self.workdir, settings, cfg, attrs)
+        self.analysis = VideoAnalysis(self.workdir, settings, cfg, attrs)
         return self
 
     def frames(self) -> Iterator[tuple[int, float, np.ndarray]]:
@@ -158,22 +154,22 @@ class VideoJob:
             yield frame.index, frame.pts_s, prepare_frame(frame.image, self.input_size)
 
     def add(self, index: int, pts_s: float, image: np.ndarray, maps: FrameMaps) -> None:
-        self.sink.add(index, pts_s, image, maps)
+        self.analysis.add(index, pts_s, image, maps)
 
     def commit(self) -> VideoResult:
         """Finish the outputs and rename them into place; partial when decoding lost frames."""
-        reader, sink = self.reader, self.sink
+        reader, analysis = self.reader, self.analysis
         reader.close()
-        n = sink.scores.n_frames + len(sink._pending)
+        n = analysis.frames_received
         if n == 0:
             raise_error = reader.partial_reason or "no decodable video frame"
             self.discard()
             return self.failed(f"{self.video.source}: {raise_error}")
         status = "partial" if reader.partial_reason else "complete"
-        summary = sink.finish(status=status, error=reader.partial_reason, decoded_frames=reader.n_decoded)
-        self.sink = None
+        summary = analysis.finish(status=status, error=reader.partial_reason, decoded_frames=reader.n_decoded)
+        self.analysis = None
         if self.out_dir.exists():
-            old = self.out_dir.parent / f".{self.out_dir.name}{OLD_MARK}{os.getpid()}"
+            old = old_dir(self.out_dir, os.getpid())
             self.out_dir.rename(old)
             self.workdir.rename(self.out_dir)
             shutil.rmtree(old, ignore_errors=True)
@@ -192,9 +188,9 @@ class VideoJob:
 
     def discard(self) -> None:
         """Close whatever is open and remove the temporary folder."""
-        if self.sink is not None:
-            self.sink.abort()
-            self.sink = None
+        if self.analysis is not None:
+            self.analysis.abort()
+            self.analysis = None
         if self.reader is not None:
             self.reader.close()
         shutil.rmtree(self.workdir, ignore_errors=True)

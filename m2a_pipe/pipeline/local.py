@@ -4,7 +4,7 @@
         -> bounded queue ->
     calling thread: batches of ``batch_size`` frames through the model, in order
         -> bounded queue ->
-    writer thread:  VideoSink (instances, tracker, events, HDF5, overlay encoding)
+    writer thread:  VideoAnalysis (instances, tracker, events, HDF5, overlay encoding)
 
 The model is anything with ``map_batches``: the local runner's
 :class:`~m2a_pipe.inference.stage.ModelStage` (one batch at a time, in this process) or

@@ -4,7 +4,7 @@
       |- InferencePool: ``workers`` actors, each one ModelStage replica on one GPU (or on
       |                 ``cpus_per_worker`` CPUs with as many torch threads)
       '- one Ray task per video, at most ``jobs`` at once: the VideoJob and the loop of the
-         local runner (reader thread, writer thread with the VideoSink), with the model
+         local runner (reader thread, writer thread with the VideoAnalysis), with the model
          replaced by a :class:`PoolClient` that keeps ``in_flight`` batches on the pool and
          hands their maps back in the video's order
 

@@ -1,13 +1,13 @@
-"""Anomalous events of one video: building them from final frames, thumbnails, writers and a timeline.
+"""Anomalous events of one video, built from its final frames, and ``events.jsonl``.
 
-* :class:`EventBuilder` -- streaming, fed once per final frame (in order). Mode ``tracks``: one
-  candidate per confirmed track; mode ``frames``: runs of frames whose frame score (given by the
-  caller, e.g. the 99th percentile of the map) is >= ``frame_threshold``, bridging gaps of up to
-  ``max_gap_frames`` frames. A candidate becomes an :class:`Event` when it lasts at least
-  ``min_duration_s`` and its peak score is >= ``min_peak_score``.
-* :func:`write_events` / :func:`read_events` -- ``events.jsonl`` and ``thumbs/event_NNNN.jpg``.
-* :class:`TracksCsvWriter` / :func:`write_tracks_csv` / :func:`read_tracks_csv` -- MOTChallenge rows.
-* :func:`draw_timeline` -- frame score over time with the threshold and the events, as a PNG.
+* :class:`EventBuilder` -- streaming, fed once per final frame (in order) with the frame's
+  :class:`~m2a_pipe.video.detections.Detections`. Mode ``tracks``: one candidate per confirmed
+  track; mode ``frames``: runs of frames whose frame score (given by the caller, e.g. the 99th
+  percentile of the map) is >= ``frame_threshold``, bridging gaps of up to ``max_gap_frames``
+  frames. A candidate becomes an :class:`Event` when it lasts at least ``min_duration_s`` and
+  its peak score is >= ``min_peak_score``.
+* :func:`write_events` / :func:`read_events` -- ``events.jsonl`` (and the thumbnails, written by
+  :mod:`m2a_pipe.video.thumbnails`).
 
 Conventions: ``frame`` is the caller's processed-frame key (used for gaps), ``source_index`` the
 frame's index in the video (reported as ``start_frame``/``end_frame``/``peak_frame``; defaults to
@@ -22,17 +22,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-import cv2
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
 from m2a_pipe.inference.instances import Instance
-from m2a_pipe.io.layout import EVENTS_FILE, THUMBS_DIR
+from m2a_pipe.io.layout import EVENTS_FILE
 from m2a_pipe.settings import EVENT_MODES
+from m2a_pipe.video.detections import Detections, as_detections
+from m2a_pipe.video.thumbnails import thumbnail, write_thumbnail
 
-JPEG_QUALITY = 90
 _DURATION_EPS_S = 1e-6  # float slack when comparing durations with the minimum
 
 
@@ -116,27 +115,6 @@ def scaled_box(bbox: Sequence[float], scale: tuple[float, float]) -> list[float]
     return [round(x0 * sx, 2), round(y0 * sy, 2), round(x1 * sx, 2), round(y1 * sy, 2)]
 
 
-def thumbnail(image: np.ndarray, box: Sequence[float], margin: float, max_px: int) -> np.ndarray:
-    """Crop of an (H, W, 3) uint8 frame around an image-pixel box, with ``margin`` x the box's
-    longer side (at least 4 px) on each side, shrunk (never enlarged) to at most ``max_px`` per side.
-
-    Returns a new (h, w, 3) uint8 array that shares no memory with ``image``.
-    """
-    height, width = image.shape[:2]
-    x0, y0, x1, y1 = box
-    pad = max(4.0, margin * max(x1 - x0, y1 - y0))
-    cx0, cy0 = int(max(0, np.floor(x0 - pad))), int(max(0, np.floor(y0 - pad)))
-    cx1, cy1 = int(min(width, np.ceil(x1 + pad))), int(min(height, np.ceil(y1 + pad)))
-    if cx1 <= cx0 or cy1 <= cy0:  # box outside the frame: the whole frame
-        cx0, cy0, cx1, cy1 = 0, 0, width, height
-    crop = image[cy0:cy1, cx0:cx1]
-    factor = max_px / max(crop.shape[:2])
-    if factor < 1:
-        size = (max(1, int(round(crop.shape[1] * factor))), max(1, int(round(crop.shape[0] * factor))))
-        return cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
-    return crop.copy()
-
-
 def _as_scale(scale: float | Sequence[float]) -> tuple[float, float]:
     if np.ndim(scale) == 0:
         return float(scale), float(scale)
@@ -186,7 +164,7 @@ class EventBuilder:
         self._pts: list[float] = []
         self._last_key: int | None = None
 
-    def add(self, *, frame: int, pts_s: float, instances: Sequence[Instance] = (), track_ids: Sequence[int] = (),
+    def add(self, *, frame: int, pts_s: float, instances: Detections | Sequence[Instance] = (),
             image: np.ndarray | None = None, scale: float | Sequence[float] = 1.0, frame_score: float | None = None,
             source_index: int | None = None, image_size: tuple[int, int] | None = None) -> None:
         """One final frame, in order.
@@ -194,7 +172,8 @@ class EventBuilder:
         Args:
             frame: processed-frame key (strictly increasing); gaps are measured in it.
             pts_s: presentation time in seconds.
-            instances / track_ids: the frame's detections (map pixels) and their ids (0 = none).
+            instances: the frame's :class:`~m2a_pipe.video.detections.Detections` (map pixels),
+                or bare instances, which count as unconfirmed (enough for ``frames`` mode).
             image: the (H, W, 3) uint8 RGB frame for thumbnails (None: no thumbnails).
             scale: map -> image pixels, a number or (sx, sy).
             frame_score: the frame's score (required in ``frames`` mode).
@@ -209,17 +188,15 @@ class EventBuilder:
         size = image.shape[:2] if image is not None else image_size
         obs = _Observation(int(frame), index, float(pts_s), image, _as_scale(scale),
                            None if size is None else int(size[0]) * int(size[1]))
+        detections = as_detections(instances)
         if self.config.mode == "tracks":
-            if track_ids and len(track_ids) != len(instances):
-                raise ValueError(f"{len(track_ids)} track ids for {len(instances)} instances")
-            for inst, tid in zip(instances, track_ids):
-                if tid:
-                    span = self._spans.get(int(tid))
-                    if span is None:
-                        span = self._spans[int(tid)] = _Span(int(tid), obs.key, obs.index, obs.pts_s)
-                    self._observe(span, obs, inst.peak_score, inst)
+            for inst, tid in detections.confirmed():
+                span = self._spans.get(tid)
+                if span is None:
+                    span = self._spans[tid] = _Span(tid, obs.key, obs.index, obs.pts_s)
+                self._observe(span, obs, inst.peak_score, inst)
         else:
-            self._add_frame_score(obs, frame_score, instances)
+            self._add_frame_score(obs, frame_score, detections)
 
     def finish(self) -> tuple[list[Event], dict[int, np.ndarray]]:
         """The events (ids 1, 2, ... in start order) and their thumbnails by event id."""
@@ -245,8 +222,7 @@ class EventBuilder:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _add_frame_score(self, obs: "_Observation", frame_score: float | None,
-                         instances: Sequence[Instance]) -> None:
+    def _add_frame_score(self, obs: "_Observation", frame_score: float | None, detections: Detections) -> None:
         if frame_score is None:
             raise ValueError("frames mode needs frame_score")
         run = self._run
@@ -260,7 +236,7 @@ class EventBuilder:
             return
         if run is None:
             run = self._run = _Span(None, obs.key, obs.index, obs.pts_s)
-        largest = max(instances, key=lambda i: (i.area, i.peak_score), default=None)
+        largest = max(detections.instances, key=lambda i: (i.area, i.peak_score), default=None)
         self._observe(run, obs, float(frame_score), largest)
 
     def _observe(self, span: _Span, obs: "_Observation", score: float, inst: Instance | None) -> None:
@@ -292,13 +268,8 @@ class _Observation:
 
 
 # --------------------------------------------------------------------------------------
-# Writers and readers
+# events.jsonl
 # --------------------------------------------------------------------------------------
-
-
-def thumbnail_name(event_id: int) -> str:
-    """Relative path of an event's thumbnail: ``thumbs/event_0001.jpg``."""
-    return f"{THUMBS_DIR}/event_{event_id:04d}.jpg"
 
 
 def write_events(out_dir: str | Path, events: Sequence[Event], thumbnails: Mapping[int, np.ndarray]) -> list[Event]:
@@ -312,10 +283,7 @@ def write_events(out_dir: str | Path, events: Sequence[Event], thumbnails: Mappi
     for ev in events:
         thumb = thumbnails.get(ev.event_id)
         if thumb is not None:
-            name = thumbnail_name(ev.event_id)
-            (out_dir / THUMBS_DIR).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.ascontiguousarray(thumb)).save(out_dir / name, format="JPEG", quality=JPEG_QUALITY)
-            ev = replace(ev, thumbnail=name)
+            ev = replace(ev, thumbnail=write_thumbnail(out_dir, ev.event_id, thumb))
         written.append(ev)
     text = "".join(ev.to_json() + "\n" for ev in written)
     (out_dir / EVENTS_FILE).write_text(text, encoding="utf-8")
@@ -331,162 +299,6 @@ def read_events(path: str | Path) -> list[Event]:
     return [Event.from_dict(json.loads(line)) for line in lines if line.strip()]
 
 
-def _num(value: float) -> str:
-    """Compact decimal: at most 2 decimals, no trailing zeros."""
-    text = f"{float(value):.2f}".rstrip("0").rstrip(".")
-    return "0" if text == "-0" else text
-
-
-class TracksCsvWriter:
-    """Streaming MOTChallenge writer: ``frame, id, bb_left, bb_top, bb_width, bb_height, conf, -1, -1, -1``.
-
-    ``frame`` and ``id`` are **1-based** in the file (``frame0 + 1``); boxes in the pixels given.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._file = self.path.open("w", encoding="utf-8", newline="")
-        self.rows = 0
-
-    def write(self, frame0: int, track_id: int, bbox_xyxy: Sequence[float], conf: float) -> None:
-        """One box: 0-based ``frame0``, ``track_id`` >= 1, (x0, y0, x1, y1) exclusive box, confidence."""
-        if frame0 < 0 or track_id < 1:
-            raise ValueError(f"need frame0 >= 0 and track_id >= 1, got {frame0}, {track_id}")
-        x0, y0, x1, y1 = (float(v) for v in bbox_xyxy)
-        self._file.write(f"{int(frame0) + 1},{int(track_id)},{_num(x0)},{_num(y0)},{_num(x1 - x0)},"
-                         f"{_num(y1 - y0)},{float(conf):.4f},-1,-1,-1\n")
-        self.rows += 1
-
-    def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-
-    def __enter__(self) -> "TracksCsvWriter":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def write_tracks_csv(path: str | Path, rows: Iterable[tuple[int, int, Sequence[float], float]]) -> int:
-    """Write ``(frame0, track_id, bbox_xyxy, conf)`` rows with :class:`TracksCsvWriter`; returns the count."""
-    with TracksCsvWriter(path) as writer:
-        for frame0, track_id, box, conf in rows:
-            writer.write(frame0, track_id, box, conf)
-        return writer.rows
-
-
-def read_tracks_csv(path: str | Path) -> np.ndarray:
-    """A MOTChallenge CSV as an (N, 10) float64 array (columns as in the file: 1-based frame and id)."""
-    text = Path(path).read_text(encoding="utf-8").strip()
-    if not text:
-        return np.zeros((0, 10))
-    rows = [[float(v) for v in line.split(",")] for line in text.splitlines() if line.strip()]
-    return np.array(rows, dtype=np.float64).reshape(len(rows), -1)
-
-
-# --------------------------------------------------------------------------------------
-# Timeline
-# --------------------------------------------------------------------------------------
-
-_TIMELINE_MARGINS_PX = (56, 28, 16, 36)  # left, top, right, bottom
-_BG, _AXIS, _GRID, _CURVE = (255, 255, 255), (40, 40, 40), (225, 225, 225), (30, 80, 200)
-_THRESH, _EVENT_FILL, _EVENT_TEXT = (210, 30, 30), (255, 214, 160), (150, 70, 0)
-
-
-def nice_step(span: float, target_ticks: int) -> float:
-    """A tick step of 1, 2 or 5 x 10^k giving about ``target_ticks`` ticks over ``span``."""
-    if not span > 0:
-        return 1.0
-    raw = span / max(target_ticks, 1)
-    power = 10.0 ** np.floor(np.log10(raw))
-    for mult in (1.0, 2.0, 5.0, 10.0):
-        if raw <= mult * power:
-            return float(mult * power)
-    return float(10 * power)
-
-
-def _tick_label(value: float, step: float) -> str:
-    decimals = max(0, int(-np.floor(np.log10(step)))) if step < 1 else 0
-    return f"{value:.{decimals}f}"
-
-
 def event_field(event: Event | Mapping[str, Any], name: str) -> Any:
     """A field of an :class:`Event` or of its dict (as read back from ``events.jsonl``)."""
     return event[name] if isinstance(event, Mapping) else getattr(event, name)
-
-
-def draw_timeline(path: str | Path, pts_s: np.ndarray, frame_scores: np.ndarray,
-                  events: Sequence[Event | Mapping[str, Any]] = (), *, threshold: float | None = None,
-                  title: str = "", size: tuple[int, int] = (1200, 300)) -> None:
-    """Write a PNG of the frame score over time, the threshold (dashed red), events (shaded, "#id").
-
-    Args: ``pts_s`` and ``frame_scores`` (T,) float, NaN scores leave gaps; ``events`` as from
-    :meth:`EventBuilder.finish` or :func:`read_events` (or their dicts); ``size`` (width, height) px.
-    The y range is [0, 1] when all scores (and the threshold) lie in it, else their range.
-    """
-    width, height = size
-    t = np.asarray(pts_s, dtype=np.float64).ravel()
-    s = np.asarray(frame_scores, dtype=np.float64).ravel()
-    if t.shape != s.shape:
-        raise ValueError(f"pts_s {t.shape} and frame_scores {s.shape} differ")
-    left, top, right, bottom = _TIMELINE_MARGINS_PX
-    x_lo, x_hi = (float(t.min()), float(t.max())) if t.size else (0.0, 1.0)
-    x_hi = x_hi if x_hi > x_lo else x_lo + 1.0
-    finite = s[np.isfinite(s)]
-    values = np.concatenate([finite, [threshold] if threshold is not None else []])
-    y_lo, y_hi = 0.0, 1.0
-    if values.size and (values.min() < 0 or values.max() > 1):
-        y_lo, y_hi = min(0.0, float(values.min())), float(values.max())
-        y_hi = y_hi if y_hi > y_lo else y_lo + 1.0
-        y_hi += 0.05 * (y_hi - y_lo)
-
-    def px(tx: np.ndarray | float) -> np.ndarray | float:
-        return left + (np.asarray(tx) - x_lo) / (x_hi - x_lo) * (width - left - right)
-
-    def py(vy: np.ndarray | float) -> np.ndarray | float:
-        return height - bottom - (np.asarray(vy) - y_lo) / (y_hi - y_lo) * (height - top - bottom)
-
-    img = Image.new("RGB", (width, height), _BG)
-    draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    plot_box = (left, top, width - right, height - bottom)
-
-    for ev in events:  # shaded spans first, under everything else
-        x0 = min(max(float(px(event_field(ev, "start_s"))), left), width - right - 2)
-        x1 = min(max(float(px(event_field(ev, "end_s"))), x0 + 2), width - right)
-        draw.rectangle((x0, top, x1, height - bottom), fill=_EVENT_FILL)
-        draw.text((x0 + 2, top + 2), f"#{event_field(ev, 'event_id')}", fill=_EVENT_TEXT, font=font)
-
-    y_step = nice_step(y_hi - y_lo, 4)
-    for v in np.arange(np.ceil(y_lo / y_step) * y_step, y_hi + 1e-9, y_step):
-        y = float(py(v))
-        draw.line((left, y, width - right, y), fill=_GRID)
-        draw.text((4, y - 6), _tick_label(v, y_step), fill=_AXIS, font=font)
-    x_step = nice_step(x_hi - x_lo, max(2, (width - left - right) // 110))
-    for v in np.arange(np.ceil(x_lo / x_step) * x_step, x_hi + 1e-9, x_step):
-        x = float(px(v))
-        draw.line((x, height - bottom, x, height - bottom + 4), fill=_AXIS)
-        draw.text((x - 8, height - bottom + 6), _tick_label(v, x_step), fill=_AXIS, font=font)
-    draw.text((width - right - 48, height - 14), "time (s)", fill=_AXIS, font=font)
-    draw.text((4, 4), "frame score" + (f"   {title}" if title else ""), fill=_AXIS, font=font)
-
-    if threshold is not None:
-        y = float(py(threshold))
-        for x in range(left, width - right, 12):
-            draw.line((x, y, min(x + 6, width - right), y), fill=_THRESH, width=1)
-
-    ok = np.isfinite(s)
-    if ok.any():
-        xs, ys = px(t), py(np.clip(s, y_lo, y_hi))
-        breaks = np.flatnonzero(np.diff(ok.astype(np.int8)) != 0) + 1  # split at NaN gaps
-        for seg in np.split(np.arange(t.size), breaks):
-            if seg.size and ok[seg[0]]:
-                points = list(zip(xs[seg].tolist(), ys[seg].tolist()))
-                if len(points) == 1:
-                    draw.point(points, fill=_CURVE)
-                else:
-                    draw.line(points, fill=_CURVE, width=1)
-    draw.rectangle(plot_box, outline=_AXIS)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, format="PNG")

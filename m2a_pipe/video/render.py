@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from m2a_pipe.inference.instances import Instance
+from m2a_pipe.video.detections import Detections, as_detections
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _GOLDEN_RATIO = 0.618033988749895
@@ -128,8 +129,8 @@ def _timecode_box(img: np.ndarray, text: str, scale: float, thickness: int) -> N
     cv2.putText(img, text, (pad, h - base - pad), _FONT, scale, _TEXT_RGB, thickness, cv2.LINE_AA)
 
 
-def overlay(image: np.ndarray, anomaly: np.ndarray, *, instances: Sequence[Instance] = (),
-            track_ids: Sequence[int] = (), timecode: str | None = None, alpha: float = 0.5,
+def overlay(image: np.ndarray, anomaly: np.ndarray, *, instances: Detections | Sequence[Instance] = (),
+            timecode: str | None = None, alpha: float = 0.5,
             vmin: float = 0.0, vmax: float = 1.0, threshold: float | None = None,
             colormap: int = cv2.COLORMAP_INFERNO) -> np.ndarray:
     """The frame with the anomaly heatmap blended over it, contours, track boxes and a time code.
@@ -137,10 +138,10 @@ def overlay(image: np.ndarray, anomaly: np.ndarray, *, instances: Sequence[Insta
     Args:
         image: (H, W, 3) uint8 RGB frame.
         anomaly: (h, w) float map at any resolution (resized bilinearly to (H, W)).
-        instances: detections in the map's pixel coordinates (module docstring); each gets its
-            outer contour drawn.
-        track_ids: aligned with ``instances`` (empty: no boxes); a non-zero id draws the scaled
-            box labelled ``"#<id>"`` in the track's colour.
+        instances: the frame's :class:`~m2a_pipe.video.detections.Detections` in the map's pixel
+            coordinates (module docstring), or bare instances (all unconfirmed). Each gets its
+            outer contour drawn in its track's colour (grey for id 0); a confirmed one (id >= 1)
+            also gets its scaled box labelled ``"#<id>"``.
         timecode: text drawn bottom-left on a dark box (e.g. from :func:`timecode`).
         alpha: blend weight at ``vmax``; the weight is ``alpha * clip((s - vmin) / (vmax - vmin),
             0, 1)``, so low scores keep the frame visible, and 0 below ``threshold`` if given.
@@ -154,8 +155,7 @@ def overlay(image: np.ndarray, anomaly: np.ndarray, *, instances: Sequence[Insta
     anomaly = np.asarray(anomaly, dtype=np.float32)
     if anomaly.ndim != 2:
         raise ValueError(f"anomaly must be (h, w), got {anomaly.shape}")
-    if track_ids and len(track_ids) != len(instances):
-        raise ValueError(f"{len(track_ids)} track ids for {len(instances)} instances")
+    detections = as_detections(instances)
     height, width = image.shape[:2]
     sx, sy = width / anomaly.shape[1], height / anomaly.shape[0]
     scores = anomaly if anomaly.shape == (height, width) else cv2.resize(
@@ -171,16 +171,15 @@ def overlay(image: np.ndarray, anomaly: np.ndarray, *, instances: Sequence[Insta
 
     thickness = max(1, int(round(min(height, width) / 400)))
     font_scale = max(0.4, min(height, width) / 900)
-    ids = list(track_ids) or [0] * len(instances)
-    for inst, tid in zip(instances, ids):
-        colour = track_colour(int(tid))
+    for inst, tid in detections:
+        colour = track_colour(tid)
         cv2.polylines(out, _contour_polylines(inst, sx, sy), True, colour, thickness, cv2.LINE_AA)
         if tid:
             x0, y0, x1, y1 = inst.bbox
             p0 = (int(round(x0 * sx)), int(round(y0 * sy)))
             p1 = (int(round(x1 * sx)) - 1, int(round(y1 * sy)) - 1)
             cv2.rectangle(out, p0, p1, colour, thickness)
-            _label(out, f"#{int(tid)}", p0[0], p0[1] - thickness, colour, font_scale, thickness)
+            _label(out, f"#{tid}", p0[0], p0[1] - thickness, colour, font_scale, thickness)
     if timecode:
         _timecode_box(out, timecode, font_scale, thickness)
     return out

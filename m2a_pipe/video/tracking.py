@@ -28,6 +28,8 @@ Ids are 1, 2, 3, ... given **at confirmation**, in confirmation order (ties: bir
 have no gaps and are never reused. Output comes with a fixed lag of ``min_hits - 1`` calls: the
 frame given to the k-th call is final after call ``k + lag`` (by then every track holding one of
 its detections has been confirmed or dropped), so even the first frames of a track carry its id.
+Each final frame comes as a :class:`FrameTracks`: its key and its
+:class:`~m2a_pipe.video.detections.Detections` (the instances given, each with its id).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from m2a_pipe.inference.instances import Instance
+from m2a_pipe.video.detections import UNCONFIRMED, Detections
 
 _UNMATCHABLE = 1e9  # cost given to gated pairs so the assignment avoids them
 _MIN_SIZE_PX = 1.0  # predicted boxes never shrink below one pixel
@@ -85,14 +88,20 @@ class TrackerConfig:
 
 @dataclass(frozen=True)
 class FrameTracks:
-    """The final track ids of one frame.
+    """One final frame of the tracker.
 
-    ``frame``: the key given to :meth:`Tracker.update`; ``track_ids``: one per detection of that
-    frame, in the order given, 0 for a detection not part of a confirmed track.
+    ``frame``: the key given to :meth:`Tracker.update`; ``detections``: the instances given with
+    it, in the order given, each paired with its final track id (0 for a detection not part of a
+    confirmed track, see :class:`~m2a_pipe.video.detections.Detections`).
     """
 
     frame: int
-    track_ids: tuple[int, ...]
+    detections: Detections
+
+    @property
+    def track_ids(self) -> tuple[int, ...]:
+        """The N track ids of :attr:`detections`."""
+        return self.detections.track_ids
 
 
 @dataclass
@@ -174,7 +183,7 @@ class Tracker:
     def __init__(self, config: TrackerConfig = TrackerConfig()) -> None:
         self.config = config
         self._tracks: list[_Track] = []  # live tracks, in birth order
-        self._pending: deque[tuple[int, list[_Track | None]]] = deque()
+        self._pending: deque[tuple[int, tuple[Instance, ...], list[_Track | None]]] = deque()
         self._last_frame: int | None = None
         self._next_serial = 0
         self._next_id = 1
@@ -193,8 +202,9 @@ class Tracker:
     def update(self, frame: int, detections: Sequence[Instance]) -> list[FrameTracks]:
         """Add one frame's detections; returns the frames that became final (0 or 1 of them).
 
-        ``frame``: any integer key, larger than the previous one; ``detections``: the frame's
-        instances (only ``bbox`` is used).
+        ``frame``: any integer key, larger than the previous one; ``detections``: the frame's N
+        instances (only ``bbox`` is used for tracking; they come back in the frame's
+        :class:`FrameTracks` with their ids).
         """
         if self._finished:
             raise RuntimeError("Tracker.update() after finish()")
@@ -204,7 +214,8 @@ class Tracker:
         dt = 1.0 if self._last_frame is None else float(frame - self._last_frame)
         self._last_frame = frame
 
-        det_boxes = np.array([inst.bbox for inst in detections], dtype=np.float64).reshape(-1, 4)
+        instances = tuple(detections)
+        det_boxes = np.array([inst.bbox for inst in instances], dtype=np.float64).reshape(-1, 4)
         predicted = [t.state + t.velocity * dt for t in self._tracks]
         owners: list[_Track | None] = [None] * len(det_boxes)
         matched: set[int] = set()  # track serials hit this frame
@@ -244,7 +255,7 @@ class Tracker:
                 track.track_id = self._next_id
                 self._next_id += 1
 
-        self._pending.append((frame, owners))
+        self._pending.append((frame, instances, owners))
         out = []
         while len(self._pending) > self.lag:
             out.append(self._emit())
@@ -269,5 +280,6 @@ class Tracker:
         track.misses = 0
 
     def _emit(self) -> FrameTracks:
-        frame, owners = self._pending.popleft()
-        return FrameTracks(frame=frame, track_ids=tuple(t.track_id if t is not None else 0 for t in owners))
+        frame, instances, owners = self._pending.popleft()
+        ids = tuple(t.track_id if t is not None else UNCONFIRMED for t in owners)
+        return FrameTracks(frame=frame, detections=Detections(instances, ids))
