@@ -301,3 +301,15 @@ def test_only_confirmed_ids_reach_tracks_csv(tmp_path):
     assert len(instances) == 9 and sorted(instances["track_id"].tolist()) == [0] + [1] * 8
     blob = instances[instances["track_id"] == 0][0]
     assert blob["frame"] == 103 and (blob["x0"], blob["y0"], blob["x1"], blob["y1"]) == (160, 96, 176, 112)
+
+
+def test_tracker_lifetimes_checked_once_for_the_process_settings_and_the_tracker():
+    from m2a_pipe.errors import UsageError
+    from m2a_pipe.pipeline.config import ProcessConfig
+
+    for bad in ({"min_hits": 0}, {"max_misses": -1}):
+        with pytest.raises(UsageError) as from_tracker:
+            TrackerConfig(**bad)
+        with pytest.raises(UsageError) as from_settings:
+            ProcessConfig(**bad)
+        assert str(from_tracker.value) == str(from_settings.value) and next(iter(bad)) in str(from_tracker.value)

@@ -42,6 +42,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from m2a_pipe.inference.instances import Instance
+from m2a_pipe.settings import DEFAULT_MAX_MISSES, DEFAULT_MIN_HITS, check_track_lifetimes
 from m2a_pipe.video.detections import UNCONFIRMED, Detections
 
 _UNMATCHABLE = 1e9  # cost given to gated pairs so the assignment avoids them
@@ -64,8 +65,8 @@ class TrackerConfig:
     ``alpha`` / ``beta``: alpha-beta filter gains on the state and its velocity, in (0, 1].
     """
 
-    min_hits: int = 3
-    max_misses: int = 5
+    min_hits: int = DEFAULT_MIN_HITS
+    max_misses: int = DEFAULT_MAX_MISSES
     max_cost: float = 1.5
     iou_weight: float = 1.0
     distance_weight: float = 0.5
@@ -74,10 +75,7 @@ class TrackerConfig:
     beta: float = 0.2
 
     def __post_init__(self) -> None:
-        if self.min_hits < 1:
-            raise ValueError(f"min_hits must be >= 1, got {self.min_hits}")
-        if self.max_misses < 0:
-            raise ValueError(f"max_misses must be >= 0, got {self.max_misses}")
+        check_track_lifetimes(self.min_hits, self.max_misses)
         if not self.max_cost > 0 or self.iou_weight < 0 or self.distance_weight < 0:
             raise ValueError("max_cost must be > 0 and the weights >= 0")
         if not self.first_match_slack >= 1:
