@@ -1,7 +1,7 @@
 """Time ``m2a-pipe mine`` over thousands of synthetic video output folders and print its wall
 time and peak RSS.
 
-    python benchmarks/mine_scale.py [--videos 2000] [--events 3] [--top 50] [--clips-free] [--keep DIR]
+    python benchmarks/mine_scale.py [--videos 2000] [--events 3] [--top 50] [--keep DIR]
 
 Each synthetic folder ``OUT/vehicle_VV/day_DD/clip_NNNNN/`` holds what mining reads: a tiny
 ``scores.h5`` (root attributes only: status complete, source, fps, size, n_frames, weights,
@@ -12,7 +12,8 @@ folder, so the skip path is exercised too.
 
 Mining runs in a child process, so its peak RSS is its own (not the generator's): the child
 reports the RSS after its imports (``baseline``) and the peak after mining (``peak``).
-``--videos`` takes several sizes (e.g. ``--videos 500 2000``) to show how memory scales.
+``--videos`` takes several sizes (e.g. ``--videos 500 2000``) to show how memory scales. The
+first line printed is the command line.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import io
 import json
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -124,6 +126,7 @@ def main() -> None:
     if args.child:
         child(args.child[0], args.child[1], args.top)
         return
+    print("command:", shlex.join(["python", *sys.argv]), flush=True)
     for n in args.videos:
         with tempfile.TemporaryDirectory(prefix="mine-scale-") as tmp:
             base = args.keep / f"n{n}" if args.keep else Path(tmp)

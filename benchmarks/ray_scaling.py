@@ -3,6 +3,7 @@ same videos, and the Ray runner's overhead against the local runner at equal mod
 
     python benchmarks/ray_scaling.py VIDEO_OR_FOLDER... [--weights demo] [--workers 1 2]
                                      [--cpus 2] [--local-threads 1 2] [--batch-size 1]
+                                     [--short-side PX]
 
 Every configuration processes every input from scratch (``overwrite``) into a temporary
 folder and prints frames, wall seconds and frames per second:
@@ -16,12 +17,16 @@ folder and prints frames, wall seconds and frames per second:
 The overhead line compares ``ray 1`` with ``local 1``: both run the model on one thread,
 both decode and write beside it, so the difference is what Ray adds (pool start, moving
 frames and maps through the object store, scheduling).
+
+The first line printed is the command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,17 +47,20 @@ def _run(inputs: list[str], out: Path, ray: RayConfig | None, **options) -> tupl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("inputs", nargs="+")
-    parser.add_argument("--weights", default="demo")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--local-threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray instance")
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("inputs", nargs="+", help="videos, folders, globs or manifests")
+    parser.add_argument("--weights", default="demo", help="weights name or file [demo]")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray workers, one run each [1 2]")
+    parser.add_argument("--local-threads", type=int, nargs="+", default=[1, 2],
+                        help="torch threads of the local runner, one run each [1 2]")
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray instance [2]")
+    parser.add_argument("--batch-size", type=int, default=1, help="frames a model batch [1]")
+    parser.add_argument("--short-side", type=int, help="network input short side [the weights' test size]")
     args = parser.parse_args()
+    print("command:", shlex.join(["python", *sys.argv]), flush=True)
 
     import ray
 
-    options = dict(weights=args.weights, batch_size=args.batch_size)
+    options = dict(weights=args.weights, batch_size=args.batch_size, short_side=args.short_side)
     rows: dict[str, tuple[int, float]] = {}
     start_s = 0.0
     with tempfile.TemporaryDirectory(prefix="m2a-ray-bench-") as tmp:

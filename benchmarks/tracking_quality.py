@@ -1,10 +1,16 @@
 """Tracking and event quality on synthetic clips with ground-truth tracks.
 
-    m2a-pipe synth video --seed 101 --seconds 20 --fps 10 -o clips/clip101.mp4    # and more seeds
-    python benchmarks/tracking_quality.py clips/*.mp4 --weights demo --out runs/track_eval [--json FILE]
+    python benchmarks/tracking_quality.py [--oracle] [--weights demo] [--out runs/track_eval] [--json FILE]
+    python benchmarks/tracking_quality.py clips/*.mp4 --weights demo --out runs/track_eval
+
+With no clips it makes the default set first (under ``OUT/clips``, reused when there): four
+synthetic clips, ``m2a-pipe synth video --seed 101..104 --seconds 20 --fps 10 --size 640x320``
+(``--seeds``, ``--seconds``, ``--fps``, ``--size``); without ``--out`` everything goes to a
+temporary folder, removed at the end.
 
 Each clip (with its ``CLIP.tracks.json`` beside it) is processed once by ``m2a_pipe.process``
-with the default settings. Then, from its outputs:
+with the default settings, from scratch (a rerun into the same ``--out`` overwrites its
+outputs). Then, from its outputs:
 
 * **MOTA, IDF1** (py-motmetrics, IoU >= 0.5) of ``tracks.csv`` against the ground truth, over
   every ground-truth box and over the boxes the pipeline is set to see (at least
@@ -23,7 +29,8 @@ clip's ground-truth anomaly mask (``CLIP.gt.h5``) averaged down to the map resol
 figures measure what comes after the model (instances at 1/4 resolution, the tracker, the
 event rules) with a perfect detector.
 
-Prints one JSON object: per clip and pooled (MOTA pooled over all frames of all clips).
+Prints one JSON object: the command line, then the figures per clip and pooled (MOTA pooled over
+all frames of all clips).
 """
 
 from __future__ import annotations
@@ -86,26 +93,29 @@ def frame_alarms(scores_h5: Path, config: ProcessConfig, min_duration_s: float |
 
 
 class OracleStage:
-    """Stands in for the ModelStage: the ground-truth anomaly masks of one clip, in order, as
-    maps of the size the model would give (area-averaged: the anomalous fraction of each cell)."""
+    """Stands in for the ModelStage, through the same ``map_batches`` interface (see
+    :class:`m2a_pipe.pipeline.local.BatchMapper`): the ground-truth anomaly mask of each frame,
+    looked up by the frame's source index in ``CLIP.gt.h5``, as a map of the size the model would
+    give (area-averaged: the anomalous fraction of each cell)."""
 
     def __init__(self, gt_h5: Path, map_shape: tuple[int, int]) -> None:
+        self.gt_h5, self.map_shape = Path(gt_h5), tuple(map_shape)
+
+    def map_batches(self, batches):
+        """(batch, maps) for each batch of (index, pts, image) frames, in order."""
         import cv2
 
-        self._resize = lambda m: cv2.resize(m.astype(np.float32), map_shape[::-1], interpolation=cv2.INTER_AREA)
-        self._file = h5py.File(gt_h5, "r")
-        self._next = 0
-
-    def __call__(self, images):
         from m2a_pipe.inference.stage import FrameMaps
 
-        out = []
-        for _ in images:
-            mask = self._file["anomaly_mask"][self._next] > 0
-            self._next += 1
-            anomaly = self._resize(mask)
-            out.append(FrameMaps(anomaly=anomaly, semantic=np.zeros(anomaly.shape, np.uint8)))
-        return out
+        with h5py.File(self.gt_h5, "r") as f:
+            masks = f["anomaly_mask"]
+            for batch in batches:
+                maps = []
+                for index, _pts, _image in batch:
+                    anomaly = cv2.resize((masks[index] > 0).astype(np.float32), self.map_shape[::-1],
+                                         interpolation=cv2.INTER_AREA)
+                    maps.append(FrameMaps(anomaly=anomaly, semantic=np.zeros(anomaly.shape, np.uint8)))
+                yield batch, maps
 
 
 def run_oracle(clip: Path, out: Path, config: ProcessConfig) -> Path:
@@ -130,8 +140,8 @@ def evaluate_clip(clip: Path, out: Path, config: ProcessConfig, oracle: bool = F
     if oracle:
         folder = run_oracle(clip, out, config)
     else:
-        video = process(clip, out, config, quiet=True).videos[0]
-        if video.status not in ("complete", "skipped"):
+        video = process(clip, out, config.updated(overwrite=True), quiet=True).videos[0]
+        if video.status != "complete":
             raise SystemExit(f"{clip}: {video.status} ({video.error})")
         folder = Path(video.out_dir)
     with h5py.File(folder / "scores.h5", "r") as f:
@@ -166,19 +176,48 @@ def pooled(results: list[dict]) -> dict:
     return out
 
 
+def synth_clips(folder: Path, seeds: list[int], seconds: float, fps: float, size: str) -> list[Path]:
+    """The default clip set: ``m2a-pipe synth video --seed S --seconds --fps --size`` for each
+    seed, written under ``folder`` (kept: a clip already there with its ground truth is reused)."""
+    from m2a_pipe.synth.video import gt_paths, write_video
+
+    clips = []
+    for seed in seeds:
+        clip = folder / f"clip{seed}_{seconds:g}s_{fps:g}fps_{size}.mp4"
+        if not (clip.is_file() and all(p.is_file() for p in gt_paths(clip))):
+            write_video(clip, seed, seconds, fps, size=size)
+        clips.append(clip)
+    return clips
+
+
 def main() -> None:
+    import shlex
+    import sys
+    import tempfile
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("clips", nargs="+", type=Path)
-    parser.add_argument("--weights", default="demo")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("clips", nargs="*", type=Path,
+                        help="clips with CLIP.tracks.json beside them (and CLIP.gt.h5 for --oracle) "
+                             "[none: synthetic clips of --seeds, made under OUT/clips]")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103, 104],
+                        help="seeds of the synthetic clips when no clips are given [101 102 103 104]")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each synthetic clip [20]")
+    parser.add_argument("--fps", type=float, default=10.0, help="frame rate of the synthetic clips [10]")
+    parser.add_argument("--size", default="640x320", help="WIDTHxHEIGHT of the synthetic clips [640x320]")
+    parser.add_argument("--weights", default="demo",
+                        help="weights name or file [demo]; with --oracle only their test input size counts")
+    parser.add_argument("--out", type=Path, help="output folder [a temporary folder, removed at the end]")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:I [auto]")
     parser.add_argument("--short-side", type=int, help="network input short side [the weights' test size]")
     parser.add_argument("--oracle", action="store_true", help="ground-truth masks instead of the model")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args()
     config = ProcessConfig(weights=args.weights, device=args.device, short_side=args.short_side)
-    results = [evaluate_clip(clip, args.out, config, args.oracle) for clip in args.clips]
-    report = {"pooled": pooled(results), "clips": results}
+    with tempfile.TemporaryDirectory(prefix="m2a-track-eval-") as tmp:
+        out = args.out or Path(tmp)
+        clips = args.clips or synth_clips(out / "clips", args.seeds, args.seconds, args.fps, args.size)
+        results = [evaluate_clip(clip, out, config, args.oracle) for clip in clips]
+    report = {"command": shlex.join(["python", *sys.argv]), "pooled": pooled(results), "clips": results}
     text = json.dumps(report, indent=1, default=float)
     print(text)
     if args.json:

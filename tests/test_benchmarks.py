@@ -1,0 +1,240 @@
+"""Smoke tests of the scripts in benchmarks/: each runs as ``python benchmarks/SCRIPT.py`` (a
+subprocess, as a user runs it) on tiny inputs, and the figures it prints are checked: the
+expected lines or keys are there, the numbers are finite and in range, the command line that
+reproduces them is printed beside them, and the tracking oracle (the ground truth as the
+model's maps) tracks a synthetic clip almost perfectly.
+
+ray_scaling.py spends most of its time waiting (Ray's start, two pool starts), so it starts in
+the background when this module starts (when its test is selected) and the other tests run
+meanwhile; its test, the last, reads what it printed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO_ROOT / "benchmarks"
+NUMBER = r"(nan|-?\d+(?:\.\d+)?)"
+
+# The tracking clip: seed 15, 2 s at 10 fps, 192x96 (20 frames, two anomalies, 40 visible boxes).
+CLIP_ARGS = ["--seeds", "15", "--seconds", "2", "--fps", "10", "--size", "192x96"]
+CLIP_NAME = "clip15_2s_10fps_192x96.mp4"
+
+
+class Script:
+    """``python benchmarks/NAME ARGS`` started in the background from the repository root."""
+
+    def __init__(self, name: str, *args: str) -> None:
+        self.cmd = [sys.executable, str(BENCHMARKS / name), *args]
+        self.proc = subprocess.Popen(self.cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+
+    def output(self, timeout: float = 120) -> str:
+        """Its stdout, once it has exited (it must succeed)."""
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            raise
+        assert self.proc.returncode == 0, f"{shlex.join(self.cmd)} failed ({self.proc.returncode}):\n{out}\n{err}"
+        return out
+
+
+def run_script(name: str, *args: str, timeout: float = 120) -> str:
+    """stdout of ``python benchmarks/NAME ARGS`` run from the repository root (it must succeed)."""
+    return Script(name, *args).output(timeout)
+
+
+def assert_command(line: str, name: str, args: list[str]) -> None:
+    """``line`` is the command that reproduces the run: python, the script, its arguments."""
+    words = shlex.split(line)
+    assert words[0] == "python" and Path(words[1]).name == name and words[2:] == list(args), line
+
+
+def numbers(line: str, pattern: str) -> list[float]:
+    """The groups of ``pattern`` in ``line`` as floats (thousands separators dropped)."""
+    match = re.search(pattern, line)
+    assert match, f"{pattern!r} not in {line!r}"
+    return [float(g.replace(",", "")) for g in match.groups()]
+
+
+RAY_TIMEOUT_S = 240
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_scaling_run(request, tmp_path_factory):
+    """ray_scaling.py on a fresh 8-frame clip: one local run, Ray (2 CPUs) with one worker;
+    started in the background at the module's start when test_ray_scaling is selected."""
+    if not any(item.name == "test_ray_scaling" for item in request.session.items):
+        yield None
+        return
+    from m2a_pipe.synth.video import write_video
+
+    clip = tmp_path_factory.mktemp("ray-scaling") / "clip.mp4"
+    write_video(clip, seed=15, seconds=0.8, fps=10, size=(128, 64))
+    args = [str(clip), "--workers", "1", "--local-threads", "1", "--cpus", "2", "--short-side", "64"]
+    script = Script("ray_scaling.py", *args)
+    yield args, script
+    if script.proc.poll() is None:  # its test did not run to the end: let it finish (Ray shuts down)
+        try:
+            script.proc.communicate(timeout=RAY_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            script.proc.kill()
+            script.proc.communicate()
+
+
+SCRIPTS = ["eval_memory.py", "mine_scale.py", "ray_scaling.py", "tracking_quality.py"]
+
+
+def test_every_script_is_tested():
+    assert sorted(p.name for p in BENCHMARKS.glob("*.py")) == SCRIPTS
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_help(name, monkeypatch, capsys):
+    """``--help`` of each script, in this process (its main, imported from its path)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name[:-3]}", BENCHMARKS / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", [str(BENCHMARKS / name), "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: {name}") and "--help" in out
+    assert module.__doc__.splitlines()[0] in " ".join(out.split())
+
+
+def test_eval_memory():
+    args = ["--n", "8", "--size", "512x256"]
+    lines = run_script("eval_memory.py", *args).splitlines()
+    assert lines[0].startswith("command: ")
+    assert_command(lines[0].removeprefix("command: "), "eval_memory.py", args)
+    n, valid = numbers(lines[2], r"^(\d+) images 256x512, ([\d,]+) valid pixels, AP convention exact")
+    assert n == 8 and 0 < valid < 8 * 256 * 512
+    metrics_line = next(line for line in lines if line.startswith("AuPRC"))
+    names = re.findall(r"([A-Za-z0-9]+\*?) " + NUMBER, metrics_line)
+    metrics = {k: float(v) for k, v in names}
+    assert list(metrics) == ["AuPRC", "FPR95", "AUROC", "sIoU", "PPV", "F1*"], metrics_line
+    assert all(math.isfinite(v) and 0 <= v <= 100 for v in metrics.values()), metrics_line
+    # anomalies score near 1, normal pixels near 0: a clean separation
+    assert metrics["AUROC"] > 99 and metrics["AuPRC"] > 90 and metrics["FPR95"] < 1, metrics_line
+    assert metrics["sIoU"] > 0 and metrics["PPV"] > 0, metrics_line
+    timing = next(line for line in lines if line.startswith("pixel pass"))
+    assert all(v >= 0 for v in numbers(timing, rf"pixel pass {NUMBER} s, component pass {NUMBER} s, total {NUMBER} s"))
+    peak = numbers(lines[-1], rf"^peak RSS {NUMBER} MiB$")[0]
+    assert 10 < peak < 4096
+
+
+def test_mine_scale():
+    # 210 folders: one in 100 partial (42, 142), one in 200 temporary (199)
+    args = ["--videos", "210", "--events", "2", "--top", "5"]
+    lines = run_script("mine_scale.py", *args).splitlines()
+    assert lines[0].startswith("command: ")
+    assert_command(lines[0].removeprefix("command: "), "mine_scale.py", args)
+    made = numbers(lines[1], r"^210 folders \((\d+) complete, (\d+) partial, (\d+) temporary; (\d+) events\), "
+                             rf"generated in {NUMBER} s$")
+    assert made[:4] == [207, 2, 1, 418] and made[4] >= 0
+    wall, per_folder, peak, baseline, grown = numbers(
+        lines[2], rf"mine: {NUMBER} s wall \({NUMBER} ms a folder\), peak RSS {NUMBER} MiB "
+                  rf"\(after imports {NUMBER} MiB, \+{NUMBER} MiB mining\)")
+    assert 0 < wall < 60 and per_folder == pytest.approx(1000 * wall / 210, rel=0.05, abs=0.05)
+    assert 10 < baseline <= peak < 2048 and grown == pytest.approx(peak - baseline, abs=0.11)
+    mined = numbers(lines[3], r"mined (\d+) videos, skipped (\d+), ranked (\d+) events, top (\d+); report files: ")
+    assert mined == [207, 3, 414, 5]
+    assert "events.csv" in lines[3] and "report.html" in lines[3]
+
+
+@pytest.fixture(scope="module")
+def oracle_run(tmp_path_factory) -> tuple[dict, Path]:
+    """tracking_quality.py --oracle with no clips: it makes the synthetic clip under OUT/clips."""
+    out = tmp_path_factory.mktemp("track-oracle")
+    args = ["--oracle", *CLIP_ARGS, "--out", str(out), "--json", str(out / "report.json")]
+    text = run_script("tracking_quality.py", *args)
+    report = json.loads(text)
+    assert report == json.loads((out / "report.json").read_text())
+    assert_command(report["command"], "tracking_quality.py", args)
+    return report, out
+
+
+def check_tracking_report(report: dict) -> None:
+    """Keys, finite numbers and ranges of a tracking_quality.py report on the one test clip."""
+    pooled, (clip,) = report["pooled"], report["clips"]
+    assert Path(clip["clip"]).name == CLIP_NAME
+    assert clip["frames"] == 20 and clip["minutes"] == pytest.approx(2 / 60) and clip["gt_tracks"] == 2
+    assert pooled["clips"] == 1 and pooled["minutes"] == pytest.approx(2 / 60, abs=1e-3)
+    for key in ("mot_all", "mot_visible"):
+        mot = pooled[key]
+        assert set(mot) == {"mota", "idf1_weighted", "num_objects", "num_misses", "num_false_positives",
+                            "num_switches"}
+        assert all(math.isfinite(v) for v in mot.values()), mot
+        assert mot["mota"] <= 1 and 0 <= mot["idf1_weighted"] <= 1
+        assert 0 <= mot["num_misses"] <= mot["num_objects"] and mot["num_false_positives"] >= 0
+        assert mot["mota"] == pytest.approx(1 - (mot["num_misses"] + mot["num_false_positives"]
+                                                 + mot["num_switches"]) / mot["num_objects"], abs=1e-4)
+        assert set(clip[key]) >= {"mota", "idf1", "num_objects", "num_misses", "num_false_positives"}
+    assert 0 < pooled["mot_visible"]["num_objects"] <= pooled["mot_all"]["num_objects"] == 40
+    for name in ("tracked_events", "frame_run_events", "single_frames"):
+        alarms = pooled[name]
+        assert 0 <= alarms["false"] <= alarms["alarms"], alarms
+        assert alarms["false_per_minute"] == pytest.approx(alarms["false"] / clip["minutes"], abs=0.01)
+        assert clip["alarms"][name] == {"total": alarms["alarms"], "false": alarms["false"]}
+
+
+def test_tracking_quality_oracle(oracle_run):
+    report, out = oracle_run
+    check_tracking_report(report)
+    assert (out / "clips" / CLIP_NAME).is_file() and (out / Path(CLIP_NAME).stem / "tracks.csv").is_file()
+    pooled = report["pooled"]
+    visible = pooled["mot_visible"]
+    # a perfect detector: every visible box found, with one identity per anomaly
+    assert visible["num_objects"] >= 30
+    assert visible["mota"] >= 0.9 and visible["idf1_weighted"] >= 0.9, visible
+    assert visible["num_switches"] == 0
+    # each anomaly raises an event, and none is false
+    assert pooled["tracked_events"]["alarms"] >= 1 and pooled["tracked_events"]["false"] == 0
+
+
+def test_tracking_quality_model(oracle_run, tmp_path):
+    """The real model path (demo weights, a 64-pixel input to keep it quick) on the oracle's clip."""
+    _, oracle_out = oracle_run
+    clip = oracle_out / "clips" / CLIP_NAME
+    args = [str(clip), "--weights", "demo", "--device", "cpu", "--short-side", "64", "--out", str(tmp_path)]
+    report = json.loads(run_script("tracking_quality.py", *args))
+    assert_command(report["command"], "tracking_quality.py", args)
+    check_tracking_report(report)
+    assert (tmp_path / clip.stem / "scores.h5").is_file()
+    with open(tmp_path / clip.stem / "summary.json") as f:
+        assert json.load(f)["status"] == "complete"
+
+
+def test_ray_scaling(ray_scaling_run):
+    args, script = ray_scaling_run
+    lines = script.output(timeout=RAY_TIMEOUT_S).splitlines()
+    assert lines[0].startswith("command: ")
+    assert_command(lines[0].removeprefix("command: "), "ray_scaling.py", args)
+    rows = {}
+    for line in lines:
+        match = re.match(rf"^(local \d+|ray \d+)\s+(\d+) frames\s+{NUMBER} s\s+{NUMBER} fps", line)
+        if match:
+            rows[match.group(1)] = [float(v) for v in match.groups()[1:]]
+    assert set(rows) == {"local 1", "ray 1"}, lines
+    for frames, wall, fps in rows.values():
+        assert frames == 8 and 0 < wall < 120 and fps == pytest.approx(frames / wall, rel=0.02, abs=0.01)
+    start = numbers(next(line for line in lines if line.startswith("pool start")),
+                    rf"pool start and one frame, 1 worker\(s\): {NUMBER} s")[0]
+    assert 0 < start < 120
+    assert numbers(next(line for line in lines if line.startswith("ray 1: speed-up")), rf"= {NUMBER}$") == [1.0]
+    overhead = next(line for line in lines if line.startswith("overhead of the Ray runner"))
+    assert all(math.isfinite(v) for v in numbers(overhead, r"thread: ([-+]\d+\.\d) % \(([-+]\d+\.\d) % without"))
