@@ -146,6 +146,30 @@ class ForwardCore:
         return flip_average(anomaly, mirror_map(*self(mirrored)))
 
 
+class UsesForwardCore:
+    """What the users of a :class:`ForwardCore` (``self.core``) expose of it: ``device``,
+    ``model`` (prepared for inference) and ``config`` (preprocessing, classes, refinement
+    rule; settable, e.g. to try another test size)."""
+
+    core: ForwardCore
+
+    @property
+    def device(self) -> torch.device:
+        return self.core.device
+
+    @property
+    def model(self) -> Mask2Anomaly:
+        return self.core.model
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.core.config
+
+    @config.setter
+    def config(self, config: ModelConfig) -> None:
+        self.core.config = config
+
+
 # --------------------------------------------------------------------------------------
 # Maps at 1 / map_stride of the network input
 # --------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from m2a_pipe.config import ModelConfig
-from m2a_pipe.inference.forward import ForwardCore, check_map_stride, grid_maps, upsample_map
+from m2a_pipe.inference.forward import ForwardCore, UsesForwardCore, check_map_stride, grid_maps, upsample_map
 from m2a_pipe.inference.panoptic import background_region, mine_unknown_instances, open_set_panoptic
 from m2a_pipe.inference.preprocess import padded_size, resize_uint8, shortest_edge_size
 from m2a_pipe.inference.scoring import (
@@ -131,7 +131,7 @@ def full_resolution_semantic(pred_logits: torch.Tensor, pred_masks: torch.Tensor
     return torch.cat(bands, dim=1)
 
 
-class Predictor:
+class Predictor(UsesForwardCore):
     """Run a Mask2Anomaly network on RGB uint8 images.
 
     Args:
@@ -162,25 +162,6 @@ class Predictor:
         self.core = ForwardCore(model, device, autocast=autocast)
         self.resize, self.flip, self.score = resize, flip, score
         self.open_set_threshold = open_set_threshold
-
-    @property
-    def device(self) -> torch.device:
-        """The device of the network and of the post-processing."""
-        return self.core.device
-
-    @property
-    def model(self) -> Mask2Anomaly:
-        """The network, prepared for inference."""
-        return self.core.model
-
-    @property
-    def config(self) -> ModelConfig:
-        """The network's config: preprocessing (resize, normalisation), classes, refinement."""
-        return self.core.config
-
-    @config.setter
-    def config(self, config: ModelConfig) -> None:
-        self.core.config = config
 
     @classmethod
     def from_weights(cls, weights: str | Path = "demo", device: str | torch.device = "cpu",

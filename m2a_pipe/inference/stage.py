@@ -31,8 +31,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from m2a_pipe.config import ModelConfig
-from m2a_pipe.inference.forward import ForwardCore, check_map_stride, grid_maps, map_masks, map_size
+from m2a_pipe.inference.forward import ForwardCore, UsesForwardCore, check_map_stride, grid_maps, map_masks, map_size
 from m2a_pipe.inference.panoptic import UnknownInstance, background_region, mine_unknown_instances
 from m2a_pipe.inference.preprocess import resize_uint8, shortest_edge_size
 from m2a_pipe.model.mask2anomaly import Mask2Anomaly
@@ -69,7 +68,7 @@ def prepare_frame(image: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
 
 
 
-class ModelStage:
+class ModelStage(UsesForwardCore):
     """A network replica with the scoring that turns its outputs into maps.
 
     The network runs in a :class:`~m2a_pipe.inference.forward.ForwardCore` (the Predictor's
@@ -96,21 +95,6 @@ class ModelStage:
         self.core = ForwardCore(model, device, autocast=autocast)
         self.score, self.flip = score, flip
         self.mine_unknown, self.min_area_fraction = mine_unknown, min_area_fraction
-
-    @property
-    def device(self) -> torch.device:
-        """The device of the network and of the maps' computation."""
-        return self.core.device
-
-    @property
-    def model(self) -> Mask2Anomaly:
-        """The network, prepared for inference."""
-        return self.core.model
-
-    @property
-    def config(self) -> ModelConfig:
-        """The network's config (preprocessing, classes, refinement rule)."""
-        return self.core.config
 
     @torch.inference_mode()
     def __call__(self, images: Sequence[np.ndarray]) -> list[FrameMaps]:
