@@ -16,28 +16,31 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from fractions import Fraction
 
 import av
 import numpy as np
 
 from m2a_pipe.errors import M2AError
+from m2a_pipe.io.video_diagnosis import (
+    count,
+    ffmpeg_message,
+    frame_time,
+    mp4_missing_bytes,
+    one_line,
+    open_failure_reason,
+    packet_time,
+    positive_float,
+    stream_duration_s,
+    ts_truncation,
+)
 
 DEFAULT_FPS = 30.0
-TS_PACKET_BYTES = 188          # MPEG-TS packet size
-M2TS_PACKET_BYTES = 192        # Blu-ray / AVCHD transport packet (4-byte timecode + 188)
-TS_SUFFIXES = (".ts", ".mts", ".m2ts", ".m2t", ".tsv", ".tts")
 MP4_FORMAT_NAMES = ("mov", "mp4")
-MP4_TOP_LEVEL_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"uuid", b"meta", b"pnot",
-                       b"udta", b"moof", b"mfra", b"styp", b"sidx", b"pdin", b"junk", b"prfl", b"PICT"}
-MP4_BOX_SCAN_LIMIT = 10_000    # top-level boxes inspected before giving up
 PTS_EPSILON_S = 1e-6           # tolerance when comparing timestamps to sample times
 EARLY_END_MIN_S = 1.0          # a stream may end this much before its announced duration unflagged ...
 EARLY_END_FRACTION = 0.1       # ... or this fraction of it, whichever is larger
-MAX_REASON_CHARS = 300         # error messages are clipped to this many characters
 SEEK_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)  # retries of a seek that lands after its target
 
 
@@ -54,7 +57,7 @@ class VideoError(M2AError):
 
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
         self.path = str(path)
-        self.reason = _one_line(reason)
+        self.reason = one_line(reason)
         super().__init__(f"{self.path}: {self.reason}")
 
 
@@ -330,15 +333,15 @@ class VideoReader:
                 except av.error.FFmpegError as err:
                     # The demux generator is finished after raising: start a new one, which
                     # resumes reading where the file position is.
-                    self.errors.append(f"demux: {_ffmpeg_message(err)}")
+                    self.errors.append(f"demux: {ffmpeg_message(err)}")
                     consecutive += 1
                     break
                 if packet.is_corrupt:
-                    self.errors.append(f"corrupt packet at {_packet_time(packet)} (damaged or missing data)")
+                    self.errors.append(f"corrupt packet at {packet_time(packet)} (damaged or missing data)")
                 try:
                     frames = packet.decode()
                 except av.error.FFmpegError as err:
-                    self.errors.append(f"decode at {_packet_time(packet)}: {_ffmpeg_message(err)}")
+                    self.errors.append(f"decode at {packet_time(packet)}: {ffmpeg_message(err)}")
                     consecutive += 1
                     if consecutive >= self.max_consecutive_errors:
                         break
@@ -347,7 +350,7 @@ class VideoReader:
                     consecutive = 0
                     self.n_decoded += 1
                     if frame.is_corrupt:
-                        self.errors.append(f"corrupt frame at {_frame_time(frame)} (decoded with errors)")
+                        self.errors.append(f"corrupt frame at {frame_time(frame)} (decoded with errors)")
                     yield frame
             if consecutive >= self.max_consecutive_errors and not at_end:
                 self._stopped_on_errors = True
@@ -360,25 +363,25 @@ class VideoReader:
             return (f"no decodable video frame (stopped after {self.max_consecutive_errors} consecutive "
                     f"errors, last: {self.errors[-1]})")
         if self.errors:
-            return f"no decodable video frame ({_count(len(self.errors), 'error')}, last: {self.errors[-1]})"
+            return f"no decodable video frame ({count(len(self.errors), 'error')}, last: {self.errors[-1]})"
         return "no decodable video frame"
 
     def _partial_reason(self) -> str | None:
         """One line on what was lost, or None when the whole file decoded cleanly."""
         parts = []
-        truncated = _ts_truncation(self.path, self.info.container)
+        truncated = ts_truncation(self.path, self.info.container)
         if truncated:
             parts.append(truncated)
         index_frames = self._stream.frames
         is_mp4 = self.info.container.startswith(MP4_FORMAT_NAMES)
         if index_frames and self.n_decoded < index_frames and is_mp4:
-            missing_bytes = _mp4_missing_bytes(self.path, self._stream)
+            missing_bytes = mp4_missing_bytes(self.path, self._stream)
             if missing_bytes:
                 parts.append(f"truncated: index lists {index_frames} frames, decoded {self.n_decoded} "
                              f"(the file ends {missing_bytes} bytes before the data its index points to)")
             else:
                 parts.append(f"index lists {index_frames} frames, decoded {self.n_decoded}")
-        stream_s = _stream_duration_s(self._stream)
+        stream_s = stream_duration_s(self._stream)
         if not is_mp4 and stream_s and self._last_pts_s is not None:
             start_s = self._first_pts_s
             if self._stream.start_time is not None and self._stream.time_base is not None:
@@ -391,19 +394,19 @@ class VideoReader:
             parts.append(f"stopped after {self.max_consecutive_errors} consecutive decode errors, "
                          f"last: {self.errors[-1]}")
         elif self.errors:
-            parts.append(f"{_count(len(self.errors), 'decode error')}, last: {self.errors[-1]}")
-        return _one_line("; ".join(parts)) if parts else None
+            parts.append(f"{count(len(self.errors), 'decode error')}, last: {self.errors[-1]}")
+        return one_line("; ".join(parts)) if parts else None
 
     def _make_info(self, first: av.VideoFrame) -> VideoInfo:
         stream, container = self._stream, self._container
         rotation = (-round(first.rotation / 90) * 90) % 360
         width, height = (first.height, first.width) if rotation in (90, 270) else (first.width, first.height)
-        duration_s = _stream_duration_s(stream)
+        duration_s = stream_duration_s(stream)
         if duration_s is None and container.duration is not None:
             duration_s = container.duration / av.time_base
         if duration_s is not None and not (duration_s > 0 and math.isfinite(duration_s)):
             duration_s = None
-        fps = _positive_float(stream.average_rate) or _positive_float(stream.guessed_rate)
+        fps = positive_float(stream.average_rate) or positive_float(stream.guessed_rate)
         if fps is None and stream.frames and duration_s:
             fps = stream.frames / duration_s
         fps = fps or DEFAULT_FPS
@@ -436,56 +439,9 @@ def _open_container(path: str) -> av.container.InputContainer:
     try:
         return av.open(path, mode="r", metadata_errors="replace")
     except av.error.FFmpegError as err:
-        raise VideoError(path, _open_failure_reason(path, err)) from None
+        raise VideoError(path, open_failure_reason(path, err)) from None
     except (UnicodeDecodeError, ValueError) as err:
         raise VideoError(path, f"cannot open ({type(err).__name__}: {err})") from None
-
-
-def _open_failure_reason(path: str, err: av.error.FFmpegError) -> str:
-    boxes = _mp4_top_level_boxes(path)
-    if boxes and b"moov" not in boxes:
-        return ("MP4 index (moov atom) is missing: the file was probably cut off while recording "
-                "(e.g. power loss) and cannot be decoded without the index "
-                "(a repair tool that rebuilds the index from a good file of the same camera may help)")
-    if boxes:
-        return f"cannot read the MP4 index (moov atom): {_ffmpeg_message(err)}"
-    if isinstance(err, av.error.EOFError):
-        return "truncated or not a video (the file ends before its container header is complete)"
-    if isinstance(err, av.error.InvalidDataError):
-        return "not a video (FFmpeg recognises no container format in it)"
-    return f"cannot open ({_ffmpeg_message(err)})"
-
-
-def _mp4_top_level_boxes(path: str) -> list[bytes]:
-    """Types of the top-level ISO-BMFF (MP4/MOV) boxes, in file order; [] if the file is not MP4-like.
-
-    The walk stops at the end of the file, at a box that claims to extend past it (a file cut
-    while recording), or at bytes that are not a box header.
-    """
-    boxes: list[bytes] = []
-    try:
-        size_bytes = os.path.getsize(path)
-        with open(path, "rb") as f:
-            pos = 0
-            while pos + 8 <= size_bytes and len(boxes) < MP4_BOX_SCAN_LIMIT:
-                f.seek(pos)
-                header = f.read(16)
-                box_size, box_type = struct.unpack(">I4s", header[:8])
-                if box_type not in MP4_TOP_LEVEL_BOXES:
-                    break
-                boxes.append(box_type)
-                if box_size == 1 and len(header) == 16:
-                    box_size = struct.unpack(">Q", header[8:16])[0]
-                elif box_size == 0:  # box runs to the end of the file
-                    break
-                if box_size < 8:
-                    break
-                pos += box_size
-    except OSError:
-        return []
-    if not boxes or boxes[0] not in (b"ftyp", b"wide", b"free", b"skip", b"mdat", b"moov"):
-        return []
-    return boxes
 
 
 def _video_stream(path: str, container: av.container.InputContainer) -> av.video.stream.VideoStream:
@@ -520,75 +476,3 @@ def _to_rgb(frame: av.VideoFrame, stored_w: int, stored_h: int, k_rot: int) -> n
     return np.ascontiguousarray(rgb)
 
 
-def _ts_truncation(path: str, container_name: str) -> str | None:
-    """For an MPEG-TS file whose size is not a whole number of transport packets, a reason
-    saying it was cut mid-packet (what a recording cut by power loss looks like)."""
-    if container_name != "mpegts" and not path.lower().endswith(TS_SUFFIXES):
-        return None
-    try:
-        size = os.path.getsize(path)
-    except OSError:
-        return None
-    if size % TS_PACKET_BYTES and size % M2TS_PACKET_BYTES:
-        return (f"truncated: the file ends inside a {TS_PACKET_BYTES}-byte transport packet "
-                f"({size} bytes), the recording was cut off")
-    return None
-
-
-def _mp4_missing_bytes(path: str, stream: av.video.stream.VideoStream) -> int:
-    """How many bytes of the samples the MP4 index lists lie past the end of the file (0 if none)."""
-    try:
-        end = max((entry.pos + entry.size for entry in stream.index_entries), default=0)
-        return max(0, end - os.path.getsize(path))
-    except (OSError, AttributeError):
-        return 0
-
-
-def _stream_duration_s(stream: av.video.stream.VideoStream) -> float | None:
-    """The stream's own duration in seconds: its header value, else Matroska's per-stream
-    ``DURATION`` tag ("HH:MM:SS.nnnnnnnnn"); None if unknown."""
-    if stream.duration is not None and stream.time_base is not None:
-        return _positive_float(stream.duration * stream.time_base)
-    tag = next((v for k, v in stream.metadata.items() if k.upper() == "DURATION"), None)
-    if tag:
-        try:
-            hours, minutes, seconds = tag.strip().split(":")
-            return _positive_float(int(hours) * 3600 + int(minutes) * 60 + float(seconds))
-        except ValueError:
-            return None
-    return None
-
-
-def _positive_float(value: Fraction | float | None) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if value > 0 and math.isfinite(value) else None
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
-def _packet_time(packet: av.Packet) -> str:
-    if packet.size == 0:
-        return "end of stream (decoder flush)"
-    t = packet.pts if packet.pts is not None else packet.dts
-    if t is None or packet.time_base is None:
-        return "unknown time"
-    return f"{float(t * packet.time_base):.3f} s"
-
-
-def _frame_time(frame: av.VideoFrame) -> str:
-    return "unknown time" if frame.time is None else f"{frame.time:.3f} s"
-
-
-def _ffmpeg_message(err: Exception) -> str:
-    """FFmpeg's error text without the errno prefix, e.g. "Invalid data found when processing input"."""
-    text = getattr(err, "strerror", None) or str(err)
-    return _one_line(text)
-
-
-def _one_line(text: str) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."
