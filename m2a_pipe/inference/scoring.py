@@ -130,7 +130,8 @@ def official_semantic_inference(pred_logits: torch.Tensor, pred_masks: torch.Ten
 
 
 def msp_anomaly(sem: torch.Tensor) -> torch.Tensor:
-    """Maximum-softmax-probability anomaly ``f(x) = 1 - max_Z(sem)`` (Eq. 5).
+    """Maximum-softmax-probability anomaly ``f(x) = 1 - max_Z(S(x))`` (Eq. 4); with ``sem``
+    the mask-classification scores of Eq. 3 it is Eq. 5.
 
     Args:
         sem: (C, H, W) or (B, C, H, W) per-pixel class scores (e.g. :func:`semantic_probs`).
