@@ -63,14 +63,17 @@ class Curve:
 
     @property
     def tpr(self) -> np.ndarray:
+        """Recall at each threshold, ``|Y_a and Y_hat_a(gamma)| / |Y_a|`` (Eq. 17)."""
         return self.tp / max(self.n_pos, 1)
 
     @property
     def fpr(self) -> np.ndarray:
+        """False-positive rate at each threshold (the FPR of Eq. 19)."""
         return self.fp / max(self.n_neg, 1)
 
     @property
     def precision(self) -> np.ndarray:
+        """Precision at each threshold, ``|Y_a and Y_hat_a(gamma)| / |Y_hat_a(gamma)|`` (Eq. 16)."""
         with np.errstate(invalid="ignore", divide="ignore"):
             return self.tp / (self.tp + self.fp)
 
