@@ -154,3 +154,34 @@ def test_score_names_match_the_scoring_functions():
 
     assert SCORE_NAMES == ("official", *SCORES)
     assert set(BOUNDED_SCORES) <= set(SCORE_NAMES)
+
+
+LAYERS = [
+    ("cli", "__main__", ""),       # the entry point and the package's lazy API
+    ("bench",),                    # measures the pipeline
+    ("pipeline", "mining"),        # the process job; mining its outputs (torch-free)
+    ("training",),                 # uses the evaluation's datasets and metrics
+    ("evaluation", "synth"),
+    ("video",),                    # tracker, events, writers' pictures (torch-free)
+    ("inference",),                # preprocessing, forward core, scoring, instances
+    ("model",),                    # the network, weights files, registry
+    ("io", "config"),              # video and file formats, output layout; model config
+    ("settings",),                 # option lists and defaults
+    ("errors", "_version"),
+]
+"""The package's layers, top-down (docs/ARCHITECTURE.md): a module imports only from its own
+package or from a layer below."""
+
+
+def test_layers_read_top_down():
+    rank = {package: i for i, group in enumerate(LAYERS) for package in group}
+
+    def package(module: str) -> str:
+        parts = module.split(".")
+        return parts[1] if len(parts) > 1 else ""
+
+    assert set(rank) >= {package(name) for name in MODULES}, "a package missing from LAYERS"
+    upward = [f"{name} -> {dep}" for name, path in MODULES.items() for dep in _imported_modules(name, path)
+              if package(dep) != package(name) and rank[package(dep)] <= rank[package(name)]
+              and rank[package(name)] > 0]
+    assert not upward, upward
