@@ -32,6 +32,8 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
+from m2a_pipe.errors import first_line
+
 FORMAT_VERSION = 1
 BLOCK_ROWS = 256
 MAP_GZIP_LEVEL = 4
@@ -177,4 +179,4 @@ def read_status(path: str | Path) -> tuple[str, str]:
         with h5py.File(path, "r") as f:
             return str(f.attrs.get("status", "")), str(f.attrs.get("error", ""))
     except (OSError, ValueError) as err:
-        return "missing", str(err).splitlines()[0] if str(err) else type(err).__name__
+        return "missing", first_line(err)

@@ -27,7 +27,7 @@ from typing import Iterator
 
 import av
 
-from m2a_pipe.errors import M2AError
+from m2a_pipe.errors import M2AError, first_line
 from m2a_pipe.io.layout import temporary_file
 from m2a_pipe.io.video_reader import PTS_EPSILON_S, Frame, VideoError, VideoReader
 from m2a_pipe.io.video_writer import VideoWriter
@@ -73,8 +73,7 @@ def _size_from_fingerprint(fingerprint: str) -> int | None:
 
 def _reason(err: BaseException) -> str:
     """The first line of an error's text (its ``strerror`` for OS errors), or its type's name."""
-    text = (getattr(err, "strerror", None) or str(err)).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    return first_line(getattr(err, "strerror", None) or err)
 
 
 def choose_video(folder: Path, use: str = "auto") -> tuple[str, Path, str]:

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from m2a_pipe.config import ModelConfig
-from m2a_pipe.errors import M2AError
+from m2a_pipe.errors import M2AError, first_line
 from m2a_pipe.io.layout import written_atomically
 
 FORMAT = "m2a-pipe/1"
@@ -190,8 +190,7 @@ def _read_torch(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"refused by torch.load(weights_only=True): {first}") from None
+        raise CheckpointError(f"refused by torch.load(weights_only=True): {first_line(err)}") from None
     except (RuntimeError, EOFError, OSError) as err:
         raise CheckpointError(f"not a readable torch checkpoint ({type(err).__name__}: {err})") from None
 

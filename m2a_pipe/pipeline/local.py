@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
+from m2a_pipe.errors import first_line
 from m2a_pipe.inference.stage import FrameMaps
 from m2a_pipe.io.inputs import VideoInput
 from m2a_pipe.io.video_reader import VideoError
@@ -167,7 +168,7 @@ def run_video(video: VideoInput, output: Any, config: Any, model: ModelInfo, sta
         return run_job(job, stage, batch_size=batch_size, queue_size=config.queue_size, on_batch=on_batch)
     except VideoError as err:
         job.discard()
-        return job.failed(str(err).splitlines()[0])
+        return job.failed(first_line(err))
     except OSError as err:
         job.discard()
         if not opened:

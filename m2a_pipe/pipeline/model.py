@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from m2a_pipe.config import ConfigError
+from m2a_pipe.errors import first_line
 from m2a_pipe.inference.device import resolve_device
 from m2a_pipe.inference.stage import ModelStage
 from m2a_pipe.pipeline.config import ProcessConfig, ProcessError
@@ -52,7 +53,7 @@ def load_checked_model(config: ProcessConfig) -> tuple[Any, ModelInfo]:
             _, meta = read_metadata(path)
         model = load_model(path if expected is None else config.weights)
     except (WeightsError, CheckpointError, ConfigError, OSError) as err:
-        raise ProcessError(f"weights {config.weights}: {str(err).splitlines()[0]}") from None
+        raise ProcessError(f"weights {config.weights}: {first_line(err)}") from None
     threshold = config.threshold
     if threshold is None:
         threshold = float(meta.get("anomaly_threshold", DEFAULT_THRESHOLD))

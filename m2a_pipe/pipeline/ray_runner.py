@@ -42,7 +42,7 @@ import numpy as np
 import ray
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayError
 
-from m2a_pipe.errors import M2AError
+from m2a_pipe.errors import M2AError, first_line
 from m2a_pipe.inference.stage import FrameMaps
 from m2a_pipe.io.inputs import VideoInput
 from m2a_pipe.pipeline.config import ProcessConfig, RayConfig
@@ -196,7 +196,7 @@ class PoolClient:
                     if entry.worker == lost:
                         self.load[lost] -= 1
                         if entry.attempts >= self.retries:
-                            raise WorkerLost(f"a batch failed {entry.attempts + 1} times: {_first_line(err)}") from None
+                            raise WorkerLost(f"a batch failed {entry.attempts + 1} times: {first_line(err)}") from None
                         pending[i] = self._send(entry.batch, entry.attempts + 1)
                 head = pending[0]
                 continue
@@ -277,7 +277,7 @@ class InferencePool:
             self.pids = [s["pid"] for s in ray.get([a.stats.remote() for a in self.actors], timeout=timeout_s)]
         except RayError as err:
             cause = getattr(err, "cause", None) or err
-            raise PoolError(f"an inference worker could not start: {_first_line(cause)}") from None
+            raise PoolError(f"an inference worker could not start: {first_line(cause)}") from None
 
     def stats(self, timeout_s: float = 10.0) -> list[dict[str, Any] | None]:
         """Each actor's :meth:`InferenceWorker.stats`, None for one that is gone."""
@@ -311,7 +311,7 @@ def connect(address: str | None) -> bool:
         ray.init(address=address, logging_level=logging.WARNING, **({"include_dashboard": False} if local else {}))
     except (ConnectionError, RuntimeError, ValueError) as err:
         where = address or os.environ.get("RAY_ADDRESS") or "a local instance"
-        raise PoolError(f"Ray ({where}): {_first_line(err)}") from None
+        raise PoolError(f"Ray ({where}): {first_line(err)}") from None
     return True
 
 
@@ -384,12 +384,7 @@ def _result_of(ref: Any, video: VideoInput, output: Path) -> VideoResult:
         cause = getattr(err, "cause", None) or err
         remove_partials(video.out_dir(output))
         return VideoResult(source=str(video.source), rel=video.rel, out_dir=str(video.out_dir(output)),
-                           status="failed", error=f"{video.source}: {_first_line(cause)}", extra=video.extra)
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
+                           status="failed", error=f"{video.source}: {first_line(cause)}", extra=video.extra)
 
 
 def _cancel(running: dict[Any, VideoInput], output: Path, pool: "InferencePool | None") -> None:
