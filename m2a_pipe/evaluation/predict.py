@@ -39,9 +39,10 @@ RUN_FILE = "run.json"
 def load_predictor(weights: str, device: str = "cpu", flip: bool = False, score: str = "official",
                    map_stride: int = 1):
     """``Predictor.from_weights(weights, ...)``; ``score`` official = Eq. 5 refined by Eq. 13."""
+    from m2a_pipe.inference.device import resolve_device
     from m2a_pipe.inference.predictor import Predictor
 
-    return Predictor.from_weights(weights, device=device, resize=True, flip=flip, score=score,
+    return Predictor.from_weights(weights, device=resolve_device(device), resize=True, flip=flip, score=score,
                                   map_stride=map_stride)
 
 
