@@ -85,7 +85,7 @@ def frame_alarms(scores_h5: Path, config: ProcessConfig, min_duration_s: float |
                 alarms.append({"event_id": len(alarms) + 1, "start_frame": int(i), "end_frame": int(i),
                                "peak_frame": int(i), "bbox_at_peak": None if best is None else list(best.bbox)})
             continue
-        builder.add(frame=counter, pts_s=float(t), instances=insts, frame_score=float(s), source_index=int(i),
+        builder.add(frame=counter, pts_s=float(t), detections=insts, frame_score=float(s), source_index=int(i),
                     image_size=size)
     if min_duration_s is not None:
         alarms = list(builder.finish()[0])

@@ -35,7 +35,7 @@ def image(k: int) -> np.ndarray:
 def feed(builder: EventBuilder, frames: list[list[tuple[Instance, int]]], scores=None, images=True) -> None:
     for k, dets in enumerate(frames):
         detections = Detections([d for d, _ in dets], [t for _, t in dets])
-        builder.add(frame=k, pts_s=k / FPS, instances=detections,
+        builder.add(frame=k, pts_s=k / FPS, detections=detections,
                     image=image(k) if images else None, scale=SCALE, frame_score=None if scores is None else scores[k],
                     source_index=100 + k, image_size=(IMG_H, IMG_W))
 

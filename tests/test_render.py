@@ -61,7 +61,7 @@ def test_box_at_right_place_for_half_resolution_map():
     amap[10:20, 30:45] = 0.9  # map box (30, 10, 45, 20) -> image box (60, 20, 90, 40)
     insts = anomaly_instances(amap, 0.5)
     assert [i.bbox for i in insts] == [(30, 10, 45, 20)]
-    out = overlay(img, amap, instances=Detections(insts, [7]), alpha=0.0)
+    out = overlay(img, amap, detections=Detections(insts, [7]), alpha=0.0)
     colour = np.array(track_colour(7))
     hit = np.all(out == colour, axis=2)
     # box edges: columns 60 and 89 between rows 20 and 39, rows 20 and 39 between columns 60 and 89
@@ -70,9 +70,9 @@ def test_box_at_right_place_for_half_resolution_map():
     assert not hit[25:39, 58].any() and not hit[25:39, 91].any() and not hit[41, 60:90].any()
     assert hit[:18].any()  # the "#7" label sits above the box
     # track id 0: contour only (grey), no box in the track colour
-    out0 = overlay(img, amap, instances=Detections(insts, [0]), alpha=0.0)
+    out0 = overlay(img, amap, detections=Detections(insts, [0]), alpha=0.0)
     assert not np.all(out0 == colour, axis=2).any() and out0.any()
-    np.testing.assert_array_equal(overlay(img, amap, instances=insts, alpha=0.0), out0)  # bare: unconfirmed
+    np.testing.assert_array_equal(overlay(img, amap, detections=insts, alpha=0.0), out0)  # bare: unconfirmed
 
 
 def test_only_confirmed_detections_get_boxes():
@@ -81,7 +81,7 @@ def test_only_confirmed_detections_get_boxes():
     amap[10:20, 5:15] = 0.9
     amap[10:20, 50:60] = 0.9
     dets = Detections(anomaly_instances(amap, 0.5), [0, 3])
-    out = overlay(img, amap, instances=dets, alpha=0.0)
+    out = overlay(img, amap, detections=dets, alpha=0.0)
     hit = np.all(out == np.array(track_colour(3)), axis=2)
     assert hit[:, 95:125].any() and not hit[:, :35].any()  # box of #3 only, none around the id-0 blob
 

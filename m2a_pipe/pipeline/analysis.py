@@ -136,12 +136,12 @@ class VideoAnalysis:
                               anomaly=maps.anomaly if self.config.save_maps else None,
                               semantic=maps.semantic if self.config.save_semantic else None)
         self._write_boxes(counter, index, detections)
-        self.events.add(frame=counter, source_index=index, pts_s=pts_s, instances=detections,
+        self.events.add(frame=counter, source_index=index, pts_s=pts_s, detections=detections,
                         frame_score=score_p99, image=image, scale=self.to_input)
         self._pts.append(pts_s)
         self._frame_score.append(score_p99)
         if self.video is not None:
-            picture = overlay(image, maps.anomaly, instances=detections, timecode=timecode(pts_s, index),
+            picture = overlay(image, maps.anomaly, detections=detections, timecode=timecode(pts_s, index),
                               threshold=s.threshold)
             out_pts = pts_s if self._last_pts is None else max(pts_s, self._last_pts + 1e-3)
             self.video.write(picture, out_pts)

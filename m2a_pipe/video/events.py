@@ -164,7 +164,7 @@ class EventBuilder:
         self._pts: list[float] = []
         self._last_key: int | None = None
 
-    def add(self, *, frame: int, pts_s: float, instances: Detections | Sequence[Instance] = (),
+    def add(self, *, frame: int, pts_s: float, detections: Detections | Sequence[Instance] = (),
             image: np.ndarray | None = None, scale: float | Sequence[float] = 1.0, frame_score: float | None = None,
             source_index: int | None = None, image_size: tuple[int, int] | None = None) -> None:
         """One final frame, in order.
@@ -172,7 +172,7 @@ class EventBuilder:
         Args:
             frame: processed-frame key (strictly increasing); gaps are measured in it.
             pts_s: presentation time in seconds.
-            instances: the frame's :class:`~m2a_pipe.video.detections.Detections` (map pixels),
+            detections: the frame's :class:`~m2a_pipe.video.detections.Detections` (map pixels),
                 or bare instances, which count as unconfirmed (enough for ``frames`` mode).
             image: the (H, W, 3) uint8 RGB frame for thumbnails (None: no thumbnails).
             scale: map -> image pixels, a number or (sx, sy).
@@ -188,7 +188,7 @@ class EventBuilder:
         size = image.shape[:2] if image is not None else image_size
         obs = _Observation(int(frame), index, float(pts_s), image, _as_scale(scale),
                            None if size is None else int(size[0]) * int(size[1]))
-        detections = as_detections(instances)
+        detections = as_detections(detections)
         if self.config.mode == "tracks":
             for inst, tid in detections.confirmed():
                 span = self._spans.get(tid)

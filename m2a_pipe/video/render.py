@@ -129,7 +129,7 @@ def _timecode_box(img: np.ndarray, text: str, scale: float, thickness: int) -> N
     cv2.putText(img, text, (pad, h - base - pad), _FONT, scale, _TEXT_RGB, thickness, cv2.LINE_AA)
 
 
-def overlay(image: np.ndarray, anomaly: np.ndarray, *, instances: Detections | Sequence[Instance] = (),
+def overlay(image: np.ndarray, anomaly: np.ndarray, *, detections: Detections | Sequence[Instance] = (),
             timecode: str | None = None, alpha: float = 0.5,
             vmin: float = 0.0, vmax: float = 1.0, threshold: float | None = None,
             colormap: int = cv2.COLORMAP_INFERNO) -> np.ndarray:
@@ -138,7 +138,7 @@ def overlay(image: np.ndarray, anomaly: np.ndarray, *, instances: Detections | S
     Args:
         image: (H, W, 3) uint8 RGB frame.
         anomaly: (h, w) float map at any resolution (resized bilinearly to (H, W)).
-        instances: the frame's :class:`~m2a_pipe.video.detections.Detections` in the map's pixel
+        detections: the frame's :class:`~m2a_pipe.video.detections.Detections` in the map's pixel
             coordinates (module docstring), or bare instances (all unconfirmed). Each gets its
             outer contour drawn in its track's colour (grey for id 0); a confirmed one (id >= 1)
             also gets its scaled box labelled ``"#<id>"``.
@@ -155,7 +155,7 @@ def overlay(image: np.ndarray, anomaly: np.ndarray, *, instances: Detections | S
     anomaly = np.asarray(anomaly, dtype=np.float32)
     if anomaly.ndim != 2:
         raise ValueError(f"anomaly must be (h, w), got {anomaly.shape}")
-    detections = as_detections(instances)
+    detections = as_detections(detections)
     height, width = image.shape[:2]
     sx, sy = width / anomaly.shape[1], height / anomaly.shape[0]
     scores = anomaly if anomaly.shape == (height, width) else cv2.resize(
