@@ -222,3 +222,22 @@ def test_architecture_equation_table_points_at_real_functions():
                 obj = getattr(obj, attr)
             checked += 1
     assert checked >= 30
+
+
+def test_public_api_survives_the_layout():
+    """The names users import stay where the README says they are."""
+    import m2a_pipe
+    from m2a_pipe import RayConfig, process
+    from m2a_pipe.inference import Predictor
+    from m2a_pipe.mining import cut_clip, mine
+    from m2a_pipe.config import preset
+    from m2a_pipe.model.mask2anomaly import build_model
+
+    assert callable(process) and callable(mine) and callable(cut_clip)
+    assert RayConfig().workers is None and m2a_pipe.ProcessConfig().weights == "demo"
+    assert hasattr(Predictor, "from_weights")
+    model = build_model(preset("small"))  # the official call structure, stage by stage
+    assert callable(model.backbone) and callable(model.sem_seg_head.pixel_decoder.forward_features)
+    assert callable(model.sem_seg_head.predictor)
+    with pytest.raises(AttributeError):
+        m2a_pipe.no_such_name  # noqa: B018
