@@ -228,9 +228,9 @@ def test_public_api_survives_the_layout():
     """The names users import stay where the README says they are."""
     import m2a_pipe
     from m2a_pipe import RayConfig, process
+    from m2a_pipe.config import preset
     from m2a_pipe.inference import Predictor
     from m2a_pipe.mining import cut_clip, mine
-    from m2a_pipe.config import preset
     from m2a_pipe.model.mask2anomaly import build_model
 
     assert callable(process) and callable(mine) and callable(cut_clip)
