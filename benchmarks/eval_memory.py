@@ -12,15 +12,16 @@ The layout is drawn for 2048x1024 and scaled to ``--size`` (tiny runs, e.g. ``--
 from __future__ import annotations
 
 import argparse
-import resource
 import shlex
 import sys
 import time
 
 import numpy as np
 
+from m2a_pipe.bench.memory import peak_rss_mb
 from m2a_pipe.evaluation.components import PROFILES, ComponentAccumulator
 from m2a_pipe.evaluation.pixel import DEFAULT_MAX_EXACT_PIXELS, PixelAccumulator
+from m2a_pipe.evaluation.report import component_rule
 
 HEIGHT_PX, WIDTH_PX = 1024, 2048
 
@@ -54,10 +55,6 @@ def _size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1000, help="number of images (default 1000)")
@@ -69,14 +66,15 @@ def main() -> None:
     args = ap.parse_args()
     width, height = args.size
     print("command:", shlex.join(["python", *sys.argv]))
-    print(f"start: peak RSS {peak_rss_mib():.0f} MiB")
+    print(f"start: peak RSS {peak_rss_mb():.0f} MiB")
     t0 = time.perf_counter()
     pixel = PixelAccumulator(args.ap, args.max_exact_pixels)
     for i in range(args.n):
         pixel.add(*synthetic(i, height, width))
     m = pixel.result()
     t1 = time.perf_counter()
-    comp = ComponentAccumulator(m.best_f1_threshold, PROFILES["anomaly-track"])
+    comparison, _ = component_rule(args.ap, m.method, given=False)  # the rule `evaluate anomaly` applies
+    comp = ComponentAccumulator(m.best_f1_threshold, PROFILES["anomaly-track"], comparison=comparison)
     for i in range(args.n):
         comp.add(*synthetic(i, height, width))
     c = comp.result()
@@ -87,7 +85,7 @@ def main() -> None:
           f"sIoU {100 * c.siou:.2f}  PPV {100 * c.ppv:.2f}  F1* {100 * c.f1_star:.2f}")
     print(f"pixel pass {t1 - t0:.1f} s, component pass {t2 - t1:.1f} s, total {t2 - t0:.1f} s "
           f"({1000 * (t2 - t0) / args.n:.0f} ms/image incl. synthesis)")
-    print(f"peak RSS {peak_rss_mib():.0f} MiB")
+    print(f"peak RSS {peak_rss_mb():.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -22,17 +22,48 @@ Two AP conventions (``ap_convention``):
     was 7e-5 points of AuPRC, 0 of FPR95 and 1e-4 of AUROC (the test asserts < 0.002 points;
     0.1 point is allowed).
 
-``"smiyc"`` -- as the SegmentMeIfYouCan benchmark code computes it:
-    each image's scores are binned at edges ``{0, 1}`` + 384 quantiles of its anomalous scores
-    + 384 quantiles of its normal scores (768 bins, ``np.histogram`` semantics, each bin's
-    threshold is its lower edge); the bins of all images are sorted by threshold (descending)
-    and accumulated; the leading points with no prediction are dropped; AuPRC = trapezoidal
-    area under precision(recall) and AUROC under TPR(FPR), both without an added end point.
-    This moves AP by up to about a point against the exact value.
+``"smiyc"`` -- as the SegmentMeIfYouCan benchmark code computes it
+    (SegmentMeIfYouCan/road-anomaly-benchmark, ``metrics/pixel_classification.py``
+    ``binary_confusion_matrix`` / ``aggregate_dynamic_bins`` and
+    ``metrics/pixel_classification_curves.py`` ``curves_from_cmats``, as they were from 2021-10
+    to 2023-08-02, e.g. commit 0555238 with its pinned numpy 1.23.3):
+    the scores are rounded to float16, as the benchmark stores them (``evaluation.py``
+    ``save_output``); each image's scores are binned at edges ``{0, 1}`` + 384 quantiles of its
+    anomalous scores + 384 quantiles of its normal scores (768 bins, quantiles computed on the
+    float16 values, ``np.histogram`` semantics, each bin's threshold is its lower edge); the
+    bins of all images are sorted by threshold (descending, ``np.argsort(thresholds)[::-1]``
+    as the benchmark) and accumulated; the leading points with no prediction are dropped;
+    AuPRC = trapezoidal area under precision(recall) and AUROC under TPR(FPR), both without an
+    added end point. This moves AP by up to about a point against the exact value. Scores
+    beyond the float16 range (:data:`FLOAT16_MAX`) have no float16 value (``evaluate anomaly``
+    refuses them).
 
 FPR95 (Eq. 19) is, in both, the FPR at the first threshold (from the top) where
-``TPR >= 0.95`` (1.0 when never reached). The threshold of best pixel F1 (used to binarise for
-the component metrics) is taken from the same curve.
+``TPR >= 0.95`` (1.0 when never reached).
+
+The threshold of best pixel F1 (``best_f1_threshold``, the component metrics' default
+threshold) is the curve's first point of highest ``F1 = 2 TP / (2 TP + FP + FN)``:
+
+* exact: a score value (histogram: the lowest float32 value of a bin); the point counts
+  exactly the pixels with ``score >= t``, so components binarise with ``>=``;
+* smiyc: the benchmark's ``best_f1_threshold``, the *lower edge* of a bin of one image (points
+  not collapsed, the no-prediction prefix dropped, ``np.nanargmax``). Its point counts the bins
+  whose lower edge is ``>= t``, which is neither ``score >= t`` nor ``score > t`` (a bin of
+  another image may straddle ``t``); the benchmark binarises with ``score > t`` (in float16)
+  regardless, dropping the pixels equal to ``t``.
+
+Ties between images: bins of several images with the same lower edge are ordered as the
+benchmark's ``aggregate_dynamic_bins`` orders them, ``np.argsort(thresholds)[::-1]`` over the
+images' bins concatenated highest first, in image order. That sort is not stable, so the
+intermediate points (which the area and the best F1 see) depend on numpy's sort: with the same
+numpy build the values here equal the benchmark code's to the last bit (measured on 80 synthetic
+datasets, uint8-level and continuous scores, both profiles); between numpy 1.23.5 and 2.4.6 the
+benchmark code itself moved on uint8-level maps (20 datasets) the threshold in 11, F1* by up to
+8.4 points and AuPRC by up to 1.5 points (continuous scores: 2 thresholds, 0.65 / 0.03 points).
+The benchmark also takes its frames in pool completion order (``imap_unordered``) in its
+parallel path. Its later code (from commit 6bc8f37, 2023-08-05) keeps only the first point and
+the last point of each threshold (no difference between those numpy versions on the same 20
+datasets).
 """
 
 from __future__ import annotations
@@ -43,6 +74,7 @@ import numpy as np
 
 HIST_BITS = 22
 SMIYC_NUM_BINS = 768
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504: the smiyc mode's scores are float16
 DEFAULT_MAX_EXACT_PIXELS = 20_000_000  # 5 B each buffered; the final sort peaks near 1.2 GB
 AP_CONVENTIONS = ("exact", "smiyc")
 
@@ -83,7 +115,8 @@ class PixelMetrics:
     """Pooled pixel metrics as fractions in [0, 1] (multiply by 100 for the paper's tables).
 
     ``method``: ``"exact"``, ``"histogram"`` (exact convention, fine histogram) or ``"smiyc"``.
-    ``best_f1_threshold``: score threshold of best pixel F1 on the curve.
+    ``best_f1_threshold``: score threshold of best pixel F1 on the curve (exact: selects
+    ``score >= t``; smiyc: a bin's lower edge, see the module docstring).
     """
 
     auprc: float
@@ -110,6 +143,8 @@ def _fpr_at_tpr(curve: Curve, tpr: float = 0.95) -> float:
 
 
 def _best_f1(curve: Curve) -> tuple[float, float]:
+    """(best pixel F1, its threshold): the first point of highest ``2 TP / (2 TP + FP + FN)``
+    (``np.nanargmax``, as the benchmark's ``curves_from_cmats``); NaN, NaN without any."""
     fn = curve.n_pos - curve.tp
     with np.errstate(invalid="ignore", divide="ignore"):
         f1 = 2 * curve.tp / (2 * curve.tp + curve.fp + fn)
@@ -147,12 +182,16 @@ def metrics_smiyc(curve: Curve) -> PixelMetrics:
 
 
 def curve_from_counts(thresholds: np.ndarray, pos: np.ndarray, neg: np.ndarray,
-                      stable: bool = True) -> Curve:
+                      benchmark_order: bool = False) -> Curve:
     """Sort (threshold, positives, negatives) triples by decreasing threshold and accumulate.
 
     Args: thresholds (T,) float; pos, neg (T,) int counts of pixels at that threshold/bin.
+        benchmark_order: order equal thresholds as the SMIYC benchmark's
+            ``aggregate_dynamic_bins`` does, ``np.argsort(thresholds)[::-1]`` (numpy's default
+            sort, not stable), instead of keeping their given order.
     """
-    order = np.argsort(-np.asarray(thresholds, dtype=np.float64), kind="stable" if stable else None)
+    thr = np.asarray(thresholds, dtype=np.float64)
+    order = np.argsort(thr)[::-1] if benchmark_order else np.argsort(-thr, kind="stable")
     tp = np.cumsum(np.asarray(pos, dtype=np.float64)[order])
     fp = np.cumsum(np.asarray(neg, dtype=np.float64)[order])
     n_pos = round(tp[-1]) if len(tp) else 0
@@ -191,13 +230,16 @@ def key_lower_value(keys: np.ndarray, bits: int = HIST_BITS) -> np.ndarray:
 
 def smiyc_image_bins(scores: np.ndarray, positive: np.ndarray, num_bins: int = SMIYC_NUM_BINS
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One image's SMIYC percentile bins.
+    """One image's SMIYC percentile bins, highest first (the benchmark's
+    ``binary_confusion_matrix`` order, which :func:`curve_from_counts` needs to order ties as
+    the benchmark does).
 
-    Args: scores (N,) float valid-pixel scores; positive (N,) bool.
-    Returns: (lower edges (B,) float64, positives per bin (B,) int64, negatives (B,) int64).
+    Args: scores (N,) float16 valid-pixel scores (the benchmark's storage; the quantiles are
+        computed on these float16 values as the benchmark computes them); positive (N,) bool.
+    Returns: (lower edges (B,) float64 decreasing, positives per bin (B,) int64, negatives (B,)
+    int64).
     """
-    s = scores.astype(np.float64, copy=False)
-    pos, neg = s[positive], s[~positive]
+    pos, neg = scores[positive], scores[~positive]
     edges = [np.array([0.0, 1.0])]
     for part in (pos, neg):
         if part.size:
@@ -205,7 +247,7 @@ def smiyc_image_bins(scores: np.ndarray, positive: np.ndarray, num_bins: int = S
     edges = np.unique(np.concatenate(edges))
     tp_rel = np.histogram(pos, bins=edges)[0]
     fp_rel = np.histogram(neg, bins=edges)[0]
-    return edges[:-1], tp_rel.astype(np.int64), fp_rel.astype(np.int64)
+    return edges[-2::-1], tp_rel[::-1].astype(np.int64), fp_rel[::-1].astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------
@@ -251,7 +293,7 @@ class PixelAccumulator:
         positive = labels[valid] == 1
         self.n_images += 1
         if self.ap_convention == "smiyc":
-            self._bins.append(smiyc_image_bins(s, positive))
+            self._bins.append(smiyc_image_bins(s.astype(np.float16), positive))
             return
         if self._hist is None and self._n_buffered + s.size <= self.max_exact_pixels:
             self._scores.append(s)
@@ -280,7 +322,7 @@ class PixelAccumulator:
             if not self._bins:
                 return Curve(*(np.zeros(0),) * 3, 0, 0), "smiyc"
             thr, pos, neg = (np.concatenate(parts) for parts in zip(*self._bins))
-            return curve_from_counts(thr, pos, neg), "smiyc"
+            return curve_from_counts(thr, pos, neg, benchmark_order=True), "smiyc"
         if self._hist is not None:
             occupied = np.nonzero(self._hist.sum(0))[0]
             return curve_from_counts(key_lower_value(occupied, self.hist_bits),
