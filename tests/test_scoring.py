@@ -199,7 +199,10 @@ def test_open_set_semantic_eq14():
     anomaly = torch.tensor([[0.1, 0.5, 0.7]])
     got = S.open_set_semantic(sem, anomaly, threshold=0.5)
     assert got.dtype == torch.int64
-    assert got.tolist() == [[0, 2, 2]]  # 0.5 >= threshold -> unknown
+    # unknown is anomaly > threshold (the reference's strict comparison): 0.5 at 0.5 stays known
+    assert got.tolist() == [[0, 1, 2]]
+    assert S.open_set_semantic(sem, anomaly, threshold=0.1).tolist() == [[0, 2, 2]]
+    assert S.open_set_semantic(sem, anomaly, threshold=0.0999).tolist() == [[2, 2, 2]]
     assert S.open_set_semantic(sem[None], anomaly[None], 0.8).tolist() == [[[0, 1, 1]]]
 
 

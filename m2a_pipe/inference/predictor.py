@@ -142,7 +142,8 @@ class Predictor(UsesForwardCore):
         flip: average with the horizontally flipped image's map (official evaluation).
         score: ``"official"`` (Eq. 5 with the Eq. 13 refinement, exactly as the official
             evaluation) or a name of :data:`m2a_pipe.inference.scoring.SCORES` (no refinement).
-        open_set_threshold: anomaly threshold for Eq. 14 open-set labels (None: skip).
+        open_set_threshold: anomaly threshold for Eq. 14 open-set labels: unknown where
+            ``anomaly > threshold``, as the reference open-set evaluation labels (None: skip).
         map_stride: one of :data:`m2a_pipe.settings.MAP_STRIDES`. 1: the official path (mask
             logits upsampled to the input, then scored). 4 or 2: the model stage's map at
             1/``map_stride`` of the input (:func:`~m2a_pipe.inference.forward.grid_maps`),

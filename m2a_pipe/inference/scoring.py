@@ -303,10 +303,13 @@ def anomaly_score(name: str, pred_logits: torch.Tensor, pred_masks: torch.Tensor
 def open_set_semantic(sem: torch.Tensor, anomaly: torch.Tensor, threshold: float) -> torch.Tensor:
     """Open-set labels ``argmax(concat(g(x), f_hat(x)))`` (Eq. 14).
 
-    ``f_hat`` is the anomaly score thresholded at ``threshold`` (calibrated with
-    :func:`m2a_pipe.evaluation.open_set.threshold_at_tpr`): a pixel with
-    ``anomaly >= threshold`` takes the unknown label K, every other pixel the argmax of its
-    known-class scores ``g(x)`` (Eq. 3).
+    ``f_hat`` is the anomaly score thresholded at ``threshold``: a pixel with
+    ``anomaly > threshold`` (strictly) takes the unknown label K, every other pixel the argmax
+    of its known-class scores ``g(x)`` (Eq. 3). This is the comparison of the reference
+    open-set protocol (DenseHybrid's ``evaluate_osr.py``) and of ``m2a-pipe evaluate open-set``
+    under its default ``--threshold-rule reference``, so the threshold that command reports
+    gives the labels it scored. A ``kth-score`` threshold is meant for ``anomaly >= threshold``;
+    here a pixel scoring exactly at it stays known.
 
     Args:
         sem: (B, K, H, W) or (K, H, W) known-class scores (extra channels must be removed).
@@ -316,4 +319,4 @@ def open_set_semantic(sem: torch.Tensor, anomaly: torch.Tensor, threshold: float
     """
     num_classes = sem.shape[-3]
     labels = sem.argmax(dim=-3)
-    return torch.where(anomaly >= threshold, torch.full_like(labels, num_classes), labels)
+    return torch.where(anomaly > threshold, torch.full_like(labels, num_classes), labels)
