@@ -95,9 +95,55 @@ def test_coco_panoptic_unknown_split(tmp_path):
     assert data.unknown == ds.UNKNOWN_CATEGORY_ID
     assert data.things == {1} and data.stuff == {184}
     assert [s["category_id"] for s in data.images[0].segments] == [ds.UNKNOWN_CATEGORY_ID, 1]
+    assert data.unknown_isthing and data.unknown_source == "--unknown-split 5"
+    assert data.class_ids == (3, 1, 184, 21, 59, 70)  # a model's classes: the split's stay, as unknown
     assert ds.read_panoptic_png(data.images[0].png).tolist() == ids.tolist()
     assert set(ds.COCO_UNKNOWN_SPLITS[20]) > set(ds.COCO_UNKNOWN_SPLITS[10]) > set(ds.COCO_UNKNOWN_SPLITS[5])
     assert len(ds.COCO_UNKNOWN_SPLITS[20]) == 16
+
+
+def _synthetic_like(tmp_path, extra=()):
+    """Categories as ``m2a-pipe synth images`` writes them (road, car, ..., 19 anomaly isthing 1)."""
+    cats = [{"id": 0, "name": "road", "isthing": 0, "supercategory": "cityscapes"},
+            {"id": 13, "name": "car", "isthing": 1, "supercategory": "cityscapes"},
+            {"id": 19, "name": "anomaly", "isthing": 1, "supercategory": "anomaly"}, *extra]
+    ann = {"file_name": "s.png", "image_id": 0,
+           "segments_info": [{"id": 1, "category_id": 0}, {"id": 19001, "category_id": 19}]}
+    (tmp_path / "panoptic.json").write_text(json.dumps({"categories": cats, "annotations": [ann]}))
+    return tmp_path / "panoptic.json"
+
+
+def test_declared_anomaly_category_is_the_unknown_one_not_a_thing(tmp_path):
+    path = _synthetic_like(tmp_path)
+    data = ds.read_coco_panoptic(path, tmp_path)
+    assert data.unknown == 19 and data.unknown_isthing and "declared" in data.unknown_source
+    assert data.things == {13} and data.stuff == {0}  # isthing 1, yet not a known thing
+    assert data.class_ids == (0, 13) and data.names[19] == "anomaly"
+    assert [s["category_id"] for s in data.images[0].segments] == [0, 19]  # ids kept as written
+    closed = ds.read_coco_panoptic(path, tmp_path, unknown_id=None)  # --unknown-id none
+    assert closed.unknown is None and closed.things == {13, 19} and closed.class_ids == (0, 13, 19)
+
+
+def test_unknown_id_names_a_category(tmp_path):
+    path = _synthetic_like(tmp_path, [{"id": 7, "name": "void-ish", "isthing": 0}])
+    data = ds.read_coco_panoptic(path, tmp_path, unknown_id=7)
+    assert data.unknown == 7 and not data.unknown_isthing and data.unknown_source == "--unknown-id"
+    assert data.stuff == {0} and data.things == {13, 19}
+    with pytest.raises(ds.DatasetError, match=r"panoptic.json: --unknown-id 42 is not one of"):
+        ds.read_coco_panoptic(path, tmp_path, unknown_id=42)
+
+
+def test_ambiguous_or_conflicting_unknown(tmp_path):
+    path = _synthetic_like(tmp_path, [{"id": 20, "name": "Unknown", "isthing": 1}])
+    with pytest.raises(ds.DatasetError, match=r"panoptic.json: categories \[19, 20\].*--unknown-id"):
+        ds.read_coco_panoptic(path, tmp_path)
+    assert ds.read_coco_panoptic(path, tmp_path, unknown_id=20).things == {13, 19}
+    path = _synthetic_like(tmp_path, [{"id": i, "name": n, "isthing": 1} for i, n in
+                                      ((21, "cow"), (59, "pizza"), (70, "toilet"))])
+    with pytest.raises(ds.DatasetError, match="panoptic.json: .*exclude each other"):
+        ds.read_coco_panoptic(path, tmp_path, unknown_percent=5, unknown_id=19)
+    with pytest.raises(ds.DatasetError, match="panoptic.json: already declares unknown category 19"):
+        ds.read_coco_panoptic(path, tmp_path, unknown_percent=5)
 
 
 def test_pipeline_h5_scores(tmp_path):

@@ -62,7 +62,7 @@ def test_panoptic(dataset):
     assert cats[19] == {"id": 19, "name": "anomaly", "isthing": 1, "supercategory": "anomaly"}
     assert cats[13]["isthing"] == 1 and cats[0]["isthing"] == 0 and len(cats) == 20
     pan = read_coco_panoptic(out / "panoptic.json", out / "panoptic", out / "images")
-    assert len(pan.images) == 3 and 19 in pan.things
+    assert len(pan.images) == 3 and pan.unknown == 19 and 19 not in pan.things  # anomaly = the unknown category
     for entry in pan.images:
         ids = read_panoptic_png(entry.png)
         mask = np.array(Image.open(out / "labels_masks" / f"{entry.stem}.png"))

@@ -30,9 +30,13 @@ is applied only to raw ``gtCoarse`` label-id files.
 StreetHazards open-set labels (:data:`STREETHAZARDS_SEMANTIC`): raw 2..13 -> known classes
 0..11 (building ... traffic sign), 14 -> 12 (unknown), 1 (unlabeled) and others -> 255.
 
-COCO panoptic open-set splits (Sec. 7.1): the known thing classes removed cumulatively for
-5 / 10 / 20 % unknown classes are :data:`COCO_UNKNOWN_SPLITS`; their ground-truth segments are
-relabelled to the unknown category :data:`UNKNOWN_CATEGORY_ID`.
+COCO panoptic (:func:`read_coco_panoptic`): the unknown category is the one the JSON declares
+(name or supercategory ``unknown`` / ``anomaly``, as the synthetic world's category 19
+``anomaly``, isthing 1), or one named by id, or the one an open-set split makes: the known
+thing classes removed cumulatively for 5 / 10 / 20 % unknown classes (Sec. 7.1) are
+:data:`COCO_UNKNOWN_SPLITS`, and their ground-truth segments are relabelled to
+:data:`UNKNOWN_CATEGORY_ID`. Whatever its ``isthing``, the unknown category is never among the
+known ``things`` / ``stuff``.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from m2a_pipe.errors import M2AError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 UNKNOWN_CATEGORY_ID = 1000
+UNKNOWN_NAMES = ("unknown", "anomaly")
 
 
 class DatasetError(M2AError):
@@ -249,14 +254,25 @@ class PanopticImage:
 
 @dataclass(frozen=True)
 class PanopticDataset:
-    """COCO-format panoptic annotations with categories ``things`` / ``stuff`` (ids) and the
-    ``unknown`` id when an unknown split is applied; ``names`` id -> name."""
+    """COCO-format panoptic annotations.
+
+    ``things`` / ``stuff``: the *known* category ids by ``isthing``; ``unknown``: the unknown
+    category id (None: closed set), never in ``things`` or ``stuff``; ``unknown_isthing``: its
+    ``isthing`` (panopticapi's convention counts it there); ``unknown_source``: how it was
+    chosen; ``names`` id -> name; ``class_ids``: the category of a model's class index ``c``
+    (the JSON's categories in order without the unknown one, so a model's K, its unknown,
+    is the next index); ``source``: the JSON file.
+    """
 
     images: tuple[PanopticImage, ...]
     things: frozenset[int]
     stuff: frozenset[int]
     unknown: int | None
     names: dict[int, str]
+    unknown_isthing: bool = True
+    unknown_source: str = ""
+    class_ids: tuple[int, ...] = ()
+    source: Path | None = None
 
 
 def read_panoptic_png(path: Path) -> np.ndarray:
@@ -276,15 +292,60 @@ def write_panoptic_png(path: Path, ids: np.ndarray) -> None:
     Image.fromarray(rgb).save(path)
 
 
+def declared_unknown(categories: list[dict]) -> list[int]:
+    """Ids of the categories a dataset declares as its unknown one: ``name`` or
+    ``supercategory`` in :data:`UNKNOWN_NAMES` (case-insensitive), e.g. the synthetic world's
+    ``{"id": 19, "name": "anomaly", "isthing": 1, "supercategory": "anomaly"}``."""
+    return [int(c["id"]) for c in categories
+            if str(c.get("name", "")).lower() in UNKNOWN_NAMES
+            or str(c.get("supercategory", "")).lower() in UNKNOWN_NAMES]
+
+
+def _choose_unknown(json_path: Path, categories: list[dict], unknown_id: int | str | None,
+                    unknown_percent: int | None) -> tuple[int | None, str]:
+    """The ground truth category that is the unknown one, and how it was chosen."""
+    ids = [int(c["id"]) for c in categories]
+    if unknown_percent is not None:
+        if unknown_id not in (None, "auto"):
+            raise DatasetError(f"{json_path}: an unknown split and --unknown-id exclude each other")
+        declared = declared_unknown(categories)
+        if declared:
+            raise DatasetError(f"{json_path}: already declares unknown category {declared[0]}; an unknown split "
+                               "needs a closed-set ground truth")
+        if UNKNOWN_CATEGORY_ID in ids:
+            raise DatasetError(f"{json_path}: category id {UNKNOWN_CATEGORY_ID} is taken, so the split's "
+                               "unknown category cannot have it")
+        return UNKNOWN_CATEGORY_ID, f"--unknown-split {unknown_percent}"
+    if unknown_id is None:
+        return None, ""
+    if unknown_id == "auto":
+        declared = declared_unknown(categories)
+        if len(declared) > 1:
+            raise DatasetError(f"{json_path}: categories {declared} all look like the unknown one; "
+                               "choose one with --unknown-id")
+        if not declared:
+            return None, ""
+        return declared[0], f"declared by the dataset (name or supercategory in {list(UNKNOWN_NAMES)})"
+    if int(unknown_id) not in ids:
+        raise DatasetError(f"{json_path}: --unknown-id {unknown_id} is not one of its category ids {sorted(ids)}")
+    return int(unknown_id), "--unknown-id"
+
+
 def read_coco_panoptic(json_path: Path, png_dir: Path, image_dir: Path | None = None,
-                       unknown_percent: int | None = None) -> PanopticDataset:
-    """Read a COCO panoptic JSON + PNG folder; with ``unknown_percent`` in 5 / 10 / 20 the
-    split's classes (Sec. 7.1) leave the known sets and their segments become
-    :data:`UNKNOWN_CATEGORY_ID`."""
+                       unknown_percent: int | None = None, unknown_id: int | str | None = "auto") -> PanopticDataset:
+    """Read a COCO panoptic JSON + PNG folder and choose its unknown category.
+
+    ``unknown_id``: ``"auto"`` -- the category the JSON declares as unknown
+    (:func:`declared_unknown`), else none; an int -- that category of the JSON; None -- none
+    (closed set). With ``unknown_percent`` in 5 / 10 / 20 the split's classes (Sec. 7.1)
+    leave the known sets and their segments become :data:`UNKNOWN_CATEGORY_ID` (a thing).
+    The unknown category leaves ``things`` / ``stuff`` whatever its ``isthing``.
+    """
     json_path, png_dir = Path(json_path), Path(png_dir)
     try:
         data = json.loads(json_path.read_text())
-        cats = {int(c["id"]): c for c in data["categories"]}
+        cat_list = list(data["categories"])
+        cats = {int(c["id"]): c for c in cat_list}
         annotations = data["annotations"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise DatasetError(f"{json_path}: not a COCO panoptic JSON ({err})") from None
@@ -298,6 +359,7 @@ def read_coco_panoptic(json_path: Path, png_dir: Path, image_dir: Path | None = 
         if missing:
             raise DatasetError(f"{json_path}: categories {missing} of the {unknown_percent}% split are missing")
         removed = {by_name[n] for n in COCO_UNKNOWN_SPLITS[unknown_percent]}
+    unknown, how = _choose_unknown(json_path, cat_list, unknown_id, unknown_percent)
     file_names = {int(im["id"]): im.get("file_name") for im in data.get("images", [])} if "images" in data else {}
     images = []
     for ann in annotations:
@@ -313,8 +375,11 @@ def read_coco_panoptic(json_path: Path, png_dir: Path, image_dir: Path | None = 
             name = file_names.get(int(ann.get("image_id", -1))) or Path(ann["file_name"]).with_suffix(".jpg").name
             image = Path(image_dir) / name
         images.append(PanopticImage(Path(ann["file_name"]).stem, image, png, tuple(segs)))
-    things = frozenset(c for c, v in cats.items() if v.get("isthing", 0) == 1 and c not in removed)
-    stuff = frozenset(c for c, v in cats.items() if v.get("isthing", 0) != 1 and c not in removed)
+    out = removed | {unknown}
+    things = frozenset(c for c, v in cats.items() if v.get("isthing", 0) == 1 and c not in out)
+    stuff = frozenset(c for c, v in cats.items() if v.get("isthing", 0) != 1 and c not in out)
     if unknown_percent is not None:
         names[UNKNOWN_CATEGORY_ID] = "unknown"
-    return PanopticDataset(tuple(images), things, stuff, UNKNOWN_CATEGORY_ID if removed else None, names)
+    unknown_isthing = unknown not in cats or cats[unknown].get("isthing", 0) == 1
+    class_ids = tuple(int(c["id"]) for c in cat_list if int(c["id"]) != unknown)
+    return PanopticDataset(tuple(images), things, stuff, unknown, names, unknown_isthing, how, class_ids, json_path)

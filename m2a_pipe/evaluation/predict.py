@@ -27,6 +27,7 @@ from m2a_pipe.evaluation.datasets import (
     read_image,
     write_panoptic_png,
 )
+from m2a_pipe.io.layout import written_atomically
 
 
 def file_stem(stem: str) -> str:
@@ -92,7 +93,8 @@ def claim_run_folder(out: Path, settings: dict, writing: bool) -> None:
                                            f"choose another --out or delete the folder")
     elif writing:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(settings, indent=1) + "\n")
+        with written_atomically(path) as tmp:
+            tmp.write_text(json.dumps(settings, indent=1) + "\n")
 
 
 def write_anomaly_scores(predictor, dataset: AnomalyDataset, out: Path, semantic: bool = False,
@@ -116,15 +118,51 @@ def write_anomaly_scores(predictor, dataset: AnomalyDataset, out: Path, semantic
     return scores_dir
 
 
-def write_panoptic(predictor, dataset: PanopticDataset, out: Path, category_ids: list[int],
+def panoptic_id_map(dataset: PanopticDataset) -> dict:
+    """How a model's classes become the dataset's categories: ``class_category_ids[c]`` for a
+    known class index ``c < K`` (:attr:`PanopticDataset.class_ids`), ``unknown_category_id``
+    for the model's unknown class K: the ground truth's unknown id, or
+    :data:`UNKNOWN_CATEGORY_ID` for a closed-set ground truth."""
+    unknown = dataset.unknown if dataset.unknown is not None else UNKNOWN_CATEGORY_ID
+    return {"class_category_ids": list(dataset.class_ids), "unknown_category_id": int(unknown)}
+
+
+def check_panoptic_ids(json_path: Path, dataset: PanopticDataset) -> None:
+    """Refuse predictions written under another class -> category map than ``dataset``'s
+    (an EvaluationInputError naming the file); a file that records none is accepted."""
+    from m2a_pipe.evaluation.inputs import EvaluationInputError
+
+    try:
+        recorded = json.loads(Path(json_path).read_text())
+    except (OSError, ValueError):
+        return
+    want = panoptic_id_map(dataset)
+    for key, value in want.items():
+        if key in recorded and recorded[key] != value:
+            raise EvaluationInputError(f"{json_path}: written with {key} {recorded[key]}, this ground truth needs "
+                                       f"{value}; delete it or choose another --out")
+
+
+def write_panoptic(predictor, dataset: PanopticDataset, out: Path,
                    progress: Callable[[Iterable], Iterable] = iter) -> tuple[Path, Path]:
     """Open-set panoptic predictions in COCO format.
 
-    ``category_ids[c]`` is the dataset category of the model's class index ``c``; the model's
-    unknown index K and any class of the dataset's unknown split become
-    :data:`UNKNOWN_CATEGORY_ID` (a model that still names a removed class is credited as having
-    found an unknown object; an open-set model never does). Returns (json path, png folder).
+    The model's class index ``c < K`` becomes ``dataset.class_ids[c]`` and its unknown class K
+    (:func:`m2a_pipe.inference.panoptic.open_set_panoptic`) becomes the ground truth's unknown
+    id (:func:`panoptic_id_map`), so the two line up; a class of the dataset's unknown split
+    also becomes the unknown id (a model that still names a removed class is credited as
+    having found an unknown object; an open-set model never does). The map is recorded in
+    ``panoptic.json``. Raises EvaluationInputError when the model's K is not the number of
+    ``class_ids``. Returns (json path, png folder).
     """
+    from m2a_pipe.evaluation.inputs import EvaluationInputError
+
+    id_map = panoptic_id_map(dataset)
+    class_ids, unknown = id_map["class_category_ids"], id_map["unknown_category_id"]
+    k = getattr(getattr(predictor, "config", None), "num_classes", None)
+    if k is not None and k != len(class_ids):
+        raise EvaluationInputError(f"{dataset.source}: the model has K = {k} known classes, the ground truth "
+                                   f"{len(class_ids)} categories besides the unknown one")
     png_dir = Path(out) / "panoptic"
     png_dir.mkdir(parents=True, exist_ok=True)
     json_path = Path(out) / "panoptic.json"
@@ -141,10 +179,11 @@ def write_panoptic(predictor, dataset: PanopticDataset, out: Path, category_ids:
         segments = []
         for seg in info:
             c = int(seg["category_id"])
-            cat = category_ids[c] if c < len(category_ids) else UNKNOWN_CATEGORY_ID
-            segments.append({"id": int(seg["id"]), "category_id": cat if cat in known else UNKNOWN_CATEGORY_ID,
+            cat = class_ids[c] if c < len(class_ids) else unknown
+            segments.append({"id": int(seg["id"]), "category_id": cat if cat in known else unknown,
                              "isthing": bool(seg.get("isthing", True))})
         write_panoptic_png(png_dir / f"{image.stem}.png", ids)
         annotations.append({"file_name": f"{image.stem}.png", "segments_info": segments})
-        json_path.write_text(json.dumps({"annotations": annotations}))
+        with written_atomically(json_path) as tmp:
+            tmp.write_text(json.dumps({"annotations": annotations} | id_map))
     return json_path, png_dir
