@@ -47,6 +47,27 @@ def test_anomaly_json_and_plots(tmp_path):
     assert res.exit_code == 0 and json.loads(res.output)["ap_convention"] == "smiyc"
 
 
+def test_anomaly_component_rule_in_the_report(tmp_path):
+    scores, labels = _fake(tmp_path)
+    # uint8 levels, as a pipeline scores.h5 stores them: ties at every threshold
+    for f in scores.glob("*.npy"):
+        np.save(f, (np.round(np.load(f) * 255) / 255).astype(np.float32))
+    rules = {}
+    for ap in ("exact", "smiyc"):
+        res = _run(["anomaly", "--scores", scores, "--labels", labels, "--profile", "obstacle-track", "--ap", ap])
+        assert res.exit_code == 0, res.output
+        report = json.loads(res.output)
+        rules[ap] = report["component_threshold_rule"]
+        # the reported threshold given back reproduces the run (same comparison)
+        again = _run(["anomaly", "--scores", scores, "--labels", labels, "--profile", "obstacle-track",
+                      "--ap", ap, "--threshold", repr(report["component_threshold"])])
+        assert again.exit_code == 0, again.output
+        given = json.loads(again.output)
+        assert given["component_threshold_source"] == "given"
+        assert {k: given[k] for k in ("siou", "ppv", "f1_star")} == {k: report[k] for k in ("siou", "ppv", "f1_star")}
+    assert rules["exact"].startswith("score >= t") and rules["smiyc"].startswith("score > t")
+
+
 @pytest.mark.parametrize("breakage,needle", [
     ("missing", "img2.npy"), ("size", "img1.npy"), ("values", "img0.png"), ("nan", "img0.npy")])
 def test_bad_input_one_line_naming_the_file(tmp_path, breakage, needle):
@@ -138,44 +159,137 @@ def test_dataset_run_refuses_outputs_of_other_settings(tmp_path, weights, monkey
     assert _run(["anomaly", "--dataset", root, "--out", out, "--weights", weights, "--no-flip"]).exit_code == 0
 
 
-def test_open_set_cli(tmp_path):
+def _open_split(folder, name, scores, semantic, labels):
     for d in ("s", "m", "l"):
-        (tmp_path / d).mkdir()
-    np.save(tmp_path / "s" / "a.npy", np.array([[0, 0, 0, 0.9, 0.9, 0.1]], np.float32))
-    np.save(tmp_path / "m" / "a.npy", np.array([[0, 1, 1, 1, 0, 1]]))
-    Image.fromarray(np.array([[0, 0, 1, 1, 2, 2]], np.uint8)).save(tmp_path / "l" / "a.png")
-    res = _run(["open-set", "--scores", tmp_path / "s", "--semantic", tmp_path / "m", "--labels", tmp_path / "l",
-                "--num-known", 2, "--threshold", 0.5])
+        (folder / d).mkdir(parents=True, exist_ok=True)
+    np.save(folder / "s" / f"{name}.npy", np.array(scores, np.float32))
+    np.save(folder / "m" / f"{name}.npy", np.array(semantic))
+    Image.fromarray(np.array(labels, np.uint8)).save(folder / "l" / f"{name}.png")
+    return ["--scores", folder / "s", "--semantic", folder / "m", "--labels", folder / "l"]
+
+
+def test_open_set_cli(tmp_path):
+    split = _open_split(tmp_path, "a", [[0, 0, 0, 0.9, 0.9, 0.1]], [[0, 1, 1, 1, 0, 1]], [[0, 0, 1, 1, 2, 2]])
+    res = _run(["open-set", *split, "--num-known", 2, "--threshold", 0.5])
     assert res.exit_code == 0, res.output
     report = json.loads(res.output)
     assert report["open_miou"] == pytest.approx(37.5) and report["threshold"] == 0.5
     assert report["open_iou_by_class"] == {"0": 50.0, "1": 25.0}
-    res = _run(["open-set", "--scores", tmp_path / "s", "--semantic", tmp_path / "m", "--labels", tmp_path / "l",
-                "--num-known", 2, "--calib-scores", tmp_path / "s", "--calib-semantic", tmp_path / "m",
-                "--calib-labels", tmp_path / "l"])
+    assert report["threshold_rule"] == "reference" and report["unknown_if"] == "score > threshold"
+    assert report["threshold_source"] == "given" and report["calibration_tpr"] is None
+    # a given threshold on a tie (the two 0.9 pixels): reference > 0.9 leaves them known:
+    # [0, 1, 1, 1, 0, 1]: class 0 1/3, class 1 2/4; kth-score >= 0.9 makes them unknown: 37.5
+    ref = json.loads(_run(["open-set", *split, "--num-known", 2, "--threshold", 0.9]).output)
+    assert ref["open_iou_by_class"] == pytest.approx({"0": 100 / 3, "1": 50.0}, abs=1e-3)
+    kth = json.loads(_run(["open-set", *split, "--num-known", 2, "--threshold", 0.9,
+                           "--threshold-rule", "kth-score"]).output)
+    assert kth["open_miou"] == pytest.approx(37.5) and kth["unknown_if"] == "score >= threshold"
+    # calibrated on itself: anomalous 0.9 and 0.1, known 0, 0, 0, 0.9. Reference by hand:
+    # TPR(0.9) = 1/2, TPR(0.1) = 2/2 > 0.95, and 0.1 is followed by a known-only score: t = 0.1;
+    # unknown is > 0.1, so the anomalous pixel at 0.1 stays class 1 (calibration TPR 50 %):
+    # open prediction [0, 1, 1, 2, 2, 1] -> 37.5. kth-score: t = 0.1 too (2nd largest of 2),
+    # but >= 0.1 makes that pixel unknown: class 1 1/3 -> (1/2 + 1/3) / 2.
+    calib = ["--calib-scores", tmp_path / "s", "--calib-semantic", tmp_path / "m", "--calib-labels", tmp_path / "l"]
+    res = _run(["open-set", *split, "--num-known", 2, *calib])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["threshold"] == pytest.approx(0.1)  # both anomalous pixels kept
+    ref = json.loads(res.output)
+    assert ref["threshold"] == pytest.approx(0.1) and ref["calibration_tpr"] == 50.0
+    assert ref["open_miou"] == pytest.approx(37.5) and ref["threshold_source"] == "95% TPR on the calibration split"
+    kth = json.loads(_run(["open-set", *split, "--num-known", 2, *calib, "--threshold-rule", "kth-score"]).output)
+    assert kth["threshold"] == pytest.approx(0.1) and kth["calibration_tpr"] == 100.0
+    assert kth["open_miou"] == pytest.approx(100 * (1 / 2 + 1 / 3) / 2, abs=1e-3)
 
 
-def test_panoptic_cli(tmp_path):
+def test_open_set_cli_thresholds_differ_by_rule(tmp_path):
+    # calibration: 40 anomalous pixels at 1/64 .. 40/64, one known at 0 (K = 1, anomaly id 1).
+    # Reference by hand: TPR > 0.95 needs 39 of 40 -> 2/64; the counts at 2/64 and 1/64 are both
+    # (0 known, 1 anomalous), so roc_curve drops 2/64; 1/64 is followed by the known-only 0: kept,
+    # t = 1/64 (39 of 40 anomalous > t: 97.5 %). kth-score: the 38th largest, 3/64 (95 %).
+    calib = _open_split(tmp_path / "cal", "c", [[i / 64 for i in range(1, 41)] + [0.0]], [[0] * 41],
+                        [[1] * 40 + [0]])
+    calib = [c.replace("--", "--calib-") if isinstance(c, str) else c for c in calib]
+    # evaluated: known pixels at 2/64 and 0, an anomalous one at 2/64
+    split = _open_split(tmp_path / "ev", "e", [[2 / 64, 0.0, 2 / 64]], [[0, 0, 0]], [[0, 0, 1]])
+    ref = json.loads(_run(["open-set", *split, "--num-known", 1, *calib]).output)
+    assert ref["threshold"] == 1 / 64 and ref["calibration_tpr"] == 97.5
+    # > 1/64: [K, 0, K]: class 0 TP 1, FN 1 -> 50
+    assert ref["open_miou"] == pytest.approx(50.0)
+    kth = json.loads(_run(["open-set", *split, "--num-known", 1, *calib, "--threshold-rule", "kth-score"]).output)
+    assert kth["threshold"] == 3 / 64 and kth["calibration_tpr"] == 95.0
+    # >= 3/64: nothing unknown, [0, 0, 0]: class 0 TP 2, FP 1 -> 2/3
+    assert kth["open_miou"] == pytest.approx(100 * 2 / 3, abs=1e-3)
+    res = _run(["open-set", *split, "--num-known", 1, "--threshold", 0.5, "--threshold-rule", "median"])
+    assert res.exit_code == 2 and "median" in res.output
+
+
+def _panoptic_files(tmp_path, cats, relabel=None):
     from tests.test_eval_panoptic import _case
 
     gt, gt_segs, pred, pred_segs = _case()
-    cats = [{"id": 1, "name": "person", "isthing": 1}, {"id": 2, "name": "sky", "isthing": 0},
-            {"id": 3, "name": "car", "isthing": 1}]
+    pred_segs = [dict(s, category_id=(relabel or {}).get(s["id"], s["category_id"])) for s in pred_segs]
     for name, ids, segs in (("gt", gt, gt_segs), ("pred", pred, pred_segs)):
         (tmp_path / name).mkdir()
         write_panoptic_png(tmp_path / name / "x.png", ids)
         (tmp_path / f"{name}.json").write_text(json.dumps(
             {"categories": cats, "annotations": [{"file_name": "x.png", "image_id": 1, "segments_info": segs}]}))
-    # the 5 % split lacks cow / pizza / toilet here: a clear error
-    res = _run(["panoptic", "--pred-json", tmp_path / "pred.json", "--pred-dir", tmp_path / "pred",
-                "--gt-json", tmp_path / "gt.json", "--gt-dir", tmp_path / "gt", "--unknown-split", "5"])
-    assert res.exit_code == 1 and "gt.json" in res.output
-    res = _run(["panoptic", "--pred-json", tmp_path / "pred.json", "--pred-dir", tmp_path / "pred",
-                "--gt-json", tmp_path / "gt.json", "--gt-dir", tmp_path / "gt"])
+    return ["panoptic", "--pred-json", tmp_path / "pred.json", "--pred-dir", tmp_path / "pred",
+            "--gt-json", tmp_path / "gt.json", "--gt-dir", tmp_path / "gt"]
+
+
+CATS = [{"id": 1, "name": "person", "isthing": 1}, {"id": 2, "name": "road", "isthing": 0},
+        {"id": 19, "name": "anomaly", "isthing": 1, "supercategory": "anomaly"}]
+
+
+def test_panoptic_cli_both_conventions_and_per_class(tmp_path):
+    # the values of tests/test_eval_panoptic.py's hand-worked case, in percent
+    args = _panoptic_files(tmp_path, CATS)
+    # the 5 % split lacks car / cow / pizza / toilet here: a clear error
+    assert_error_line(_run([*args, "--unknown-split", "5"]), "gt.json")
+    res = _run([*args, "--json", tmp_path / "r.json"])
     assert res.exit_code == 0, res.output
-    report = json.loads(res.output)
-    assert report["things"]["pq"] == pytest.approx(40.0)  # person 0.8, car 0 (a FP)
-    assert report["stuff"]["pq"] == pytest.approx(90.0)
-    assert report["pq"] == pytest.approx(100 * 1.7 / 3)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["unknown_category"]["id"] == 19 and report["unknown_category"]["isthing"] is True
+    assert report["paper"]["unknown"] == {"pq": 40.0, "sq": 80.0, "rq": 50.0, "n_categories": 1}
+    assert report["paper"]["things"]["pq"] == pytest.approx(80.0)
+    assert report["paper"]["all"]["pq"] == pytest.approx(100 * (0.8 + 4 / 7) / 2, abs=1e-4)
+    assert report["panopticapi"]["things"]["pq"] == pytest.approx(60.0)  # the unknown thing counted
+    assert report["panopticapi"]["all"]["pq"] == pytest.approx(100 * (0.8 + 4 / 7 + 0.4) / 3, abs=1e-4)
+    assert "unknown" not in report["panopticapi"]
+    assert report["per_category"]["19"] == {"name": "anomaly", "group": "unknown", "pq": 40.0, "sq": 80.0,
+                                            "rq": 50.0, "tp": 1, "fp": 1, "fn": 1}
+    assert report["per_category"]["2"]["fp"] == 1 and report["per_category"]["2"]["group"] == "stuff"
+    # --unknown-id none: a closed set, the anomaly a known thing; both conventions agree
+    closed = json.loads(_run([*args, "--unknown-id", "none"]).output)
+    assert closed["unknown_category"] is None and "unknown" not in closed["paper"]
+    assert closed["paper"]["all"] == closed["panopticapi"]["all"]
+    assert closed["paper"]["things"]["pq"] == pytest.approx(60.0)
+    assert_error_line(_run([*args, "--unknown-id", "42"]), "gt.json: --unknown-id 42")
+    assert_error_line(_run([*args, "--unknown-id", "abc"]), "--unknown-id", exit_code=2)
+    assert_error_line(_run([*args, "--unknown-id", "19", "--unknown-split", "5"]), "exclude", exit_code=2)
+
+
+def test_panoptic_cli_closed_set_leaves_out_unknown_predictions(tmp_path):
+    cats = [dict(c, name="crate", supercategory="things") if c["id"] == 19 else c for c in CATS]
+    args = _panoptic_files(tmp_path, cats, relabel={15: 1000})  # f: the model's unknown, id 1000
+    report = json.loads(_run(args).output)
+    assert report["unknown_category"] is None and report["n_unknown_segments_left_out"] == 1
+    # crate: u matches U (TP, IoU 0.8), V unmatched (FN), f gone: PQ = 0.8 / 1.5
+    assert report["per_category"]["19"]["pq"] == pytest.approx(100 * 0.8 / 1.5, abs=1e-4)
+
+
+def test_panoptic_dataset_run_lines_up_the_unknown_id(tmp_path, weights):
+    from m2a_pipe.synth import write_image_dataset
+
+    root, out = tmp_path / "synth", tmp_path / "out"
+    write_image_dataset(root, seed=3, count=1, anomalies="eval", size=(160, 96))
+    res = _run(["panoptic", "--dataset", root, "--weights", weights, "--out", out, "--json", tmp_path / "r.json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["unknown_category"]["id"] == 19 and report["per_category"]["19"]["fn"] >= 1
+    written = json.loads((out / "panoptic.json").read_text())
+    assert written["unknown_category_id"] == 19 and written["class_category_ids"] == list(range(19))
+    assert {s["category_id"] for a in written["annotations"] for s in a["segments_info"]} <= set(range(20))
+    again = _run(["panoptic", "--dataset", root, "--weights", weights, "--out", out])
+    assert again.exit_code == 0 and "running the model" not in again.output
+    assert_error_line(_run(["panoptic", "--dataset", root, "--weights", weights, "--out", out,
+                            "--unknown-id", "none"]), "panoptic.json: written with")

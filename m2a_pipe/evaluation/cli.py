@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from m2a_pipe.evaluation.components import PROFILES
+from m2a_pipe.evaluation.open_set import THRESHOLD_RULES
 from m2a_pipe.evaluation.pixel import AP_CONVENTIONS, DEFAULT_MAX_EXACT_PIXELS
 from m2a_pipe.settings import DEFAULT_SCORE, MAP_STRIDES, SCORE_NAMES
 
@@ -68,8 +69,11 @@ def evaluate() -> None:
 @click.option("--profile", type=click.Choice(sorted(PROFILES)), default="anomaly-track", show_default=True,
               help="Component size limits (Anomaly Track: 500 / 100 px, Obstacle Track: 50 / 10 px).")
 @click.option("--ap", "ap_convention", type=click.Choice(AP_CONVENTIONS), default="exact", show_default=True,
-              help="exact: scikit-learn on pooled pixels; smiyc: the benchmark's per-image percentile bins.")
-@click.option("--threshold", type=float, help="Component binarisation threshold (default: best pixel F1).")
+              help="exact: scikit-learn on pooled pixels; smiyc: the benchmark's per-image percentile bins. "
+                   "Also picks the component rule (the report's component_threshold_rule).")
+@click.option("--threshold", type=float,
+              help="Component threshold T (default: the best pixel-F1 threshold of the --ap curve). Anomalous "
+                   "pixels: score >= T with --ap exact, score > T with --ap smiyc (the benchmark's).")
 @click.option("--max-exact-pixels", type=int, default=DEFAULT_MAX_EXACT_PIXELS, show_default=True,
               help="Pixels kept verbatim before the exact mode switches to its fine histogram.")
 @click.option("--score", "score_name", type=click.Choice(SCORE_NAMES), default=DEFAULT_SCORE, show_default=True,
@@ -147,7 +151,14 @@ def _open_items(scores_dir: Path, semantic_dir: Path, labels_dir: Path, lut) -> 
               help="Folder of <stem>.png ground truth: 0..K-1 known, --anomaly-id unknown, 255 void.")
 @click.option("--num-known", type=int, help="K, the number of known classes (with --labels).")
 @click.option("--anomaly-id", type=int, help="Ground-truth value of the unknown class (default K).")
-@click.option("--threshold", type=float, help="Anomaly threshold (default: 95% TPR on the calibration split).")
+@click.option("--threshold", type=float,
+              help="Anomaly threshold; a pixel is unknown when its score is > it (--threshold-rule reference) "
+                   "or >= it (kth-score). Default: 95% TPR on the calibration split.")
+@click.option("--threshold-rule", type=click.Choice(THRESHOLD_RULES), default=THRESHOLD_RULES[0], show_default=True,
+              help="reference: DenseHybrid's evaluate_osr.py: the first scikit-learn roc_curve threshold with "
+                   "TPR > 95% over the known and anomalous calibration pixels, unknown when score > threshold; "
+                   "kth-score: the ceil(0.95 n)-th largest of the n anomalous calibration scores, unknown when "
+                   "score >= threshold.")
 @click.option("--calib-scores", type=click.Path(path_type=Path), help="Calibration split: anomaly maps.")
 @click.option("--calib-semantic", type=click.Path(path_type=Path), help="Calibration split: known-class labels.")
 @click.option("--calib-labels", type=click.Path(path_type=Path), help="Calibration split: ground truth.")
@@ -155,8 +166,8 @@ def _open_items(scores_dir: Path, semantic_dir: Path, labels_dir: Path, lut) -> 
               help="StreetHazards folder (t5 / t6 cross-calibration of Sec. 7.4).")
 @_model_options
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report here.")
-def open_set(scores, semantic, labels, num_known, anomaly_id, threshold, calib_scores, calib_semantic,
-             calib_labels, dataset, weights, out_dir, device, flip, json_path) -> None:
+def open_set(scores, semantic, labels, num_known, anomaly_id, threshold, threshold_rule, calib_scores,
+             calib_semantic, calib_labels, dataset, weights, out_dir, device, flip, json_path) -> None:
     """Open-IoU per known class and its mean (Eq. 23-24), and closed-set mIoU."""
     from m2a_pipe.evaluation import datasets as ds
     from m2a_pipe.evaluation import predict, report
@@ -187,44 +198,78 @@ def open_set(scores, semantic, labels, num_known, anomaly_id, threshold, calib_s
             calibration = _open_items(calib_scores, calib_semantic, calib_labels, lut)
     else:
         raise click.UsageError("give --scores, --semantic, --labels and --num-known, or --dataset")
-    result = report.evaluate_open_set(items, k, threshold=threshold, calibration=calibration)
+    result = report.evaluate_open_set(items, k, threshold=threshold, calibration=calibration,
+                                      rule=threshold_rule)
     _emit(result, json_path)
 
 
-@evaluate.command("panoptic", short_help="PQ / SQ / RQ for all, things, stuff and unknown.")
+def _unknown_id(value: str) -> int | str | None:
+    """--unknown-id: an integer category id, ``auto`` or ``none`` (None)."""
+    text = str(value).strip().lower()
+    if text in ("auto", "none"):
+        return None if text == "none" else "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give a category id, auto or none", param_hint="--unknown-id") from None
+
+
+def _panoptic_layout(root: Path) -> tuple[Path, Path, Path]:
+    """(gt json, gt png folder, image folder) of a ``--dataset`` folder: ``panoptic.json`` +
+    ``panoptic/`` + ``images/`` (``m2a-pipe synth images``), else COCO's
+    ``annotations/panoptic_val2017.json`` + ``annotations/panoptic_val2017/`` + ``val2017/``."""
+    if (root / "panoptic.json").is_file() and (root / "panoptic").is_dir():
+        return root / "panoptic.json", root / "panoptic", root / "images"
+    return (root / "annotations" / "panoptic_val2017.json", root / "annotations" / "panoptic_val2017",
+            root / "val2017")
+
+
+@evaluate.command("panoptic", short_help="PQ / SQ / RQ per class, and all / things / stuff / unknown.")
 @click.option("--pred-json", type=click.Path(path_type=Path), help="COCO-format panoptic predictions JSON.")
 @click.option("--pred-dir", type=click.Path(path_type=Path), help="Folder of the predicted panoptic PNGs.")
 @click.option("--gt-json", type=click.Path(path_type=Path), help="COCO panoptic ground-truth JSON.")
 @click.option("--gt-dir", type=click.Path(path_type=Path), help="Folder of the ground-truth panoptic PNGs.")
+@click.option("--unknown-id", default="auto", show_default=True, metavar="ID|auto|none",
+              help="Ground-truth category that is the unknown one; auto: the category named or "
+                   "supercategory 'unknown' or 'anomaly' (synthetic labels: 19), if any; none: closed set. "
+                   "Predicted unknown segments must carry the same id (--dataset runs write the model's "
+                   "class K so).")
 @click.option("--unknown-split", type=click.Choice(["5", "10", "20"]),
-              help="Percent of unknown classes (Sec. 7.1); their ground truth becomes 'unknown'.")
+              help="Percent of unknown classes (Sec. 7.1); their ground truth becomes 'unknown' (id 1000).")
 @click.option("--dataset", type=click.Path(path_type=Path),
-              help="COCO root: annotations/panoptic_val2017.json, annotations/panoptic_val2017/, val2017/.")
+              help="Folder with panoptic.json, panoptic/ and images/ (m2a-pipe synth images), or a COCO root: "
+                   "annotations/panoptic_val2017.json, annotations/panoptic_val2017/, val2017/.")
 @_model_options
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report here.")
-def panoptic(pred_json, pred_dir, gt_json, gt_dir, unknown_split, dataset, weights, out_dir, device, flip,
-             json_path) -> None:
-    """PQ / SQ / RQ for all, things, stuff and unknown (Eq. 25)."""
+def panoptic(pred_json, pred_dir, gt_json, gt_dir, unknown_id, unknown_split, dataset, weights, out_dir, device,
+             flip, json_path) -> None:
+    """PQ / SQ / RQ (Eq. 25) per category, and for the groups of two conventions:
+    panopticapi's (all / things / stuff, the unknown category among the things when its
+    isthing is 1) and the paper's (Table IV: known all / things / stuff, and unknown)."""
     from m2a_pipe.evaluation import datasets as ds
     from m2a_pipe.evaluation import predict, report
 
     split = int(unknown_split) if unknown_split else None
+    unknown = _unknown_id(unknown_id)
+    if split is not None and unknown not in ("auto", None):
+        raise click.UsageError("--unknown-split and --unknown-id exclude each other")
     if dataset is not None:
         root = Path(dataset)
-        gt_json = gt_json or root / "annotations" / "panoptic_val2017.json"
-        gt_dir = gt_dir or root / "annotations" / "panoptic_val2017"
-        gt = ds.read_coco_panoptic(gt_json, gt_dir, root / "val2017", split)
-        all_ids = [int(c["id"]) for c in json.loads(Path(gt_json).read_text())["categories"]]
+        layout_json, layout_dir, image_dir = _panoptic_layout(root)
+        gt_json, gt_dir = gt_json or layout_json, gt_dir or layout_dir
+        gt = ds.read_coco_panoptic(gt_json, gt_dir, image_dir, split, unknown)
         out = _out(out_dir, dataset, "panoptic")
         pred_json, pred_dir = out / "panoptic.json", out / "panoptic"
         done = set(report.read_prediction_json(pred_json)) if pred_json.is_file() else set()
+        if pred_json.is_file():
+            predict.check_panoptic_ids(pred_json, gt)
         missing = any(im.stem not in done for im in gt.images)
         _prepare_run(out, weights, False, "panoptic", missing)
         if missing:
             predictor = predict.load_predictor(weights, device, flip=False)
-            pred_json, pred_dir = predict.write_panoptic(predictor, gt, out, all_ids, progress=_bar)
+            pred_json, pred_dir = predict.write_panoptic(predictor, gt, out, progress=_bar)
     elif pred_json and pred_dir and gt_json and gt_dir:
-        gt = ds.read_coco_panoptic(gt_json, gt_dir, None, split)
+        gt = ds.read_coco_panoptic(gt_json, gt_dir, None, split, unknown)
     else:
         raise click.UsageError("give --pred-json, --pred-dir, --gt-json and --gt-dir, or --dataset")
     result = report.evaluate_panoptic(gt, pred_json, pred_dir)
