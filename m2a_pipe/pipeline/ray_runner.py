@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import time
 import uuid
 from collections import deque
@@ -41,6 +42,12 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import ray
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayError
+
+try:  # Ray with token authentication (RAY_AUTH_MODE=token)
+    from ray.exceptions import AuthenticationError
+except ImportError:  # an older Ray: never raised
+    class AuthenticationError(RayError):  # type: ignore[no-redef]
+        pass
 
 from m2a_pipe.errors import M2AError, first_line
 from m2a_pipe.inference.stage import FrameMaps
@@ -302,17 +309,94 @@ def connect(address: str | None) -> bool:
     """Start or join Ray unless this process already has; True when this call did.
 
     No address: the cluster ``RAY_ADDRESS`` names (set inside ``ray job submit`` jobs), else a
-    new local instance without a dashboard.
+    new local instance without a dashboard. A failure is one :class:`PoolError` line that says
+    what went wrong: nothing answers at a HOST:PORT address (checked first, in seconds, where
+    Ray would retry for minutes), the cluster asks for token authentication
+    (``RAY_AUTH_MODE=token`` and the cluster's token, see :func:`_auth_hint`), or Ray's reason.
     """
     if ray.is_initialized():
         return False
-    local = address is None and not os.environ.get("RAY_ADDRESS")
+    where = address or os.environ.get("RAY_ADDRESS") or None
+    if where:
+        _check_reachable(where)
     try:
-        ray.init(address=address, logging_level=logging.WARNING, **({"include_dashboard": False} if local else {}))
-    except (ConnectionError, RuntimeError, ValueError) as err:
-        where = address or os.environ.get("RAY_ADDRESS") or "a local instance"
-        raise PoolError(f"Ray ({where}): {first_line(err)}") from None
+        ray.init(address=address, logging_level=logging.WARNING,
+                 **({"include_dashboard": False} if where is None else {}))
+    except (AuthenticationError, ConnectionError, RuntimeError, ValueError) as err:
+        where = where or "a local instance"
+        if _is_auth_failure(err):
+            raise PoolError(f"Ray ({where}): {_auth_hint()}") from None
+        reason = first_line(err)
+        if reason.startswith("Failed to connect to Ray cluster"):
+            reason += f" (no Ray head answered there: {HEAD_ADDRESS_HINT})"
+        raise PoolError(f"Ray ({where}): {reason}") from None
     return True
+
+
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"
+AUTH_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
+DEFAULT_TOKEN_FILE = "~/.ray/auth_token"
+HEAD_ADDRESS_HINT = "is the head running, and is this its GCS address (`ray start --head --port`, 6379 by default)?"
+REACH_TIMEOUT_S = 5.0
+"""Seconds to wait for a TCP connection to a HOST:PORT address before saying nothing answers."""
+
+
+def _check_reachable(address: str) -> None:
+    """PoolError unless something accepts TCP connections at a ``HOST:PORT`` address (other
+    forms, ``auto``, ``local``, ``ray://...``, are left to Ray). A dashboard URL is named as such."""
+    if address.startswith(("http://", "https://")):
+        raise PoolError(f"Ray ({address}): that is a dashboard (Jobs API) address, for `ray job submit "
+                        "--address`; --address takes the head's GCS address HOST:PORT (port 6379 unless "
+                        "`ray start --head --port` set another) or auto")
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as err:
+        reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err) or type(err).__name__)
+        raise PoolError(f"Ray ({address}): nothing answers there ({reason}): {HEAD_ADDRESS_HINT}") from None
+
+
+def _is_auth_failure(err: BaseException) -> bool:
+    """Whether ``err`` (or what it wraps, even as text: Ray folds the last connection error into
+    a RuntimeError's message) is Ray's authentication failure."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, AuthenticationError) or any(
+                mark in str(err) for mark in ("AuthenticationError", "InvalidAuthToken", "Unauthenticated")):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _auth_hint() -> str:
+    """One line for an authentication failure: what to set, and where the token comes from."""
+    give = (f"give the cluster's token in ${AUTH_TOKEN_ENV}, in a file named by ${AUTH_TOKEN_PATH_ENV}, or in "
+            f"{DEFAULT_TOKEN_FILE} (`ray get-auth-token` on the head prints it)")
+    if os.environ.get(AUTH_MODE_ENV, "").lower() != "token":
+        return f"the cluster requires token authentication: set {AUTH_MODE_ENV}=token and {give}"
+    if _token_missing():
+        return f"{AUTH_MODE_ENV}=token but no token was found: {give}"
+    if os.environ.get(AUTH_TOKEN_ENV, "").strip():
+        source = f"${AUTH_TOKEN_ENV}"
+    else:
+        source = os.environ.get(AUTH_TOKEN_PATH_ENV) or DEFAULT_TOKEN_FILE
+    return f"the cluster refused the authentication token from {source}: {give}"
+
+
+def _token_missing() -> bool:
+    """No token where Ray looks for one ($RAY_AUTH_TOKEN, the file $RAY_AUTH_TOKEN_PATH names,
+    else ~/.ray/auth_token)."""
+    if os.environ.get(AUTH_TOKEN_ENV, "").strip():
+        return False
+    path = Path(os.environ.get(AUTH_TOKEN_PATH_ENV) or DEFAULT_TOKEN_FILE).expanduser()
+    try:
+        return not path.read_text().strip()
+    except OSError:
+        return True
 
 
 @dataclass
