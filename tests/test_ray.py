@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import h5py
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -56,28 +55,6 @@ def local_out(fleet, weights, tmp_path_factory):
     return out
 
 
-def datasets(path: Path) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
-    return out
-
-
-def assert_same_outputs(got_root: Path, ref_root: Path) -> int:
-    """Every HDF5 dataset, tracks.csv and events.jsonl of ``ref_root`` equal in ``got_root``."""
-    compared = 0
-    for ref in sorted(ref_root.rglob("scores.h5")):
-        got = got_root / ref.relative_to(ref_root)
-        a, b = datasets(got), datasets(ref)
-        assert a.keys() == b.keys()
-        for name in b:
-            assert a[name].dtype == b[name].dtype and a[name].tobytes() == b[name].tobytes(), f"{got}: {name}"
-        for name in ("tracks.csv", "events.jsonl"):
-            assert (got.parent / name).read_bytes() == (ref.parent / name).read_bytes(), f"{got.parent}: {name}"
-        compared += 1
-    return compared
-
-
 def kill_worker_mid_video(out_dir: Path, after_batches: int, restart: bool, record: dict) -> threading.Thread:
     """A thread that kills worker 0 once it has run ``after_batches`` batches, noting
     whether ``out_dir`` (the long video's output) was still unfinished at that moment."""
@@ -109,7 +86,7 @@ def test_two_workers_give_the_local_outputs(cluster, fleet, local_out, weights, 
     messages = []
     summary = process(fleet, tmp_path / "out", weights=weights, ray=TWO_WORKERS, log=messages.append, **COMMON)
     assert summary.exit_code == 0 and sorted(v.status for v in summary.videos) == ["complete"] * 3
-    assert assert_same_outputs(tmp_path / "out", local_out) == 3
+    assert vf.assert_same_outputs(tmp_path / "out", local_out) == 3
     assert (tmp_path / "out" / "v1" / "long" / "overlay.mp4").stat().st_size > 0
     with h5py.File(tmp_path / "out" / "v2" / "drive" / "scores.h5", "r") as f:
         assert f.attrs["extra_vehicle"] == "car-2" and f.attrs["extra_drive_id"] == "d3"
@@ -135,7 +112,7 @@ def test_worker_killed_mid_video_gives_identical_outputs(cluster, fleet, local_o
     assert summary.exit_code == 0, summary.table()
     ref = local_out / "v1" / "long" / "scores.h5"
     got = out / "long" / "scores.h5"
-    a, b = datasets(got), datasets(ref)
+    a, b = vf.h5_datasets(got), vf.h5_datasets(ref)
     for name in b:
         assert a[name].tobytes() == b[name].tobytes(), name
     for name in ("tracks.csv", "events.jsonl"):
@@ -206,7 +183,7 @@ def test_killed_driver_then_rerun_skips_complete_and_redoes_the_rest(cluster, fl
     status = {v.rel: v.status for v in summary.videos}
     assert {rel for rel, s in status.items() if s == "skipped"} == finished
     assert sorted(status.values()).count("complete") == 3 - len(finished) and summary.exit_code == 0
-    assert assert_same_outputs(out, local_out) == 3
+    assert vf.assert_same_outputs(out, local_out) == 3
     assert not list(out.rglob(".*partial*"))
 
 

@@ -22,6 +22,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import h5py
 import numpy as np
 
 LEVEL_BASE = 20            # grey level of frame 0
@@ -254,3 +255,27 @@ def make_audio_only(path: str | os.PathLike, seconds: float = 1.0) -> Path:
         container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return path
+
+
+def h5_datasets(path: Path) -> dict[str, np.ndarray]:
+    """Every dataset of an HDF5 file, by name."""
+    out: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def assert_same_outputs(got_root: Path, ref_root: Path) -> int:
+    """Every scores.h5 dataset of ``ref_root`` equal in ``got_root`` (same names, dtypes and
+    bytes); tracks.csv and events.jsonl byte for byte. Returns the videos compared."""
+    compared = 0
+    for ref in sorted(ref_root.rglob("scores.h5")):
+        got = got_root / ref.relative_to(ref_root)
+        a, b = h5_datasets(got), h5_datasets(ref)
+        assert a.keys() == b.keys(), got
+        for name in b:
+            assert a[name].dtype == b[name].dtype and a[name].tobytes() == b[name].tobytes(), f"{got}: {name}"
+        for name in ("tracks.csv", "events.jsonl"):
+            assert (got.parent / name).read_bytes() == (ref.parent / name).read_bytes(), f"{got.parent}: {name}"
+        compared += 1
+    return compared
