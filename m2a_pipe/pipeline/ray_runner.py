@@ -43,18 +43,16 @@ import numpy as np
 import ray
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayError
 
-try:  # Ray with token authentication (RAY_AUTH_MODE=token)
-    from ray.exceptions import AuthenticationError
-except ImportError:  # an older Ray: never raised
-    class AuthenticationError(RayError):  # type: ignore[no-redef]
-        pass
-
 from m2a_pipe.errors import M2AError, first_line
 from m2a_pipe.inference.stage import FrameMaps
 from m2a_pipe.io.inputs import VideoInput
 from m2a_pipe.pipeline.config import ProcessConfig, RayConfig
 from m2a_pipe.pipeline.job import ModelInfo, VideoResult, remove_partials
 from m2a_pipe.settings import default_batch_size
+
+AUTH_ERRORS: tuple[type[BaseException], ...] = tuple(
+    e for e in (getattr(ray.exceptions, "AuthenticationError", None),) if e is not None)
+"""Ray's authentication failure (Ray with token authentication); empty on an older Ray."""
 
 WORKER_NAME = "m2a-pipe-worker"
 JOB_RETRIES = 2
@@ -322,7 +320,7 @@ def connect(address: str | None) -> bool:
     try:
         ray.init(address=address, logging_level=logging.WARNING,
                  **({"include_dashboard": False} if where is None else {}))
-    except (AuthenticationError, ConnectionError, RuntimeError, ValueError) as err:
+    except (*AUTH_ERRORS, ConnectionError, RuntimeError, ValueError) as err:
         where = where or "a local instance"
         if _is_auth_failure(err):
             raise PoolError(f"Ray ({where}): {_auth_hint()}") from None
@@ -365,7 +363,7 @@ def _is_auth_failure(err: BaseException) -> bool:
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
-        if isinstance(err, AuthenticationError) or any(
+        if isinstance(err, AUTH_ERRORS) or any(
                 mark in str(err) for mark in ("AuthenticationError", "InvalidAuthToken", "Unauthenticated")):
             return True
         err = err.__cause__ or err.__context__
