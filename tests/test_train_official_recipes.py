@@ -79,3 +79,19 @@ def test_ssd_colour_jitter_changes_hue():
     out = [augment(image, {}, rng_for(2, i), cfg)[0] for i in range(20)]
     assert any(int(o[..., 1:].max()) > 20 for o in out)
     assert any(np.array_equal(o, image) for o in out)  # p = 0.5: some draws leave it
+
+
+def test_loss_mode_fills_the_options_left_null():
+    from m2a_pipe.config import ConfigError
+
+    base = {"name": "x", "stage": 2}
+    official = Recipe.from_dict(base).loss
+    assert (official.mode, official.point_padding, official.outlier_score, official.outlier_resolution,
+            official.outlier_layers, official.margin) == ("official", "zeros", "neg_g", "crop", "all", 1.0)
+    mixed = Recipe.from_dict({**base, "loss": {"mode": "project", "margin": 1.0}}).loss
+    assert (mixed.point_padding, mixed.outlier_layers, mixed.margin) == ("border", "last", 1.0)
+    for bad, needle in (({"mode": "paper"}, "loss.mode"), ({"point_padding": "reflect"}, "point_padding"),
+                        ({"outlier": "bce"}, "bce needs")):
+        with pytest.raises(ConfigError, match=needle):
+            Recipe.from_dict({**base, "loss": bad})
+    assert Recipe.from_dict({**base, "loss": {"outlier": "bce", "mode": "project"}}).loss.outlier == "bce"

@@ -147,7 +147,7 @@ def test_train_parity_total_and_gradients(golden, stage):
     ood, sizes = golden.ood(stage)
     outputs = golden.outputs()
     losses = golden.criterion(stage)(outputs, golden.targets(stage), ood, golden.recorded(stage), sizes)
-    assert float(losses["loss"]) == pytest.approx(golden.expected[stage]["total_weighted_loss"], rel=1e-5)
+    assert float(losses["loss"].detach()) == pytest.approx(golden.expected[stage]["total_weighted_loss"], rel=1e-5)
     losses["loss"].backward()
     layers = dict(zip(golden.layers, [outputs, *outputs["aux_outputs"]]))
     for name, layer in layers.items():
@@ -182,6 +182,18 @@ def test_train_parity_cost_matrices_and_importance_points(golden, stage):
         idx = golden.draws[f"{stage}__{name}__masks_importance_idx"].astype(np.int64)
         want = np.concatenate([np.take_along_axis(cand, idx[..., None], 1), uniform], axis=1)
         assert np.array_equal(coords.numpy(), want), f"{stage} {name}: importance-sampled points differ"
+
+
+@needs_golden
+def test_train_parity_detects_the_project_mode(golden):
+    """Negative control: the project's choices (border padding, 1 - g, margin 0.75, the 1/4
+    grid, the last output) move the terms far beyond the tolerances."""
+    rows = {(stage, key): (official, project) for stage, key, official, project in project_table(golden)}
+    official, project = rows[("stage1", "loss_mask")]
+    assert abs(project / official - 1) > 0.01
+    official, project = rows[("stage2", "loss_ood")]
+    assert abs(project / official - 1) > 0.5
+    assert all(p != p for (stage, key), (_, p) in rows.items() if key.startswith("loss_ood_"))
 
 
 def test_train_parity_replay_refuses_a_wrong_shape():
