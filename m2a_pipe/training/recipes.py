@@ -10,9 +10,9 @@ weights), the data, the augmentation, the losses, the solver and the bookkeeping
       "data": {"type": "synth", "root": "data/synth/train"},
       "outliers": null,
       "val": {"root": "data/synth/val", "every": 500, "max_images": 40},
-      "augment": {"crop": [256, 512], "min_scale": 0.1, "max_scale": 2.0},
-      "anomaly_mix": {"probability": 0.2},
-      "loss": {"outlier": null, "margin": 0.75, "num_points": 12544},
+      "augment": {"crop": [256, 512], "resize": "shortest_edge", "short_edges": [256, 512]},
+      "anomaly_mix": {"placement": "image", "probability": 0.2},
+      "loss": {"mode": "official", "outlier": null, "num_points": 12544},
       "solver": {"batch_size": 4, "max_steps": 3000, "lr": 1e-4, ...},
       "checkpoint_every": 250, "export": {"dtype": "float16"}
     }
