@@ -91,7 +91,8 @@ def outlier_scores(pred_logits: torch.Tensor, pred_masks: torch.Tensor, ood: tor
 
 def crop_pixels(s: torch.Tensor, ood: torch.Tensor, image_sizes: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The official geometry: (in-distribution scores, outlier scores), both 1-D.
+    """The official geometry of Eq. 11's two pixel sets: (in-distribution scores, outlier
+    scores), both 1-D.
 
     Args:
         s: (B, h, w) score on the padded mask grid.
