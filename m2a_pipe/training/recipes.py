@@ -47,7 +47,9 @@ from typing import Any, ClassVar
 from m2a_pipe.config import ConfigError, ModelConfig, preset
 from m2a_pipe.training.anomaly_mix import AnomalyMixConfig
 from m2a_pipe.training.augment import AugmentConfig
-from m2a_pipe.training.losses import LOSS_MODES
+from m2a_pipe.training.losses import LOSS_MODES, OUTLIER_LAYERS
+from m2a_pipe.training.outlier_loss import OUTLIER_RESOLUTIONS, OUTLIER_SCORES
+from m2a_pipe.training.points import PADDINGS
 
 
 @dataclass
@@ -199,10 +201,6 @@ class Recipe:
 
 def resolve_loss_mode(loss: LossConfig) -> None:
     """Fill the options ``loss`` leaves ``None`` from its mode; check every option's value."""
-    from m2a_pipe.training.losses import OUTLIER_LAYERS
-    from m2a_pipe.training.outlier_loss import OUTLIER_RESOLUTIONS, OUTLIER_SCORES
-    from m2a_pipe.training.points import PADDINGS
-
     if loss.mode not in LOSS_MODES:
         raise ConfigError(f"recipe loss.mode must be one of {sorted(LOSS_MODES)}, got {loss.mode!r}")
     for key, value in LOSS_MODES[loss.mode].items():
