@@ -68,7 +68,7 @@ def test_augment_is_deterministic_per_keys():
 def test_augment_small_scale_pads_with_ignore():
     image = np.full((60, 120, 3), 7, np.uint8)
     sem = np.full((60, 120), 3, np.uint8)
-    cfg = AugmentConfig(crop=(64, 128), min_scale=0.25, max_scale=0.25, color=False, flip=False)
+    cfg = AugmentConfig(crop=(64, 128), resize="box", min_scale=0.25, max_scale=0.25, color=False, flip=False)
     img, labels = augment(image, {"semantic": sem}, rng_for(0), cfg)
     assert (labels["semantic"][:16, :32] == 3).all() and (labels["semantic"][20:] == 255).all()
     assert set(np.unique(labels["semantic"])) == {3, 255}
@@ -137,9 +137,9 @@ def test_step_batches_deterministic_with_outliers(tmp_path):
     root = make_synth(tmp_path / "d")
     ds = SemanticFolder(root)
     def mk():
-        return StepBatches(ds, 19, 3, seed=5, augment_cfg=AugmentConfig(crop=(40, 80)),
+        return StepBatches(ds, 19, 3, seed=5, augment_cfg=AugmentConfig(crop=(40, 80), resize="box"),
                            outliers=OutlierFolder(root / "outliers"),
-                           mix_cfg=AnomalyMixConfig(probability=1.0))
+                           mix_cfg=AnomalyMixConfig(placement="batch", probability=1.0))
     a, b = mk()[3], mk()[3]
     assert a["images"].shape == (3, 3, 64, 96)  # padded to /32
     assert np.array_equal(a["images"], b["images"]) and np.array_equal(a["ood"], b["ood"])
@@ -203,3 +203,25 @@ def test_coco_rle_decoding():
     assert rle_counts_from_string("".join(chars)) == counts
     poly = decode_segmentation([[1, 1, 6, 1, 6, 4, 1, 4]], 8, 8)
     assert poly[2, 3] and not poly[6, 6]
+
+
+def test_step_batches_paste_per_image_at_native_size_before_augmentation(tmp_path):
+    """Official AnomalyMix: each image (probability 1 here) receives one cut-out at its native
+    size on the full frame; the resize (to the frame's own height: scale 1) and the crop
+    covering the frame keep it whole, so each image's outlier pixels are exactly one cut-out's."""
+    root = make_synth(tmp_path / "d")
+    ds = SemanticFolder(root)
+    outliers = OutlierFolder(root / "outliers")
+    h, w = ds.load(0).image.shape[:2]
+    cfg = AugmentConfig(crop=(h, w), short_edges=(h,), color=False, flip=False)
+    stream = StepBatches(ds, 19, 2, seed=5, augment_cfg=cfg, outliers=outliers,
+                         mix_cfg=AnomalyMixConfig(probability=1.0))
+    batch = stream[0]
+    assert batch["outlier_batch"] and batch["image_sizes"].tolist() == [[h, w], [h, w]]
+    sizes = {int(outliers.cutout(i)[1].sum()) for i in range(len(outliers))
+             if max(outliers.cutout(i)[1].shape) <= max(h, w)}
+    for b in range(2):
+        assert int((batch["ood"][b] == 1).sum()) in sizes
+    none = StepBatches(ds, 19, 2, seed=5, augment_cfg=cfg, outliers=outliers,
+                       mix_cfg=AnomalyMixConfig(probability=0.0))[0]
+    assert not none["outlier_batch"] and not (none["ood"] == 1).any()

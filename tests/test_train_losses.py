@@ -9,14 +9,12 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from m2a_pipe.training.losses import (
-    SetCriterion,
-    dice_loss,
+from m2a_pipe.training.losses import SetCriterion, dice_loss, sigmoid_bce_loss
+from m2a_pipe.training.outlier_loss import (
     mask_contrastive_loss,
     outlier_bce_loss,
     outlier_scores,
     pool_outlier_mask,
-    sigmoid_bce_loss,
 )
 from m2a_pipe.training.matcher import HungarianMatcher, hungarian
 from m2a_pipe.training.points import importance_points, point_sample
@@ -96,8 +94,10 @@ def test_mask_terms_of_a_perfect_prediction_are_zero():
     assert float(dice_loss(-logits, targets, 3.0)) > 0.99
 
 
-def test_perfect_prediction_gives_near_zero_loss():
-    """One class covering the image, predicted perfectly: every term ~0 (Eq. 1-2)."""
+def test_perfect_prediction_gives_near_zero_loss_only_with_border_padding():
+    """One class covering the image, predicted perfectly: every term ~0 (Eq. 1-2) when the
+    points read the edge pixel; with the official zero padding the outer half pixel blends
+    the prediction towards logit 0 (and the target towards 0), so a loss remains there."""
     h = w = 32
     logits = torch.full((1, 4, 4), -30.0)
     logits[0, :, -1] = 30.0
@@ -105,10 +105,11 @@ def test_perfect_prediction_gives_near_zero_loss():
     pm = torch.full((1, 4, h // 4, w // 4), -60.0)
     pm[0, 2] = 60.0
     targets = [{"labels": torch.tensor([1]), "masks": torch.ones(1, h, w, dtype=torch.bool)}]
-    crit = SetCriterion(3, num_points=2048)
-    out = crit({"pred_logits": logits, "pred_masks": pm, "aux_outputs": []}, targets,
-               generator=torch.Generator().manual_seed(0))
-    assert float(out["loss"]) < 1e-6
+    outputs = {"pred_logits": logits, "pred_masks": pm, "aux_outputs": []}
+    border = SetCriterion(3, num_points=2048, point_padding="border")
+    assert float(border(outputs, targets, generator=torch.Generator().manual_seed(0))["loss"]) < 1e-6
+    zeros = SetCriterion(3, num_points=2048)(outputs, targets, generator=torch.Generator().manual_seed(0))
+    assert float(zeros["ce"]) < 1e-6 and float(zeros["mask"]) > 0.1 and float(zeros["dice"]) > 1e-3
 
 
 def test_two_region_prediction_is_far_better_than_empty():
@@ -176,7 +177,8 @@ def test_hard_inlier_fraction_averages_the_worst_known_pixels():
         with pytest.raises(ValueError, match="hard_inlier_fraction"):
             mask_contrastive_loss(logits, masks, ood, hard_inlier_fraction=bad)
     with pytest.raises(ValueError, match="contrastive"):
-        SetCriterion(2, outlier_loss="bce", hard_inlier_fraction=0.5)
+        SetCriterion(2, outlier_loss="bce", outlier_resolution="mask", outlier_score="one_minus_g",
+                         hard_inlier_fraction=0.5)
 
 
 def test_outlier_pixel_weight_scales_the_outlier_term_only():
@@ -191,7 +193,8 @@ def test_outlier_pixel_weight_scales_the_outlier_term_only():
         with pytest.raises(ValueError, match="outlier_pixel_weight"):
             mask_contrastive_loss(logits, masks, ood, outlier_pixel_weight=bad)
     with pytest.raises(ValueError, match="contrastive"):
-        SetCriterion(2, outlier_loss="bce", outlier_pixel_weight=2.0)
+        SetCriterion(2, outlier_loss="bce", outlier_resolution="mask", outlier_score="one_minus_g",
+                         outlier_pixel_weight=2.0)
 
 
 def test_outlier_bce_prefers_separated_scores():
@@ -221,3 +224,39 @@ def test_pool_outlier_mask():
     ood[0, 4:6, :4] = 1  # half of the bottom-left cells
     out = pool_outlier_mask(ood, (2, 2))
     assert out.tolist() == [[[1, 0], [1, 255]]]
+
+
+def test_official_outlier_geometry_stretches_the_padded_grid_onto_the_crop():
+    """The ``crop`` geometry (official): the score on the padded grid is interpolated with
+    align_corners=True onto the unpadded crop; every non-outlier pixel, void included, is
+    in distribution; with ``-g`` an outlier pixel costs 1/2 (m + g)^2."""
+    logits = torch.tensor([[[8.0, -8.0, -8.0]]])  # one query, class 0 with p ~ 1
+    masks = torch.full((1, 1, 2, 2), 30.0)  # g = 1 on the whole grid
+    ood = torch.zeros(1, 8, 8, dtype=torch.uint8)
+    ood[0, :4, :4] = 255  # void inside the crop: in distribution here
+    ood[0, 5, 5] = 1
+    ood[0, 6:, :] = 255  # padding below the 6-row crop
+    sizes = torch.tensor([[6, 8]])
+    got = mask_contrastive_loss(logits, masks, ood, 1.0, "crop", score="neg_g", image_sizes=sizes)
+    assert float(got) == pytest.approx(0.5 * 1.0 + 0.5 * (1.0 + 1.0) ** 2, rel=1e-3)
+    # no outlier pixel in the crop: the in-distribution term only (the outlier at row 6 is padding)
+    ood2 = torch.zeros(1, 8, 8, dtype=torch.uint8)
+    ood2[0, 7, 7] = 1
+    assert float(mask_contrastive_loss(logits, masks, ood2, 1.0, "crop", score="neg_g",
+                                       image_sizes=sizes)) == pytest.approx(0.5, rel=1e-3)
+    # the paper's score 1 - g: the same known pixels cost nothing
+    assert float(mask_contrastive_loss(logits, masks, ood2, 0.75, "crop", score="one_minus_g",
+                                       image_sizes=sizes)) < 1e-6
+
+
+def test_outlier_layers_all_adds_the_outlier_term_of_every_output():
+    logits, pm, targets = _perfect()
+    ood = torch.zeros(1, *targets[0]["masks"].shape[-2:], dtype=torch.uint8)
+    ood[0, :4, :4] = 1
+    outputs = {"pred_logits": logits, "pred_masks": pm,
+               "aux_outputs": [{"pred_logits": logits, "pred_masks": pm}] * 2}
+    per = {}
+    for layers in ("all", "last"):
+        crit = SetCriterion(3, num_points=256, outlier_loss="contrastive", outlier_layers=layers)
+        per[layers] = float(crit(outputs, targets, ood, torch.Generator().manual_seed(0))["outlier"])
+    assert per["last"] > 0 and per["all"] == pytest.approx(3 * per["last"], rel=1e-6)

@@ -12,8 +12,17 @@ where a real edge is as soft as the lens and sensor make the rest of the image. 
 Gaussian blur of a sigma drawn from ``edge_sigma``), i.e. the paste is rendered and then
 blurred across its edge. ``M_OOD`` and the labels stay the binary mask, as in the paper.
 
-In stage 2 a batch is an outlier batch with probability 0.2 (Table V(e)); every image of
-an outlier batch receives ``objects_per_image`` objects.
+Two placements (``AnomalyMixConfig.placement``):
+
+* ``"image"`` -- the official mapper: each training image, with probability ``probability``
+  (0.2), receives one object drawn from the whole outlier set, pasted at its native size at a
+  uniformly random place on the full frame *before* the resize, crop, colour jitter and flip
+  (:func:`paste_native`); an object larger than the frame is scaled down to fit (the official
+  code fails on one);
+* ``"batch"`` -- the project's earlier reading of Table V(e): a batch is an outlier batch with
+  probability ``probability``, and each of its images, *after* augmentation, receives
+  ``objects_per_image`` objects scaled to ``height_range`` of the crop height, optionally
+  flipped and feathered (:func:`paste_outlier`).
 """
 
 from __future__ import annotations
@@ -27,13 +36,18 @@ from PIL import Image
 IGNORE = 255
 
 
+PLACEMENTS = ("image", "batch")
+
+
 @dataclass(frozen=True)
 class AnomalyMixConfig:
-    """``probability``: chance that a batch is an outlier batch; ``height_range``: pasted
-    object height as a fraction of the image height; ``objects_per_image``; ``flip``;
-    ``edge_sigma``: (low, high) range of the edge feathering's Gaussian sigma in pixels of the
-    image pasted into, drawn per object; (0, 0) = a hard paste (the paper's)."""
+    """``placement``: ``"image"`` (official) or ``"batch"`` (module docstring);
+    ``probability``: chance that an image (``"image"``) or a batch (``"batch"``) receives
+    outliers. For ``"batch"`` only: ``height_range``, pasted object height as a fraction of
+    the crop height; ``objects_per_image``; ``flip``; ``edge_sigma``, the (low, high) range of
+    the edge feathering's Gaussian sigma in pixels, drawn per object ((0, 0) = a hard paste)."""
 
+    placement: str = "image"
     probability: float = 0.2
     height_range: tuple[float, float] = (0.08, 0.4)
     objects_per_image: int = 1
@@ -41,6 +55,8 @@ class AnomalyMixConfig:
     edge_sigma: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"anomaly_mix.placement must be one of {PLACEMENTS}, got {self.placement!r}")
         lo, hi = self.edge_sigma
         if not 0 <= lo <= hi:
             raise ValueError(f"anomaly_mix.edge_sigma {list(self.edge_sigma)}: need 0 <= low <= high")
@@ -94,6 +110,33 @@ def paste_outlier(image: np.ndarray, labels: dict[str, np.ndarray], ood: np.ndar
         _feathered_paste(image, rgb, obj, y, x, float(rng.uniform(*cfg.edge_sigma)))
     else:
         image[pasted] = rgb[obj]
+    ood[pasted] = 1
+    voids = label_void or {}
+    for name, label in labels.items():
+        label[pasted] = voids.get(name, IGNORE)
+    return pasted
+
+
+def paste_native(image: np.ndarray, labels: dict[str, np.ndarray], ood: np.ndarray,
+                 rgb: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+                 label_void: dict[str, int] | None = None) -> np.ndarray:
+    """Paste one cut-out at its native size at a uniformly random place (official placement).
+
+    Args: as :func:`paste_outlier` (``image`` the full frame before augmentation). A cut-out
+    larger than the frame is first scaled down to fit it.
+
+    Returns: (H, W) bool, the pasted pixels.
+    """
+    big_h, big_w = image.shape[:2]
+    scale = min(1.0, big_h / rgb.shape[0], big_w / rgb.shape[1])
+    if scale < 1.0:
+        rgb, mask = resize_cutout(rgb, mask, (max(1, int(rgb.shape[0] * scale)), max(1, int(rgb.shape[1] * scale))))
+    h, w = mask.shape
+    y = int(rng.integers(0, big_h - h + 1))
+    x = int(rng.integers(0, big_w - w + 1))
+    pasted = np.zeros((big_h, big_w), dtype=bool)
+    pasted[y:y + h, x:x + w] = mask
+    image[pasted] = rgb[mask]
     ood[pasted] = 1
     voids = label_void or {}
     for name, label in labels.items():

@@ -2,8 +2,8 @@
 
 The cost of assigning prediction q to target t is
 
-    C[q, t] = w_class * (-softmax(C_q)[label_t])
-            + w_mask  * mean_p BCE(sigmoid(M_q(p)), m_t(p))
+    C[q, t] = w_mask  * mean_p BCE(sigmoid(M_q(p)), m_t(p))
+            + w_class * (-softmax(C_q)[label_t])
             + w_dice  * (1 - dice(sigmoid(M_q), m_t))
 
 with the mask terms evaluated on the same ``num_points`` points drawn uniformly at random
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from m2a_pipe.training.points import NUM_POINTS, point_sample, uniform_points
+from m2a_pipe.training.points import NUM_POINTS, RecordedDraws, point_sample, uniform_points
 
 
 def pairwise_sigmoid_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -49,16 +49,18 @@ def pairwise_dice(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class HungarianMatcher:
-    """Matching costs (class 2.0, mask BCE 5.0, dice 5.0) on ``num_points`` uniform points."""
+    """Matching costs (class 2.0, mask BCE 5.0, dice 5.0) on ``num_points`` uniform points,
+    sampled with ``padding`` (:func:`~m2a_pipe.training.points.point_sample`)."""
 
     cost_class: float = 2.0
     cost_mask: float = 5.0
     cost_dice: float = 5.0
     num_points: int = NUM_POINTS
+    padding: str = "zeros"
 
     def cost_matrix(self, pred_logits: torch.Tensor, pred_masks: torch.Tensor,
                     labels: torch.Tensor, masks: torch.Tensor,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+                    generator: torch.Generator | RecordedDraws | None = None) -> torch.Tensor:
         """Matching cost of one image.
 
         Args:
@@ -74,16 +76,17 @@ class HungarianMatcher:
         prob = pred_logits.float().softmax(-1)
         cost_class = -prob[:, labels]
         coords = uniform_points(1, self.num_points, pred_masks.device, generator)
-        out = point_sample(pred_masks.float().unsqueeze(0), coords)[0]  # (Q, P)
-        tgt = point_sample(masks.to(out.dtype).unsqueeze(0), coords)[0]  # (T, P)
-        cost = (self.cost_class * cost_class
-                + self.cost_mask * pairwise_sigmoid_bce(out, tgt)
+        out = point_sample(pred_masks.float().unsqueeze(0), coords, self.padding)[0]  # (Q, P)
+        tgt = point_sample(masks.to(out.dtype).unsqueeze(0), coords, self.padding)[0]  # (T, P)
+        cost = (self.cost_mask * pairwise_sigmoid_bce(out, tgt)
+                + self.cost_class * cost_class
                 + self.cost_dice * pairwise_dice(out, tgt))
         return cost.cpu()
 
     @torch.no_grad()
     def __call__(self, outputs: dict, targets: list[dict],
-                 generator: torch.Generator | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                 generator: torch.Generator | RecordedDraws | None = None
+                 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Match a batch.
 
         Args:

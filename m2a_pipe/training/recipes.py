@@ -10,9 +10,9 @@ weights), the data, the augmentation, the losses, the solver and the bookkeeping
       "data": {"type": "synth", "root": "data/synth/train"},
       "outliers": null,
       "val": {"root": "data/synth/val", "every": 500, "max_images": 40},
-      "augment": {"crop": [256, 512], "min_scale": 0.1, "max_scale": 2.0},
-      "anomaly_mix": {"probability": 0.2},
-      "loss": {"outlier": null, "margin": 0.75, "num_points": 12544},
+      "augment": {"crop": [256, 512], "resize": "shortest_edge", "short_edges": [256, 512]},
+      "anomaly_mix": {"placement": "image", "probability": 0.2},
+      "loss": {"mode": "official", "outlier": null, "num_points": 12544},
       "solver": {"batch_size": 4, "max_steps": 3000, "lr": 1e-4, ...},
       "checkpoint_every": 250, "export": {"dtype": "float16"}
     }
@@ -47,11 +47,17 @@ from typing import Any, ClassVar
 from m2a_pipe.config import ConfigError, ModelConfig, preset
 from m2a_pipe.training.anomaly_mix import AnomalyMixConfig
 from m2a_pipe.training.augment import AugmentConfig
-from m2a_pipe.training.losses import OUTLIER_RESOLUTIONS
+from m2a_pipe.training.losses import LOSS_MODES, OUTLIER_LAYERS
+from m2a_pipe.training.outlier_loss import OUTLIER_RESOLUTIONS, OUTLIER_SCORES
+from m2a_pipe.training.points import PADDINGS
 
 
 @dataclass
 class LossConfig:
+    """Loss weights and options. ``mode`` (``official`` or ``project``, :data:`LOSS_MODES`)
+    gives the value of every option left ``null``: point_padding, outlier_score,
+    outlier_resolution, outlier_layers and margin (docs/TRAINING.md)."""
+
     ce: float = 2.0
     mask: float = 5.0
     dice: float = 5.0
@@ -62,8 +68,12 @@ class LossConfig:
     deep_supervision: bool = True
     outlier: str | None = None  # None, "contrastive" (Eq. 10-12) or "bce" (Eq. 26-27)
     outlier_weight: float = 1.0
-    margin: float = 0.75
-    outlier_resolution: str = "mask"  # grid of the outlier loss: "mask" (1/4) or "input"
+    mode: str = "official"
+    margin: float | None = None  # official 1.0, paper (and project mode) 0.75
+    outlier_resolution: str | None = None  # grid of the outlier loss: "crop", "mask" (1/4) or "input"
+    point_padding: str | None = None  # "zeros" or "border"
+    outlier_score: str | None = None  # "neg_g" (-g) or "one_minus_g" (1 - g)
+    outlier_layers: str | None = None  # "all" outputs or the "last" only
     hard_inlier_fraction: float = 1.0  # contrastive loss: mean over this share of the hardest known pixels
     outlier_pixel_weight: float = 1.0  # contrastive loss: weight of its outlier-pixel term
 
@@ -78,8 +88,8 @@ class SolverConfig:
     poly_power: float = 0.9
     clip_norm: float | None = 0.01
     freeze_backbone: bool = False
-    amp: bool = True  # CUDA only
-    amp_dtype: str = "bfloat16"  # or "float16" (with a gradient scaler)
+    amp: bool = True  # CUDA only (a CPU run is float32)
+    amp_dtype: str = "float16"  # with a gradient scaler (the official trainer), or "bfloat16"
 
 
 @dataclass
@@ -140,9 +150,7 @@ class Recipe:
             raise ConfigError("recipe stage must be 1 or 2")
         if recipe.stage == 2 and recipe.loss.outlier is None:
             recipe.loss.outlier = "contrastive"
-        if recipe.loss.outlier_resolution not in OUTLIER_RESOLUTIONS:
-            raise ConfigError(f"recipe loss.outlier_resolution must be one of {OUTLIER_RESOLUTIONS}, "
-                              f"got {recipe.loss.outlier_resolution!r}")
+        resolve_loss_mode(recipe.loss)
         f = recipe.loss.hard_inlier_fraction
         if not 0.0 < f <= 1.0:
             raise ConfigError(f"recipe loss.hard_inlier_fraction must be in (0, 1], got {f}")
@@ -189,6 +197,22 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
+
+
+def resolve_loss_mode(loss: LossConfig) -> None:
+    """Fill the options ``loss`` leaves ``None`` from its mode; check every option's value."""
+    if loss.mode not in LOSS_MODES:
+        raise ConfigError(f"recipe loss.mode must be one of {sorted(LOSS_MODES)}, got {loss.mode!r}")
+    for key, value in LOSS_MODES[loss.mode].items():
+        if getattr(loss, key) is None:
+            setattr(loss, key, value)
+    for key, allowed in (("outlier_resolution", OUTLIER_RESOLUTIONS), ("point_padding", PADDINGS),
+                         ("outlier_score", OUTLIER_SCORES), ("outlier_layers", OUTLIER_LAYERS)):
+        if getattr(loss, key) not in allowed:
+            raise ConfigError(f"recipe loss.{key} must be one of {allowed}, got {getattr(loss, key)!r}")
+    if loss.outlier == "bce" and (loss.outlier_resolution == "crop" or loss.outlier_score != "one_minus_g"):
+        raise ConfigError("recipe loss.outlier bce needs loss.outlier_resolution mask or input "
+                          "and loss.outlier_score one_minus_g")
 
 
 def _merge(base: dict, changes: dict) -> dict:

@@ -121,11 +121,12 @@ class Trainer:
         self.criterion = SetCriterion(
             self.cfg.num_classes,
             LossWeights(loss.ce, loss.mask, loss.dice, loss.no_object, loss.outlier_weight),
-            HungarianMatcher(loss.ce, loss.mask, loss.dice, loss.num_points),
+            HungarianMatcher(loss.ce, loss.mask, loss.dice, loss.num_points, loss.point_padding),
             loss.num_points, loss.oversample_ratio, loss.importance_ratio, loss.deep_supervision,
             loss.outlier if recipe.stage == 2 else None, loss.margin,
             loss.outlier_resolution, hard_inlier_fraction=loss.hard_inlier_fraction,
-            outlier_pixel_weight=loss.outlier_pixel_weight).to(self.device)
+            outlier_pixel_weight=loss.outlier_pixel_weight, point_padding=loss.point_padding,
+            outlier_score=loss.outlier_score, outlier_layers=loss.outlier_layers).to(self.device)
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, solver.lr, solver.weight_decay, solver.backbone_multiplier),
             lr=solver.lr, weight_decay=solver.weight_decay)
@@ -167,7 +168,8 @@ class Trainer:
         generator = torch.Generator(device=self.device).manual_seed(step_seed(self.recipe.seed, self.step))
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             outputs = self.model(x)
-        losses = self.criterion(outputs, targets, batch["ood"].to(self.device), generator)
+        losses = self.criterion(outputs, targets, batch["ood"].to(self.device), generator,
+                                batch["image_sizes"])
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
         self.scaler.unscale_(self.optimizer)
