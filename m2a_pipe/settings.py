@@ -51,6 +51,23 @@ EVENT_MODES = ("tracks", "frames")
 """Events from confirmed tracks, or from runs of frames whose score passes the threshold."""
 DEFAULT_MIN_HITS = 3
 DEFAULT_MAX_MISSES = 5
+INSTANCE_GAP = 1
+"""Map cells of background between two blobs that still make them one instance (the fragments
+of one object)."""
+INSTANCE_MAX_UPSAMPLE = 8
+"""Largest factor by which an instance's box is refined below the map grid (the pipeline uses the
+map-to-source scale, rounded up, at most this)."""
+TRACK_WEAK_RATIO = 0.6
+"""Weak detections: blobs of a bounded score between ``TRACK_WEAK_RATIO * threshold`` and the
+threshold; they only extend tracks already confirmed (second association stage)."""
+TRACK_MERGE_OVERLAP = 0.5
+"""A detection left over with at least this fraction of its box inside a matched track's box
+(grown by a quarter of its size) is a fragment of that track's object and merged into it."""
+TRACK_REJOIN_FRAMES = 30
+"""Frames a lost confirmed track is remembered: a new track confirmed within them near where it
+was lost takes its id back."""
+TRACK_REJOIN_DISTANCE = 2.0
+"""Centre distance, in mean box diagonals, within which a new track rejoins a lost one."""
 
 
 def check_track_lifetimes(min_hits: int, max_misses: int) -> None:

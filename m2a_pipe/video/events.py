@@ -108,11 +108,17 @@ class Event:
 # --------------------------------------------------------------------------------------
 
 
-def scaled_box(bbox: Sequence[float], scale: tuple[float, float]) -> list[float]:
-    """(x0, y0, x1, y1) map box -> image box [x0, y0, x1, y1] (floats, rounded to 0.01 px)."""
+def scaled_box(bbox: Sequence[float], scale: tuple[float, float],
+               size: tuple[int, int] | None = None) -> list[float]:
+    """(x0, y0, x1, y1) map box -> image box [x0, y0, x1, y1] (floats, rounded to 0.01 px),
+    clipped to an image of ``size`` (H, W) when given."""
     sx, sy = scale
     x0, y0, x1, y1 = bbox
-    return [round(x0 * sx, 2), round(y0 * sy, 2), round(x1 * sx, 2), round(y1 * sy, 2)]
+    box = [x0 * sx, y0 * sy, x1 * sx, y1 * sy]
+    if size is not None:
+        height, width = size
+        box = [min(max(v, 0.0), lim) for v, lim in zip(box, (width, height, width, height))]
+    return [round(v, 2) for v in box]
 
 
 def _as_scale(scale: float | Sequence[float]) -> tuple[float, float]:
@@ -187,7 +193,7 @@ class EventBuilder:
         index = int(frame if source_index is None else source_index)
         size = image.shape[:2] if image is not None else image_size
         obs = _Observation(int(frame), index, float(pts_s), image, _as_scale(scale),
-                           None if size is None else int(size[0]) * int(size[1]))
+                           None if size is None else (int(size[0]), int(size[1])))
         detections = as_detections(detections)
         if self.config.mode == "tracks":
             for inst, tid in detections.confirmed():
@@ -245,11 +251,12 @@ class EventBuilder:
         span.n_frames += 1
         if inst is not None and inst.area > span.max_area_px:
             span.max_area_px = int(inst.area)
-            if obs.frame_px:
-                span.max_area_fraction = round(inst.area * obs.scale[0] * obs.scale[1] / obs.frame_px, 6)
+            if obs.size:
+                frame_px = obs.size[0] * obs.size[1]
+                span.max_area_fraction = round(inst.area * obs.scale[0] * obs.scale[1] / frame_px, 6)
         if score > span.peak_score:
             span.peak_score, span.peak_frame, span.peak_s = score, obs.index, obs.pts_s
-            span.bbox_at_peak = scaled_box(inst.bbox, obs.scale) if inst is not None else None
+            span.bbox_at_peak = scaled_box(inst.box, obs.scale, obs.size) if inst is not None else None
             if obs.image is not None and score >= self.config.min_peak_score:
                 box = span.bbox_at_peak or [0, 0, obs.image.shape[1], obs.image.shape[0]]
                 span.thumb = thumbnail(obs.image, box, self.config.thumb_margin, self.config.thumb_max_px)
@@ -257,14 +264,14 @@ class EventBuilder:
 
 @dataclass(frozen=True)
 class _Observation:
-    """One frame as the builder sees it; ``frame_px`` is H * W of the image (None if unknown)."""
+    """One frame as the builder sees it; ``size`` is (H, W) of the image (None if unknown)."""
 
     key: int
     index: int
     pts_s: float
     image: np.ndarray | None
     scale: tuple[float, float]
-    frame_px: int | None
+    size: tuple[int, int] | None
 
 
 # --------------------------------------------------------------------------------------
