@@ -27,7 +27,7 @@ from m2a_pipe.video.events import Event, event_field
 from m2a_pipe.video.mot import read_tracks_csv
 from m2a_pipe.video.tracking import box_iou
 
-MOT_METRICS = ("mota", "idf1", "motp", "num_switches", "num_false_positives", "num_misses", "precision",
+MOT_METRICS = ("mota", "idf1", "motp", "num_switches", "num_fragmentations", "num_false_positives", "num_misses", "precision",
                "recall", "num_frames", "num_objects", "num_predictions", "num_unique_objects", "mostly_tracked")
 _SECONDS_PER_MINUTE = 60.0
 
