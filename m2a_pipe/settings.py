@@ -52,14 +52,15 @@ EVENT_MODES = ("tracks", "frames")
 DEFAULT_MIN_HITS = 3
 DEFAULT_MAX_MISSES = 5
 INSTANCE_GAP = 1
-"""Map cells of background between two blobs that still make them one instance (the fragments
-of one object)."""
+"""The thresholded map is closed by this many cells before its blobs are found, so the speckled
+response of a textured object and the fragments of one object make one instance."""
 INSTANCE_MAX_UPSAMPLE = 8
 """Largest factor by which an instance's box is refined below the map grid (the pipeline uses the
 map-to-source scale, rounded up, at most this)."""
 TRACK_WEAK_RATIO = 0.6
-"""Weak detections: blobs of a bounded score between ``TRACK_WEAK_RATIO * threshold`` and the
-threshold; they only extend tracks already confirmed (second association stage)."""
+"""Weak detections, for bounded scores: blobs peaking between ``TRACK_WEAK_RATIO * threshold`` and
+the threshold, and blobs over the threshold that reach the minimum area only with their rim over
+``TRACK_WEAK_RATIO * threshold``; they only extend confirmed tracks (second association stage)."""
 TRACK_MERGE_OVERLAP = 0.5
 """A detection left over with at least this fraction of its box inside a matched track's box
 (grown by a quarter of its size) is a fragment of that track's object and merged into it."""

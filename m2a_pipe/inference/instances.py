@@ -83,13 +83,13 @@ def to_numpy(x: Any) -> np.ndarray:
 
 def component_labels(binary: np.ndarray, gap: int = 0) -> tuple[np.ndarray, int]:
     """(H, W) int32 labels (0 = background) and their count of the 8-connected components of
-    ``binary`` (H, W) bool, where pixels at most ``gap`` background pixels apart belong to one
-    component (the labels of ``binary`` dilated ``gap`` times, kept only on ``binary``)."""
-    grown = ndimage.binary_dilation(binary, _EIGHT_CONNECTED, iterations=gap) if gap > 0 else binary
-    labels, n = ndimage.label(grown, structure=_EIGHT_CONNECTED)
+    ``binary`` (H, W) bool closed by ``gap`` pixels (dilated ``gap`` times, then eroded as many,
+    the frame's edge not eroding): pixels up to about ``2 * gap`` background pixels apart, and the
+    gaps between them, are one component (a speckled response on a textured object)."""
     if gap > 0:
-        labels = np.where(binary, labels, 0)
-    return labels, n
+        grown = ndimage.binary_dilation(binary, _EIGHT_CONNECTED, iterations=gap)
+        binary = binary | ndimage.binary_erosion(grown, _EIGHT_CONNECTED, iterations=gap, border_value=1)
+    return ndimage.label(binary, structure=_EIGHT_CONNECTED)
 
 
 def components(binary: np.ndarray, min_area: int, gap: int = 0):
@@ -132,24 +132,34 @@ def refined_box(scores: np.ndarray, labels: np.ndarray, label: int, bbox: tuple[
 
 
 def anomaly_instances(score_map: np.ndarray, threshold: float, min_area: int = 1, *,
-                      upsample: int = 1, gap: int = 0) -> list[Instance]:
+                      upsample: int = 1, gap: int = 0, support_threshold: float | None = None) -> list[Instance]:
     """8-connected components of ``score_map >= threshold`` with at least ``min_area`` pixels.
 
     Host-side. Args: ``score_map`` (H, W) float (numpy, or a tensor that is copied to the
     host), typically a 1/4-resolution anomaly map; ``upsample`` >= 2 also sets each instance's
-    ``fine_bbox`` (module docstring); ``gap``: pixels up to ``gap`` cells apart are one
-    instance (the fragments of one object). Returns instances in raster-scan order of their
-    first pixel; NaN scores never pass the threshold.
+    ``fine_bbox`` (module docstring); ``gap``: the binary map is closed by ``gap`` cells first
+    (:func:`component_labels`: the fragments of one object are one instance, mask included);
+    ``support_threshold`` (<= ``threshold``): a
+    component's size, for ``min_area``, is that of its *support*, the component of
+    ``score_map >= support_threshold`` that holds it (hysteresis: a small object the model
+    scores high only at its core keeps the extent of its softer rim; box, mask and ``area``
+    stay those at ``threshold``, so a caller can tell such instances by ``area < min_area``). Returns instances in raster-scan order of their first pixel; NaN scores
+    never pass the threshold.
     """
     scores = to_numpy(score_map)
     if scores.ndim != 2:
         raise ValueError(f"score_map must be (H, W), got {scores.shape}")
     if upsample < 1 or gap < 0:
         raise ValueError(f"need upsample >= 1 and gap >= 0, got {upsample}, {gap}")
-    binary = scores >= threshold
-    labels, _ = component_labels(binary, gap)
+    labels, _ = component_labels(scores >= threshold, gap)
+    sizes = None
+    if support_threshold is not None and support_threshold < threshold:
+        support, n = component_labels(scores >= support_threshold, gap)
+        sizes = np.bincount(support.ravel(), minlength=n + 1)
     out = []
-    for bbox, local, sl in components(binary, min_area, gap):
+    for bbox, local, sl in components(labels > 0, 1 if sizes is not None else min_area):
+        if sizes is not None and sizes[support[sl][local][0]] < min_area:
+            continue
         label = int(labels[sl][local][0])
         fine = refined_box(scores, labels, label, bbox, threshold, upsample) if upsample > 1 else None
         out.append(_instance(scores, bbox, local, sl, fine))

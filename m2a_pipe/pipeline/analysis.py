@@ -3,8 +3,9 @@
 A :class:`VideoAnalysis` receives the frames of one video **in order** with their
 :class:`~m2a_pipe.inference.stage.FrameMaps` and writes the video's output folder:
 
-    per frame: frame scores -> instances (connected components of the thresholded map, boxes
-               refined at the source's precision, plus the weak blobs under the threshold; or
+    per frame: frame scores -> instances (connected components of the thresholded map closed by
+               a cell, boxes refined at the source's precision, plus weak blobs: under the
+               threshold, or large enough only with their rim; or
                the mined unknown instances of open-set panoptic segmentation)
                -> tracker (ids come back with a lag of min_hits - 1 frames, as
                   :class:`~m2a_pipe.video.detections.Detections`)
@@ -129,11 +130,15 @@ class VideoAnalysis:
         s = self.settings
         weak = []
         if maps.unknown is None:
-            instances = anomaly_instances(maps.anomaly, s.threshold, s.min_area, upsample=self.upsample,
-                                          gap=INSTANCE_GAP)
-            if s.bounded:  # a fraction of the threshold is a weaker score only for scores in [0, 1]
-                weak = weak_instances(maps.anomaly, TRACK_WEAK_RATIO * s.threshold, s.threshold, s.min_area,
-                                      upsample=self.upsample)
+            # a fraction of the threshold is a weaker score only for scores in [0, 1]
+            low = TRACK_WEAK_RATIO * s.threshold if s.bounded else None
+            found = anomaly_instances(maps.anomaly, s.threshold, s.min_area, upsample=self.upsample,
+                                      gap=INSTANCE_GAP, support_threshold=low)
+            # blobs large only with their softer rim may extend a track but not start one
+            instances = [inst for inst in found if inst.area >= s.min_area]
+            if low is not None:
+                weak = [inst for inst in found if inst.area < s.min_area]
+                weak += weak_instances(maps.anomaly, low, s.threshold, s.min_area, upsample=self.upsample)
         else:
             instances = [scored_instance(u, maps.anomaly) for u in maps.unknown]
         self._pending.append((self._counter, index, pts_s, image, maps))
