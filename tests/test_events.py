@@ -197,13 +197,13 @@ def test_timeline_legend_reference_and_busy_events(tmp_path):
                     None, None) for i in range(1, 13)]  # twelve overlapping events
     path = tmp_path / "timeline.png"
     draw_timeline(path, t, tracked, events, threshold=0.5, title="busy.mp4", signal="tracked score",
-                  reference=(p99, "99th percentile"))
+                  references=[(p99, "99th percentile")])
     arr = np.asarray(Image.open(path).convert("RGB"))
     assert (np.all(arr == (160, 160, 160), axis=2)).sum() > 500  # the reference curve (and its legend line)
     assert (np.all(arr == (30, 80, 200), axis=2)).sum() > 500  # the signal, thick
     assert (np.all(arr == (235, 150, 60), axis=2)).sum() > 5 * 2 * 100  # a bar in each of the 5 rows
     with pytest.raises(ValueError):
-        draw_timeline(path, t, tracked, reference=(p99[:5], "short"))
+        draw_timeline(path, t, tracked, references=[(p99[:5], "short")])
 
 
 def test_nice_step():

@@ -40,7 +40,7 @@ from m2a_pipe.video.detections import Detections
 from m2a_pipe.video.events import Event, EventBuilder, EventConfig, write_events
 from m2a_pipe.video.mot import TracksCsvWriter
 from m2a_pipe.video.render import overlay, timecode
-from m2a_pipe.video.timeline import SIGNAL_P99, SIGNAL_TRACKED, draw_timeline
+from m2a_pipe.video.timeline import SIGNAL_NO_EVENT, SIGNAL_P99, SIGNAL_TRACKED, draw_timeline
 from m2a_pipe.video.tracking import FrameTracks, Tracker, TrackerConfig
 
 SCORE_PERCENTILE = 99.0
@@ -66,10 +66,19 @@ class AnalysisSettings:
     map_stride: int
 
 
-def track_score(detections: Detections) -> float:
-    """The frame's tracked anomaly score: the highest peak score of its confirmed-track
-    detections, NaN when it has none (the signal ``tracks``-mode events are made from)."""
-    return max((inst.peak_score for inst, _ in detections.confirmed()), default=math.nan)
+def track_peaks(detections: Detections) -> dict[int, float]:
+    """The highest peak score of each confirmed track in a frame, by track id."""
+    peaks: dict[int, float] = {}
+    for inst, tid in detections.confirmed():
+        peaks[tid] = max(peaks.get(tid, -math.inf), inst.peak_score)
+    return peaks
+
+
+def tracked_score(frames: list[dict[int, float]], track_ids: set[int], keep: bool = True) -> np.ndarray:
+    """(T,) float64: per frame, the highest peak of the tracks in ``track_ids`` (``keep``) or of the
+    others, NaN where there is none -- the signal ``tracks``-mode events are made from."""
+    return np.array([max((v for tid, v in peaks.items() if (tid in track_ids) == keep), default=math.nan)
+                     for peaks in frames], dtype=np.float64)
 
 
 def frame_scores(anomaly: np.ndarray, threshold: float) -> tuple[float, float, float]:
@@ -115,7 +124,7 @@ class VideoAnalysis:
         self._last_pts: float | None = None
         self._pts: list[float] = []
         self._frame_score: list[float] = []
-        self._track_score: list[float] = []
+        self._track_peaks: list[dict[int, float]] = []
 
     @property
     def frames_received(self) -> int:
@@ -161,7 +170,7 @@ class VideoAnalysis:
                         frame_score=score_p99, image=image, scale=self.to_input)
         self._pts.append(pts_s)
         self._frame_score.append(score_p99)
-        self._track_score.append(track_score(detections))
+        self._track_peaks.append(track_peaks(detections))
         if self.video is not None:
             picture = overlay(image, maps.anomaly, detections=detections, timecode=timecode(pts_s, index),
                               threshold=s.threshold)
@@ -208,16 +217,21 @@ class VideoAnalysis:
         return summary
 
     def _draw_timeline(self, events: list[Event], title: str) -> None:
-        """timeline.png: the signal the events were made from (``tracks`` mode: the tracked score;
-        ``frames`` mode: the 99th percentile of the map) against its threshold, the other one thin."""
-        pts, p99, tracked = np.asarray(self._pts), np.asarray(self._frame_score), np.asarray(self._track_score)
+        """timeline.png: the signal the events were made from (``tracks`` mode: the tracked score of
+        the tracks that made events; ``frames`` mode: the 99th percentile of the map) against the
+        value it is held to, the others thin (:mod:`m2a_pipe.video.timeline`)."""
+        pts, p99 = np.asarray(self._pts), np.asarray(self._frame_score)
         event_cfg = self.events.config
         if event_cfg.mode == "tracks":
-            draw_timeline(self.workdir / TIMELINE_FILE, pts, tracked, events, threshold=event_cfg.min_peak_score,
-                          title=title, signal=SIGNAL_TRACKED, reference=(p99, SIGNAL_P99))
+            ids = {ev.track_id for ev in events}
+            draw_timeline(self.workdir / TIMELINE_FILE, pts, tracked_score(self._track_peaks, ids), events,
+                          threshold=event_cfg.min_peak_score, threshold_label="event min. peak score", title=title,
+                          signal=SIGNAL_TRACKED, references=[(p99, SIGNAL_P99),
+                                                             (tracked_score(self._track_peaks, ids, False),
+                                                              SIGNAL_NO_EVENT)])
         else:
             draw_timeline(self.workdir / TIMELINE_FILE, pts, p99, events, threshold=event_cfg.frame_threshold,
-                          title=title, signal=SIGNAL_P99, reference=(tracked, SIGNAL_TRACKED))
+                          title=title, signal=SIGNAL_P99)
 
     def _in_source_pixels(self, event: Event) -> Event:
         """The event's box and area in source pixels, as /instances and tracks.csv (the builder

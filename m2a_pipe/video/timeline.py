@@ -2,9 +2,10 @@
 threshold that signal is held to, a second signal for reference, and each event's span.
 
 The pipeline plots, in ``tracks`` event mode, the *tracked score* (per frame, the highest peak score
-of a detection on a confirmed track; no line where no track is confirmed) against the events'
-minimum peak score, with the map's 99th percentile thin for reference; in ``frames`` mode the
-99th percentile against the threshold, with the tracked score for reference. A legend names each.
+of a detection on a track that made an event; no line where there is none) against the events'
+minimum peak score, with the same score of the confirmed tracks that made no event (too short or
+too weak) in light blue and the map's 99th percentile thin and grey; in ``frames`` mode the 99th
+percentile against the threshold. A legend names each.
 Event spans are shaded and drawn as bars labelled ``#id`` in rows under the top edge, so the
 labels of overlapping or close events never cover each other; a label with no room is left out
 (its bar stays).
@@ -23,10 +24,11 @@ from m2a_pipe.video.events import Event, event_field
 _TIMELINE_MARGINS_PX = (56, 28, 16, 36)  # left, top, right, bottom
 _BG, _AXIS, _GRID, _CURVE = (255, 255, 255), (40, 40, 40), (225, 225, 225), (30, 80, 200)
 _THRESH, _EVENT_FILL, _EVENT_TEXT = (210, 30, 30), (255, 214, 160), (150, 70, 0)
-_REFERENCE, _EVENT_BAR = (160, 160, 160), (235, 150, 60)
+_REFERENCES, _EVENT_BAR = ((160, 160, 160), (140, 185, 240)), (235, 150, 60)
 _LANE_PX, _MAX_LANES, _CHAR_PX = 12, 5, 6  # event label rows: height, count; default font width
-SIGNAL_TRACKED = "tracked score (top confirmed track's peak)"
+SIGNAL_TRACKED = "tracked score (best peak of a track with an event)"
 SIGNAL_P99 = "99th percentile of the map"
+SIGNAL_NO_EVENT = "tracks without an event"
 
 
 def nice_step(span: float, target_ticks: int) -> float:
@@ -64,26 +66,26 @@ def event_lanes(spans: Sequence[tuple[float, float]], min_width: Sequence[float]
 def draw_timeline(path: str | Path, pts_s: np.ndarray, frame_scores: np.ndarray,
                   events: Sequence[Event | Mapping[str, Any]] = (), *, threshold: float | None = None,
                   title: str = "", size: tuple[int, int] = (1200, 300), signal: str = "frame score",
-                  reference: tuple[np.ndarray, str] | None = None) -> None:
+                  references: Sequence[tuple[np.ndarray, str]] = (), threshold_label: str = "threshold") -> None:
     """Write a PNG of ``frame_scores`` over time (module docstring), the threshold (dashed red),
     events (shaded spans, bars labelled "#id") and a legend.
 
     Args: ``pts_s`` and ``frame_scores`` (T,) float, NaN scores leave gaps; ``signal`` names the
-    curve in the legend; ``reference``: a second (T,) float signal and its name, drawn thin and
-    grey; ``events`` as from :meth:`~m2a_pipe.video.events.EventBuilder.finish` or
+    curve in the legend; ``references``: up to two more (T,) float signals with their names,
+    drawn thin, grey then light blue; ``threshold_label`` names the dashed line; ``events`` as from :meth:`~m2a_pipe.video.events.EventBuilder.finish` or
     :func:`~m2a_pipe.video.events.read_events` (or their dicts); ``size`` (width, height) px.
     The y range is [0, 1] when all scores (and the threshold) lie in it, else their range.
     """
     width, height = size
     t = np.asarray(pts_s, dtype=np.float64).ravel()
     s = np.asarray(frame_scores, dtype=np.float64).ravel()
-    ref = None if reference is None else np.asarray(reference[0], dtype=np.float64).ravel()
-    if t.shape != s.shape or (ref is not None and ref.shape != t.shape):
-        raise ValueError(f"pts_s {t.shape}, frame_scores {s.shape} and the reference differ")
+    refs = [(np.asarray(values, dtype=np.float64).ravel(), name) for values, name in references]
+    if t.shape != s.shape or any(ref.shape != t.shape for ref, _ in refs) or len(refs) > len(_REFERENCES):
+        raise ValueError(f"pts_s {t.shape}, frame_scores {s.shape} and the references differ (or more than two)")
     left, top, right, bottom = _TIMELINE_MARGINS_PX
     x_lo, x_hi = (float(t.min()), float(t.max())) if t.size else (0.0, 1.0)
     x_hi = x_hi if x_hi > x_lo else x_lo + 1.0
-    every = np.concatenate([s, ref if ref is not None else [], [threshold] if threshold is not None else []])
+    every = np.concatenate([s, *[ref for ref, _ in refs], [threshold] if threshold is not None else []])
     values = every[np.isfinite(every)]
     y_lo, y_hi = 0.0, 1.0
     if values.size and (values.min() < 0 or values.max() > 1):
@@ -133,13 +135,13 @@ def draw_timeline(path: str | Path, pts_s: np.ndarray, frame_scores: np.ndarray,
         y = float(py(threshold))
         for x in range(left, width - right, 12):
             draw.line((x, y, min(x + 6, width - right), y), fill=_THRESH, width=1)
-    if ref is not None:
-        _curve(draw, px(t), py(np.clip(ref, y_lo, y_hi)), np.isfinite(ref), _REFERENCE, 1)
+    for (ref, _), colour in zip(refs, _REFERENCES):
+        _curve(draw, px(t), py(np.clip(ref, y_lo, y_hi)), np.isfinite(ref), colour, 1)
     _curve(draw, px(t), py(np.clip(s, y_lo, y_hi)), np.isfinite(s), _CURVE, 2)
     draw.rectangle((left, top, width - right, height - bottom), outline=_AXIS)
 
-    legend = [(_CURVE, "line", signal)] + ([(_REFERENCE, "line", reference[1])] if reference else []) \
-        + ([(_THRESH, "dash", "threshold")] if threshold is not None else []) \
+    legend = [(_CURVE, "line", signal)] + [(colour, "line", name) for (_, name), colour in zip(refs, _REFERENCES)] \
+        + ([(_THRESH, "dash", threshold_label)] if threshold is not None else []) \
         + ([(_EVENT_BAR, "box", "event span (#id)")] if len(events) else [])
     x = _legend(draw, font, legend, width - right, 8)
     room = max(0, (x - 12 - 4) // _CHAR_PX)
