@@ -252,3 +252,21 @@ def test_unconfirmed_detections_make_no_track_event():
     builder = EventBuilder(EventConfig(mode="tracks", min_duration_s=0.5))
     feed(builder, frames, images=False)
     assert builder.finish()[0] == []
+
+
+def test_a_track_wider_than_half_the_frame_makes_no_event():
+    """A band along the frame's edge (the bonnet, a border response) is tracked but raises no event."""
+    builder = EventBuilder(EventConfig(min_duration_s=0.0))
+    band = Instance(bbox=(0, 70, 60, 80), area=600, peak_score=0.9, mean_score=0.9, centroid=(30, 75),
+                    mask=np.ones((10, 60), bool))
+    small = Instance(bbox=(10, 10, 20, 20), area=100, peak_score=0.9, mean_score=0.9, centroid=(15, 15),
+                     mask=np.ones((10, 10), bool))
+    for k in range(6):  # the band is 60 of 100 map px wide in 4 of its 6 frames, the object never
+        wide = band if k < 4 else Instance(bbox=(0, 70, 30, 80), area=300, peak_score=0.9, mean_score=0.9,
+                                           centroid=(15, 75), mask=np.ones((10, 30), bool))
+        builder.add(frame=k, pts_s=k / 10, detections=Detections((wide, small), (1, 2)), image_size=(80, 100))
+    events, _ = builder.finish()
+    assert [ev.track_id for ev in events] == [2]
+    builder = EventBuilder(EventConfig(min_duration_s=0.0, max_width_fraction=0.7))
+    builder.add(frame=0, pts_s=0.0, detections=Detections((band,), (1,)), image_size=(80, 100))
+    assert [ev.track_id for ev in builder.finish()[0]] == [1]

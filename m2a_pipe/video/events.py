@@ -28,7 +28,7 @@ import numpy as np
 
 from m2a_pipe.inference.instances import Instance
 from m2a_pipe.io.layout import EVENTS_FILE
-from m2a_pipe.settings import EVENT_MODES
+from m2a_pipe.settings import EVENT_MAX_WIDTH_FRACTION, EVENT_MODES
 from m2a_pipe.video.detections import Detections, as_detections
 from m2a_pipe.video.thumbnails import thumbnail, write_thumbnail
 
@@ -43,7 +43,8 @@ class EventConfig:
     weakest peak (instance peak score in ``tracks`` mode, frame score in ``frames`` mode).
     ``max_gap_frames``: frames below ``frame_threshold`` bridged inside one ``frames`` event.
     ``thumb_max_px``: longest thumbnail side; ``thumb_margin``: crop margin around the box, as a
-    fraction of the box's longer side.
+    fraction of the box's longer side. ``max_width_fraction``: a track wider than this fraction
+    of the frame in more than half of its frames makes no event (needs the image or its size).
     """
 
     mode: str = "tracks"
@@ -53,6 +54,7 @@ class EventConfig:
     frame_threshold: float = 0.5
     thumb_max_px: int = 256
     thumb_margin: float = 0.25
+    max_width_fraction: float = EVENT_MAX_WIDTH_FRACTION
 
     def __post_init__(self) -> None:
         if self.mode not in EVENT_MODES:
@@ -152,6 +154,7 @@ class _Span:
     max_area_fraction: float | None = None
     bbox_at_peak: list[float] | None = None
     thumb: np.ndarray | None = None
+    n_wide: int = 0  # observed frames whose box is wider than max_width_fraction of the frame
 
 
 class EventBuilder:
@@ -212,7 +215,8 @@ class EventBuilder:
         diffs = diffs[diffs > 0]
         period = float(np.median(diffs)) if diffs.size else 0.0
         keep = [s for s in spans if s.n_frames > 0 and s.peak_score >= self.config.min_peak_score
-                and s.end_s - s.start_s + period >= self.config.min_duration_s - _DURATION_EPS_S]
+                and s.end_s - s.start_s + period >= self.config.min_duration_s - _DURATION_EPS_S
+                and 2 * s.n_wide <= s.n_frames]
         keep.sort(key=lambda s: (s.start_frame, s.end_frame, s.track_id or 0))
         events, thumbs = [], {}
         for event_id, s in enumerate(keep, start=1):
@@ -249,6 +253,9 @@ class EventBuilder:
         """Extend ``span`` to this frame; ``score`` competes for the peak, ``inst`` gives box and area."""
         span.end_key, span.end_frame, span.end_s = obs.key, obs.index, obs.pts_s
         span.n_frames += 1
+        if span.track_id is not None and inst is not None and obs.size:
+            x0, _, x1, _ = inst.box
+            span.n_wide += int((x1 - x0) * obs.scale[0] > self.config.max_width_fraction * obs.size[1])
         if inst is not None and inst.area > span.max_area_px:
             span.max_area_px = int(inst.area)
             if obs.size:
