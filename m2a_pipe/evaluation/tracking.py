@@ -27,8 +27,9 @@ from m2a_pipe.video.events import Event, event_field
 from m2a_pipe.video.mot import read_tracks_csv
 from m2a_pipe.video.tracking import box_iou
 
-MOT_METRICS = ("mota", "idf1", "motp", "num_switches", "num_fragmentations", "num_false_positives", "num_misses", "precision",
-               "recall", "num_frames", "num_objects", "num_predictions", "num_unique_objects", "mostly_tracked")
+MOT_METRICS = ("mota", "idf1", "motp", "num_switches", "num_fragmentations", "num_false_positives", "num_misses",
+               "precision", "recall", "num_frames", "num_objects", "num_predictions", "num_unique_objects",
+               "mostly_tracked")
 _SECONDS_PER_MINUTE = 60.0
 
 GtFrames = dict[int, list[tuple[int, np.ndarray, int]]]  # frame0 -> [(gt id, (4,) xyxy box, pixel area)]

@@ -143,7 +143,8 @@ def anomaly_instances(score_map: np.ndarray, threshold: float, min_area: int = 1
     component's size, for ``min_area``, is that of its *support*, the component of
     ``score_map >= support_threshold`` that holds it (hysteresis: a small object the model
     scores high only at its core keeps the extent of its softer rim; box, mask and ``area``
-    stay those at ``threshold``, so a caller can tell such instances by ``area < min_area``). Returns instances in raster-scan order of their first pixel; NaN scores
+    stay those at ``threshold``, so a caller can tell such instances by ``area < min_area``).
+    Returns instances in raster-scan order of their first pixel; NaN scores
     never pass the threshold.
     """
     scores = to_numpy(score_map)

@@ -72,7 +72,8 @@ def draw_timeline(path: str | Path, pts_s: np.ndarray, frame_scores: np.ndarray,
 
     Args: ``pts_s`` and ``frame_scores`` (T,) float, NaN scores leave gaps; ``signal`` names the
     curve in the legend; ``references``: up to two more (T,) float signals with their names,
-    drawn thin, grey then light blue; ``threshold_label`` names the dashed line; ``events`` as from :meth:`~m2a_pipe.video.events.EventBuilder.finish` or
+    drawn thin, grey then light blue; ``threshold_label`` names the dashed line; ``events`` as
+    from :meth:`~m2a_pipe.video.events.EventBuilder.finish` or
     :func:`~m2a_pipe.video.events.read_events` (or their dicts); ``size`` (width, height) px.
     The y range is [0, 1] when all scores (and the threshold) lie in it, else their range.
     """

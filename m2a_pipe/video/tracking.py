@@ -58,8 +58,14 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from m2a_pipe.inference.instances import Instance, merged_instance
-from m2a_pipe.settings import (DEFAULT_MAX_MISSES, DEFAULT_MIN_HITS, TRACK_MERGE_OVERLAP, TRACK_REJOIN_DISTANCE,
-                               TRACK_REJOIN_FRAMES, check_track_lifetimes)
+from m2a_pipe.settings import (
+    DEFAULT_MAX_MISSES,
+    DEFAULT_MIN_HITS,
+    TRACK_MERGE_OVERLAP,
+    TRACK_REJOIN_DISTANCE,
+    TRACK_REJOIN_FRAMES,
+    check_track_lifetimes,
+)
 from m2a_pipe.video.detections import UNCONFIRMED, Detections
 
 _UNMATCHABLE = 1e9  # cost given to gated pairs so the assignment avoids them
