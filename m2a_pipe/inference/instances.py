@@ -86,9 +86,14 @@ def component_labels(binary: np.ndarray, gap: int = 0) -> tuple[np.ndarray, int]
     ``binary`` (H, W) bool closed by ``gap`` pixels (dilated ``gap`` times, then eroded as many,
     the frame's edge not eroding): pixels up to about ``2 * gap`` background pixels apart, and the
     gaps between them, are one component (a speckled response on a textured object)."""
-    if gap > 0:
-        grown = ndimage.binary_dilation(binary, _EIGHT_CONNECTED, iterations=gap)
-        binary = binary | ndimage.binary_erosion(grown, _EIGHT_CONNECTED, iterations=gap, border_value=1)
+    rows, cols = np.flatnonzero(binary.any(axis=1)), np.flatnonzero(binary.any(axis=0))
+    if gap > 0 and rows.size:  # close only around the pixels that are set
+        y0, y1 = max(rows[0] - 2 * gap, 0), rows[-1] + 2 * gap + 1
+        x0, x1 = max(cols[0] - 2 * gap, 0), cols[-1] + 2 * gap + 1
+        part = binary[y0:y1, x0:x1]
+        grown = ndimage.binary_dilation(part, _EIGHT_CONNECTED, iterations=gap)
+        binary = binary.copy()
+        binary[y0:y1, x0:x1] |= ndimage.binary_erosion(grown, _EIGHT_CONNECTED, iterations=gap, border_value=1)
     return ndimage.label(binary, structure=_EIGHT_CONNECTED)
 
 
@@ -119,9 +124,12 @@ def refined_box(scores: np.ndarray, labels: np.ndarray, label: int, bbox: tuple[
     x1, y1 = min(bbox[2] + 1, width), min(bbox[3] + 1, height)
     fx = x0 + (np.arange((x1 - x0) * upsample) + 0.5) / upsample  # fine pixel centres, map units
     fy = y0 + (np.arange((y1 - y0) * upsample) + 0.5) / upsample
-    gy, gx = np.meshgrid(fy - 0.5, fx - 0.5, indexing="ij")  # cell values sit at cell centres
-    fine = ndimage.map_coordinates(np.nan_to_num(scores.astype(np.float64), nan=-np.inf), [gy, gx],
-                                   order=1, mode="nearest")
+    cx0, cy0 = max(x0 - 1, 0), max(y0 - 1, 0)  # the cells the interpolation reads
+    crop = scores[cy0:min(y1 + 1, height), cx0:min(x1 + 1, width)].astype(np.float64)
+    crop = np.nan_to_num(crop, nan=-1e30, neginf=-1e30)  # NaN never passes
+    (iy, ty), (ix, tx) = _linear_taps(fy - 0.5 - cy0, crop.shape[0]), _linear_taps(fx - 0.5 - cx0, crop.shape[1])
+    rows = crop[iy] * (1 - ty)[:, None] + crop[np.minimum(iy + 1, crop.shape[0] - 1)] * ty[:, None]
+    fine = rows[:, ix] * (1 - tx) + rows[:, np.minimum(ix + 1, crop.shape[1] - 1)] * tx  # bilinear
     owner = labels[np.floor(fy).astype(int)][:, np.floor(fx).astype(int)]
     keep = (fine >= threshold) & ((owner == label) | (owner == 0))
     if not keep.any():
@@ -129,6 +137,14 @@ def refined_box(scores: np.ndarray, labels: np.ndarray, label: int, bbox: tuple[
     rows, cols = np.flatnonzero(keep.any(axis=1)), np.flatnonzero(keep.any(axis=0))
     return (float(x0 + cols[0] / upsample), float(y0 + rows[0] / upsample),
             float(x0 + (cols[-1] + 1) / upsample), float(y0 + (rows[-1] + 1) / upsample))
+
+
+def _linear_taps(positions: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Linear interpolation at ``positions`` (P,) float array coordinates of a length-``size``
+    axis (edge values held beyond it): the (P,) int lower index and (P,) float weight of the next."""
+    pos = np.clip(positions, 0, size - 1)
+    lo = np.floor(pos).astype(int)
+    return lo, pos - lo
 
 
 def anomaly_instances(score_map: np.ndarray, threshold: float, min_area: int = 1, *,
@@ -152,16 +168,20 @@ def anomaly_instances(score_map: np.ndarray, threshold: float, min_area: int = 1
         raise ValueError(f"score_map must be (H, W), got {scores.shape}")
     if upsample < 1 or gap < 0:
         raise ValueError(f"need upsample >= 1 and gap >= 0, got {upsample}, {gap}")
-    labels, _ = component_labels(scores >= threshold, gap)
-    sizes = None
-    if support_threshold is not None and support_threshold < threshold:
-        support, n = component_labels(scores >= support_threshold, gap)
-        sizes = np.bincount(support.ravel(), minlength=n + 1)
+    labels, n = component_labels(scores >= threshold, gap)
+    if support_threshold is not None and support_threshold < threshold and n:
+        support, n_support = component_labels(scores >= support_threshold, gap)
+        support_area = np.bincount(support.ravel(), minlength=n_support + 1)
+        sizes = np.zeros(n + 1, np.int64)
+        sizes[labels.ravel()] = support_area[support.ravel()]  # each component's support's size
+    else:
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
     out = []
-    for bbox, local, sl in components(labels > 0, 1 if sizes is not None else min_area):
-        if sizes is not None and sizes[support[sl][local][0]] < min_area:
+    for label, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None or sizes[label] < min_area:
             continue
-        label = int(labels[sl][local][0])
+        local = labels[sl] == label
+        bbox = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
         fine = refined_box(scores, labels, label, bbox, threshold, upsample) if upsample > 1 else None
         out.append(_instance(scores, bbox, local, sl, fine))
     return out

@@ -147,7 +147,7 @@ class VideoAnalysis:
             instances = [inst for inst in found if inst.area >= s.min_area]
             if low is not None:
                 weak = [inst for inst in found if inst.area < s.min_area]
-                weak += weak_instances(maps.anomaly, low, s.threshold, s.min_area, upsample=self.upsample)
+                weak += weak_instances(maps.anomaly, low, s.threshold, s.min_area)
         else:
             instances = [scored_instance(u, maps.anomaly) for u in maps.unknown]
         self._pending.append((self._counter, index, pts_s, image, maps))
