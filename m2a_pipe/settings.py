@@ -70,7 +70,7 @@ was lost takes its id back."""
 EVENT_MAX_WIDTH_FRACTION = 0.5
 """A track whose box is wider than this fraction of the frame in most of its frames makes no
 event: it is a band (the bonnet, the model's response along the frame's edge, the road), not an
-object ahead."""
+object ahead. Applied to ``components`` instances (panoptic unknown instances are object masks)."""
 TRACK_REJOIN_DISTANCE = 2.0
 """Centre distance, in mean box diagonals, within which a new track rejoins a lost one."""
 

@@ -89,7 +89,8 @@ def mot_metrics(pred_tracks_csv: str | Path, gt_tracks_json: str | Path | Mappin
 
     Returns floats: ``mota``, ``idf1``, ``motp`` (motmetrics' convention: mean ``1 - IoU`` of the
     matches, lower is better), ``mean_iou`` (``1 - motp``), ``num_switches``,
-    ``num_fragmentations`` (a ground-truth track's coverage interrupted), ``num_false_positives``, ``num_misses``, ``precision``, ``recall`` and counts (``num_frames``,
+    ``num_fragmentations`` (a ground-truth track's coverage interrupted), ``num_false_positives``,
+    ``num_misses``, ``precision``, ``recall`` and counts (``num_frames``,
     ``num_objects`` GT boxes, ``num_predictions``, ``num_unique_objects``, ``mostly_tracked``).
     NaN where undefined (e.g. ``motp`` without matches).
     """

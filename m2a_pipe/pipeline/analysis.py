@@ -35,7 +35,7 @@ from m2a_pipe.inference.stage import FrameMaps
 from m2a_pipe.io.hdf5_writer import ScoresWriter
 from m2a_pipe.io.layout import OVERLAY_FILE, SCORES_FILE, SUMMARY_FILE, TIMELINE_FILE, TRACKS_FILE
 from m2a_pipe.io.video_writer import VideoWriter
-from m2a_pipe.settings import INSTANCE_GAP, INSTANCE_MAX_UPSAMPLE, TRACK_WEAK_RATIO
+from m2a_pipe.settings import EVENT_MAX_WIDTH_FRACTION, INSTANCE_GAP, INSTANCE_MAX_UPSAMPLE, TRACK_WEAK_RATIO
 from m2a_pipe.video.detections import Detections
 from m2a_pipe.video.events import Event, EventBuilder, EventConfig, write_events
 from m2a_pipe.video.mot import TracksCsvWriter
@@ -112,8 +112,11 @@ class VideoAnalysis:
             map_attrs={"stride": s.map_stride, "to_source": list(self.to_source), "input_size": list(s.input_size)})
         self.tracker = Tracker(TrackerConfig(min_hits=config.min_hits, max_misses=config.max_misses))
         min_score = config.event_min_score if config.event_min_score is not None else s.threshold
+        # the band rule is for blobs of the thresholded map; mined unknown instances are object masks
+        widest = EVENT_MAX_WIDTH_FRACTION if config.instances == "components" else math.inf
         self.events = EventBuilder(EventConfig(mode=config.event_mode, min_duration_s=config.event_min_duration_s,
-                                               min_peak_score=min_score, frame_threshold=s.threshold))
+                                               min_peak_score=min_score, frame_threshold=s.threshold,
+                                               max_width_fraction=widest))
         self.tracks_csv = TracksCsvWriter(self.workdir / TRACKS_FILE)
         h, w = s.input_size
         self.video = (VideoWriter(self.workdir / OVERLAY_FILE, w, h, s.fps, crf=config.overlay_crf,
