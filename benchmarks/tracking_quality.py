@@ -24,10 +24,17 @@ outputs). Then, from its outputs:
   ground-truth anomaly is there: :func:`m2a_pipe.evaluation.tracking.is_true_event` (a box at the
   peak that intersects a visible ground-truth box, or any ground truth in the span without a box).
 
+* **Events** (``events``, per clip and pooled): ``gt_anomalies`` (ground-truth tracks with a
+  visible box), ``found`` (those with at least one true tracked event), ``true_events``,
+  ``false_events``, ``false_per_minute``, as ``m2a-pipe evaluate tracks`` counts them
+  (:func:`m2a_pipe.evaluation.tracks.event_figures`, visible boxes only).
+
 ``--oracle`` replaces the model by the ground truth: the anomaly map of each frame is the
 clip's ground-truth anomaly mask (``CLIP.gt.h5``) averaged down to the map resolution, so the
 figures measure what comes after the model (instances at 1/4 resolution, the tracker, the
-event rules) with a perfect detector.
+event rules) with a perfect detector. A clip whose ``CLIP.gt.h5`` is not beside it (such as
+examples/drive.mp4) gets it rendered again from the seed, length, rate and size its
+``CLIP.tracks.json`` records, under ``OUT/gt/``.
 
 Prints one JSON object: the command line, then the figures per clip and pooled (MOTA pooled over
 all frames of all clips).
@@ -43,7 +50,8 @@ import h5py
 import numpy as np
 
 from m2a_pipe import process
-from m2a_pipe.evaluation.tracking import false_events, mot_metrics
+from m2a_pipe.evaluation.tracking import false_events, load_gt_tracks, mot_metrics
+from m2a_pipe.evaluation.tracks import event_figures
 from m2a_pipe.inference.instances import Instance
 from m2a_pipe.pipeline.config import ProcessConfig
 from m2a_pipe.video.events import EventBuilder, EventConfig, read_events
@@ -118,6 +126,25 @@ class OracleStage:
                 yield batch, maps
 
 
+def ground_truth_masks(clip: Path, out: Path) -> Path:
+    """``CLIP.gt.h5`` beside the clip, else rendered again (``OUT/gt/STEM.mp4`` and its ground truth)
+    from the synthesis parameters its ``CLIP.tracks.json`` records."""
+    from m2a_pipe.synth.video import gt_paths, write_video
+
+    gt_h5 = clip.with_suffix(".gt.h5")
+    if gt_h5.is_file():
+        return gt_h5
+    meta = json.loads(clip.with_suffix(".tracks.json").read_text())
+    if meta.get("generator") != "m2a-pipe synth":
+        raise SystemExit(f"{clip}: no {gt_h5.name} and no synthesis parameters to render it from")
+    again = out / "gt" / f"{clip.stem}.mp4"
+    if not gt_paths(again)[0].is_file():
+        again.parent.mkdir(parents=True, exist_ok=True)
+        write_video(again, int(meta["seed"]), meta["frames"] / meta["fps"], meta["fps"],
+                    size=(int(meta["width"]), int(meta["height"])), anomalies=meta.get("anomalies", "eval"))
+    return gt_paths(again)[0]
+
+
 def run_oracle(clip: Path, out: Path, config: ProcessConfig) -> Path:
     """The pipeline's sink on one clip with :class:`OracleStage` maps; returns the output folder."""
     from m2a_pipe.inference.stage import map_size
@@ -130,7 +157,7 @@ def run_oracle(clip: Path, out: Path, config: ProcessConfig) -> Path:
     model_config, _ = read_metadata(resolve(config.weights))
     info = ModelInfo(weights="oracle", sha256="", config=model_config, threshold=0.5)
     job = VideoJob(VideoInput(source=clip.resolve(), rel=clip.stem), out, config.updated(overwrite=True), info).open()
-    stage = OracleStage(clip.with_suffix(".gt.h5"), map_size(job.input_size, config.map_stride))
+    stage = OracleStage(ground_truth_masks(clip, out), map_size(job.input_size, config.map_stride))
     result = run_job(job, stage, batch_size=1, queue_size=config.queue_size)
     return Path(result.out_dir)
 
@@ -157,7 +184,13 @@ def evaluate_clip(clip: Path, out: Path, config: ProcessConfig, oracle: bool = F
             "single_frames": frame_alarms(folder / "scores.h5", config, None)}
     result["alarms"] = {name: {"total": len(alarms), "false": len(false_events(alarms, gt_json))}
                         for name, alarms in ways.items()}
+    gt, _ = load_gt_tracks(gt_json)
+    figures = event_figures(ways["tracked_events"], gt, result["minutes"], min_gt_area)
+    result["events"] = {k: figures[k] for k in EVENT_KEYS}
     return result
+
+
+EVENT_KEYS = ("gt_anomalies", "found", "true_events", "false_events", "false_per_minute")
 
 
 def pooled(results: list[dict]) -> dict:
@@ -173,6 +206,8 @@ def pooled(results: list[dict]) -> dict:
         total = sum(r["alarms"][name]["total"] for r in results)
         false = sum(r["alarms"][name]["false"] for r in results)
         out[name] = {"alarms": total, "false": false, "false_per_minute": round(false / minutes, 2)}
+    events = {k: sum(r["events"][k] for r in results) for k in EVENT_KEYS[:4]}
+    out["events"] = {**events, "false_per_minute": round(events["false_events"] / minutes, 3)}
     return out
 
 

@@ -51,6 +51,28 @@ EVENT_MODES = ("tracks", "frames")
 """Events from confirmed tracks, or from runs of frames whose score passes the threshold."""
 DEFAULT_MIN_HITS = 3
 DEFAULT_MAX_MISSES = 5
+INSTANCE_GAP = 1
+"""The thresholded map is closed by this many cells before its blobs are found, so the speckled
+response of a textured object and the fragments of one object make one instance."""
+INSTANCE_MAX_UPSAMPLE = 8
+"""Largest factor by which an instance's box is refined below the map grid (the pipeline uses the
+map-to-source scale, rounded up, at most this)."""
+TRACK_WEAK_RATIO = 0.6
+"""Weak detections, for bounded scores: blobs peaking between ``TRACK_WEAK_RATIO * threshold`` and
+the threshold, and blobs over the threshold that reach the minimum area only with their rim over
+``TRACK_WEAK_RATIO * threshold``; they only extend confirmed tracks (second association stage)."""
+TRACK_MERGE_OVERLAP = 0.5
+"""A detection left over with at least this fraction of its box inside a matched track's box
+(grown by a quarter of its size) is a fragment of that track's object and merged into it."""
+TRACK_REJOIN_FRAMES = 30
+"""Frames a lost confirmed track is remembered: a new track confirmed within them near where it
+was lost takes its id back."""
+EVENT_MAX_WIDTH_FRACTION = 0.5
+"""A track whose box is wider than this fraction of the frame in most of its frames makes no
+event: it is a band (the bonnet, the model's response along the frame's edge, the road), not an
+object ahead. Applied to ``components`` instances (panoptic unknown instances are object masks)."""
+TRACK_REJOIN_DISTANCE = 2.0
+"""Centre distance, in mean box diagonals, within which a new track rejoins a lost one."""
 
 
 def check_track_lifetimes(min_hits: int, max_misses: int) -> None:

@@ -190,6 +190,14 @@ def check_tracking_report(report: dict) -> None:
         assert 0 <= alarms["false"] <= alarms["alarms"], alarms
         assert alarms["false_per_minute"] == pytest.approx(alarms["false"] / clip["minutes"], abs=0.01)
         assert clip["alarms"][name] == {"total": alarms["alarms"], "false": alarms["false"]}
+    events = pooled["events"]
+    assert set(events) == set(clip["events"]) == {"gt_anomalies", "found", "true_events", "false_events",
+                                                  "false_per_minute"}
+    assert 0 <= events["found"] <= events["gt_anomalies"] <= clip["gt_tracks"]
+    assert events["true_events"] + events["false_events"] == pooled["tracked_events"]["alarms"]
+    # (false_events may exceed tracked_events' false: only visible ground-truth boxes make an event true)
+    assert events["false_events"] >= pooled["tracked_events"]["false"]
+    assert events["false_per_minute"] == pytest.approx(events["false_events"] / clip["minutes"], abs=0.01)
 
 
 def test_tracking_quality_oracle(oracle_run):
@@ -204,6 +212,7 @@ def test_tracking_quality_oracle(oracle_run):
     assert visible["num_switches"] == 0
     # each anomaly raises an event, and none is false
     assert pooled["tracked_events"]["alarms"] >= 1 and pooled["tracked_events"]["false"] == 0
+    assert pooled["events"]["found"] == pooled["events"]["gt_anomalies"] >= 1
 
 
 def test_tracking_quality_model(oracle_run, tmp_path):

@@ -13,7 +13,7 @@ from m2a_pipe.video.detections import Detections, as_detections
 from m2a_pipe.video.events import Event, EventBuilder, EventConfig, read_events, write_events
 from m2a_pipe.video.mot import TracksCsvWriter, read_tracks_csv, write_tracks_csv
 from m2a_pipe.video.thumbnails import thumbnail, thumbnail_name, write_thumbnail
-from m2a_pipe.video.timeline import draw_timeline, nice_step
+from m2a_pipe.video.timeline import draw_timeline, event_lanes, nice_step
 
 FPS = 10.0
 IMG_H, IMG_W = 400, 640  # frames; the map is 1/4 of it
@@ -182,6 +182,30 @@ def test_timeline_png(tmp_path):
         assert im.size == (1200, 300)
 
 
+def test_timeline_label_rows_never_overlap():
+    # spans in pixels, labels 20 px wide: overlapping or close events go to the next row
+    assert event_lanes([(0, 50), (10, 60), (20, 30), (100, 120), (105, 110)], [20] * 5) == [0, 1, 2, 0, 1]
+    assert event_lanes([(0, 5), (8, 12)], [20, 20]) == [0, 1]  # short spans: the label's width counts
+    assert event_lanes([(i, i + 1) for i in range(7)], [20] * 7) == [0, 1, 2, 3, 4, -1, -1]  # no room: no label
+
+
+def test_timeline_legend_reference_and_busy_events(tmp_path):
+    t = np.arange(200) / 10.0
+    tracked = np.where((t > 3) & (t < 15), 0.8, np.nan)
+    p99 = np.full(200, 0.2)
+    events = [Event(i, "track", i, 30 + 5 * i, 60 + 5 * i, 3 + 0.5 * i, 6 + 0.5 * i, 3.1, 30, 0.8, 40, 4.0, 10,
+                    None, None) for i in range(1, 13)]  # twelve overlapping events
+    path = tmp_path / "timeline.png"
+    draw_timeline(path, t, tracked, events, threshold=0.5, title="busy.mp4", signal="tracked score",
+                  references=[(p99, "99th percentile")])
+    arr = np.asarray(Image.open(path).convert("RGB"))
+    assert (np.all(arr == (160, 160, 160), axis=2)).sum() > 500  # the reference curve (and its legend line)
+    assert (np.all(arr == (30, 80, 200), axis=2)).sum() > 500  # the signal, thick
+    assert (np.all(arr == (235, 150, 60), axis=2)).sum() > 5 * 2 * 100  # a bar in each of the 5 rows
+    with pytest.raises(ValueError):
+        draw_timeline(path, t, tracked, references=[(p99[:5], "short")])
+
+
 def test_nice_step():
     assert nice_step(10.0, 10) == 1.0 and nice_step(95.0, 10) == 10.0 and nice_step(0.8, 4) == 0.2
 
@@ -228,3 +252,21 @@ def test_unconfirmed_detections_make_no_track_event():
     builder = EventBuilder(EventConfig(mode="tracks", min_duration_s=0.5))
     feed(builder, frames, images=False)
     assert builder.finish()[0] == []
+
+
+def test_a_track_wider_than_half_the_frame_makes_no_event():
+    """A band along the frame's edge (the bonnet, a border response) is tracked but raises no event."""
+    builder = EventBuilder(EventConfig(min_duration_s=0.0))
+    band = Instance(bbox=(0, 70, 60, 80), area=600, peak_score=0.9, mean_score=0.9, centroid=(30, 75),
+                    mask=np.ones((10, 60), bool))
+    small = Instance(bbox=(10, 10, 20, 20), area=100, peak_score=0.9, mean_score=0.9, centroid=(15, 15),
+                     mask=np.ones((10, 10), bool))
+    for k in range(6):  # the band is 60 of 100 map px wide in 4 of its 6 frames, the object never
+        wide = band if k < 4 else Instance(bbox=(0, 70, 30, 80), area=300, peak_score=0.9, mean_score=0.9,
+                                           centroid=(15, 75), mask=np.ones((10, 30), bool))
+        builder.add(frame=k, pts_s=k / 10, detections=Detections((wide, small), (1, 2)), image_size=(80, 100))
+    events, _ = builder.finish()
+    assert [ev.track_id for ev in events] == [2]
+    builder = EventBuilder(EventConfig(min_duration_s=0.0, max_width_fraction=0.7))
+    builder.add(frame=0, pts_s=0.0, detections=Detections((band,), (1,)), image_size=(80, 100))
+    assert [ev.track_id for ev in builder.finish()[0]] == [1]

@@ -27,8 +27,9 @@ from m2a_pipe.video.events import Event, event_field
 from m2a_pipe.video.mot import read_tracks_csv
 from m2a_pipe.video.tracking import box_iou
 
-MOT_METRICS = ("mota", "idf1", "motp", "num_switches", "num_false_positives", "num_misses", "precision",
-               "recall", "num_frames", "num_objects", "num_predictions", "num_unique_objects", "mostly_tracked")
+MOT_METRICS = ("mota", "idf1", "motp", "num_switches", "num_fragmentations", "num_false_positives", "num_misses",
+               "precision", "recall", "num_frames", "num_objects", "num_predictions", "num_unique_objects",
+               "mostly_tracked")
 _SECONDS_PER_MINUTE = 60.0
 
 GtFrames = dict[int, list[tuple[int, np.ndarray, int]]]  # frame0 -> [(gt id, (4,) xyxy box, pixel area)]
@@ -88,7 +89,8 @@ def mot_metrics(pred_tracks_csv: str | Path, gt_tracks_json: str | Path | Mappin
 
     Returns floats: ``mota``, ``idf1``, ``motp`` (motmetrics' convention: mean ``1 - IoU`` of the
     matches, lower is better), ``mean_iou`` (``1 - motp``), ``num_switches``,
-    ``num_false_positives``, ``num_misses``, ``precision``, ``recall`` and counts (``num_frames``,
+    ``num_fragmentations`` (a ground-truth track's coverage interrupted), ``num_false_positives``,
+    ``num_misses``, ``precision``, ``recall`` and counts (``num_frames``,
     ``num_objects`` GT boxes, ``num_predictions``, ``num_unique_objects``, ``mostly_tracked``).
     NaN where undefined (e.g. ``motp`` without matches).
     """

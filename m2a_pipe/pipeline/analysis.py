@@ -3,7 +3,9 @@
 A :class:`VideoAnalysis` receives the frames of one video **in order** with their
 :class:`~m2a_pipe.inference.stage.FrameMaps` and writes the video's output folder:
 
-    per frame: frame scores -> instances (connected components of the thresholded map, or
+    per frame: frame scores -> instances (connected components of the thresholded map closed by
+               a cell, boxes refined at the source's precision, plus weak blobs: under the
+               threshold, or large enough only with their rim; or
                the mined unknown instances of open-set panoptic segmentation)
                -> tracker (ids come back with a lag of min_hits - 1 frames, as
                   :class:`~m2a_pipe.video.detections.Detections`)
@@ -20,6 +22,7 @@ The analysis writes into ``workdir`` (a temporary folder); the runner renames it
 from __future__ import annotations
 
 import json
+import math
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,16 +30,17 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from m2a_pipe.inference.instances import anomaly_instances, scored_instance
+from m2a_pipe.inference.instances import anomaly_instances, scored_instance, weak_instances
 from m2a_pipe.inference.stage import FrameMaps
 from m2a_pipe.io.hdf5_writer import ScoresWriter
 from m2a_pipe.io.layout import OVERLAY_FILE, SCORES_FILE, SUMMARY_FILE, TIMELINE_FILE, TRACKS_FILE
 from m2a_pipe.io.video_writer import VideoWriter
+from m2a_pipe.settings import EVENT_MAX_WIDTH_FRACTION, INSTANCE_GAP, INSTANCE_MAX_UPSAMPLE, TRACK_WEAK_RATIO
 from m2a_pipe.video.detections import Detections
 from m2a_pipe.video.events import Event, EventBuilder, EventConfig, write_events
 from m2a_pipe.video.mot import TracksCsvWriter
 from m2a_pipe.video.render import overlay, timecode
-from m2a_pipe.video.timeline import draw_timeline
+from m2a_pipe.video.timeline import SIGNAL_NO_EVENT, SIGNAL_P99, SIGNAL_TRACKED, draw_timeline
 from m2a_pipe.video.tracking import FrameTracks, Tracker, TrackerConfig
 
 SCORE_PERCENTILE = 99.0
@@ -60,6 +64,21 @@ class AnalysisSettings:
     min_area: int
     bounded: bool
     map_stride: int
+
+
+def track_peaks(detections: Detections) -> dict[int, float]:
+    """The highest peak score of each confirmed track in a frame, by track id."""
+    peaks: dict[int, float] = {}
+    for inst, tid in detections.confirmed():
+        peaks[tid] = max(peaks.get(tid, -math.inf), inst.peak_score)
+    return peaks
+
+
+def tracked_score(frames: list[dict[int, float]], track_ids: set[int], keep: bool = True) -> np.ndarray:
+    """(T,) float64: per frame, the highest peak of the tracks in ``track_ids`` (``keep``) or of the
+    others, NaN where there is none -- the signal ``tracks``-mode events are made from."""
+    return np.array([max((v for tid, v in peaks.items() if (tid in track_ids) == keep), default=math.nan)
+                     for peaks in frames], dtype=np.float64)
 
 
 def frame_scores(anomaly: np.ndarray, threshold: float) -> tuple[float, float, float]:
@@ -86,14 +105,18 @@ class VideoAnalysis:
         self.to_source = (s.source_size[1] / s.input_size[1] * s.map_stride,
                           s.source_size[0] / s.input_size[0] * s.map_stride)
         self.to_input = (s.map_stride, s.map_stride)
+        self.upsample = max(1, min(INSTANCE_MAX_UPSAMPLE, math.ceil(max(self.to_source))))
         self.scores = ScoresWriter(
             self.workdir / SCORES_FILE, attrs,
             map_shape=s.map_shape if config.save_maps else None, bounded=s.bounded, semantic=config.save_semantic,
             map_attrs={"stride": s.map_stride, "to_source": list(self.to_source), "input_size": list(s.input_size)})
         self.tracker = Tracker(TrackerConfig(min_hits=config.min_hits, max_misses=config.max_misses))
         min_score = config.event_min_score if config.event_min_score is not None else s.threshold
+        # the band rule is for blobs of the thresholded map; mined unknown instances are object masks
+        widest = EVENT_MAX_WIDTH_FRACTION if config.instances == "components" else math.inf
         self.events = EventBuilder(EventConfig(mode=config.event_mode, min_duration_s=config.event_min_duration_s,
-                                               min_peak_score=min_score, frame_threshold=s.threshold))
+                                               min_peak_score=min_score, frame_threshold=s.threshold,
+                                               max_width_fraction=widest))
         self.tracks_csv = TracksCsvWriter(self.workdir / TRACKS_FILE)
         h, w = s.input_size
         self.video = (VideoWriter(self.workdir / OVERLAY_FILE, w, h, s.fps, crf=config.overlay_crf,
@@ -104,6 +127,7 @@ class VideoAnalysis:
         self._last_pts: float | None = None
         self._pts: list[float] = []
         self._frame_score: list[float] = []
+        self._track_peaks: list[dict[int, float]] = []
 
     @property
     def frames_received(self) -> int:
@@ -116,12 +140,21 @@ class VideoAnalysis:
         """One frame in processing order: source ``index``, ``pts_s``, the (h, w, 3) uint8
         network-input image, and its maps."""
         s = self.settings
+        weak = []
         if maps.unknown is None:
-            instances = anomaly_instances(maps.anomaly, s.threshold, s.min_area)
+            # a fraction of the threshold is a weaker score only for scores in [0, 1]
+            low = TRACK_WEAK_RATIO * s.threshold if s.bounded else None
+            found = anomaly_instances(maps.anomaly, s.threshold, s.min_area, upsample=self.upsample,
+                                      gap=INSTANCE_GAP, support_threshold=low)
+            # blobs large only with their softer rim may extend a track but not start one
+            instances = [inst for inst in found if inst.area >= s.min_area]
+            if low is not None:
+                weak = [inst for inst in found if inst.area < s.min_area]
+                weak += weak_instances(maps.anomaly, low, s.threshold, s.min_area)
         else:
             instances = [scored_instance(u, maps.anomaly) for u in maps.unknown]
         self._pending.append((self._counter, index, pts_s, image, maps))
-        for final in self.tracker.update(self._counter, instances):
+        for final in self.tracker.update(self._counter, instances, weak):
             self._emit(final)
         self._counter += 1
 
@@ -140,6 +173,7 @@ class VideoAnalysis:
                         frame_score=score_p99, image=image, scale=self.to_input)
         self._pts.append(pts_s)
         self._frame_score.append(score_p99)
+        self._track_peaks.append(track_peaks(detections))
         if self.video is not None:
             picture = overlay(image, maps.anomaly, detections=detections, timecode=timecode(pts_s, index),
                               threshold=s.threshold)
@@ -152,15 +186,17 @@ class VideoAnalysis:
         boxes and areas in source pixels."""
         sx, sy = self.to_source
         for inst, tid in detections:
-            box = self._source_box(inst.bbox)
+            box = self._source_box(inst.box)
             self.scores.add_instance(index, tid, box, inst.area * sx * sy, inst.mean_score, inst.peak_score)
         for inst, tid in detections.confirmed():
-            self.tracks_csv.write(counter, tid, self._source_box(inst.bbox), inst.mean_score)
+            self.tracks_csv.write(counter, tid, self._source_box(inst.box), inst.mean_score)
 
-    def _source_box(self, bbox: tuple[int, int, int, int]) -> tuple[float, float, float, float]:
-        """A map-pixel (x0, y0, x1, y1) box in source pixels."""
+    def _source_box(self, bbox: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        """A map-pixel (x0, y0, x1, y1) box in source pixels, clipped to the frame (the map's last
+        cells can reach past it: the network input is padded)."""
         (sx, sy), (x0, y0, x1, y1) = self.to_source, bbox
-        return (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
+        height, width = self.settings.source_size
+        return (min(x0 * sx, width), min(y0 * sy, height), min(x1 * sx, width), min(y1 * sy, height))
 
     # -- end -------------------------------------------------------------------------
 
@@ -177,12 +213,28 @@ class VideoAnalysis:
         events, thumbnails = self.events.finish()
         events = [self._in_source_pixels(ev) for ev in events]
         write_events(self.workdir, events, thumbnails)
-        draw_timeline(self.workdir / TIMELINE_FILE, np.asarray(self._pts), np.asarray(self._frame_score), events,
-                      threshold=self.settings.threshold, title=str(attrs.get("source", "")))
+        self._draw_timeline(events, str(attrs.get("source", "")))
         self.scores.close(status=status, error=error, n_events=len(events), **attrs)
         summary = {"status": status, "error": error or "", "frames": self.scores.n_frames, "events": len(events)}
         (self.workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
         return summary
+
+    def _draw_timeline(self, events: list[Event], title: str) -> None:
+        """timeline.png: the signal the events were made from (``tracks`` mode: the tracked score of
+        the tracks that made events; ``frames`` mode: the 99th percentile of the map) against the
+        value it is held to, the others thin (:mod:`m2a_pipe.video.timeline`)."""
+        pts, p99 = np.asarray(self._pts), np.asarray(self._frame_score)
+        event_cfg = self.events.config
+        if event_cfg.mode == "tracks":
+            ids = {ev.track_id for ev in events}
+            draw_timeline(self.workdir / TIMELINE_FILE, pts, tracked_score(self._track_peaks, ids), events,
+                          threshold=event_cfg.min_peak_score, threshold_label="event min. peak score", title=title,
+                          signal=SIGNAL_TRACKED, references=[(p99, SIGNAL_P99),
+                                                             (tracked_score(self._track_peaks, ids, False),
+                                                              SIGNAL_NO_EVENT)])
+        else:
+            draw_timeline(self.workdir / TIMELINE_FILE, pts, p99, events, threshold=event_cfg.frame_threshold,
+                          title=title, signal=SIGNAL_P99)
 
     def _in_source_pixels(self, event: Event) -> Event:
         """The event's box and area in source pixels, as /instances and tracks.csv (the builder
@@ -192,9 +244,8 @@ class VideoAnalysis:
         if event.bbox_at_peak is None:
             return replace(event, max_area_px=area)
         x0, y0, x1, y1 = event.bbox_at_peak
-        fx, fy = mx / ix, my / iy
-        return replace(event, max_area_px=area,
-                       bbox_at_peak=[round(x0 * fx, 2), round(y0 * fy, 2), round(x1 * fx, 2), round(y1 * fy, 2)])
+        box = self._source_box((x0 / ix, y0 / iy, x1 / ix, y1 / iy))
+        return replace(event, max_area_px=area, bbox_at_peak=[round(v, 2) for v in box])
 
     def abort(self) -> None:
         """Close the open files without finishing (the caller deletes the folder)."""

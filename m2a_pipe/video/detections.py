@@ -28,6 +28,9 @@ class Detections:
     ``/instances`` of ``scores.h5`` (with ``track_id`` 0) and drawn as a grey contour, but never
     reaches ``tracks.csv`` nor a ``tracks``-mode event.
 
+    Out of the tracker, the instances are the frame's detections (fragments of one object merged
+    into one) followed by the weak detections that extended a confirmed track.
+
     The two lengths must match (ValueError); both are stored as tuples. Instances without ids
     (not tracked) are :meth:`untracked`.
     """

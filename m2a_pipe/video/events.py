@@ -28,7 +28,7 @@ import numpy as np
 
 from m2a_pipe.inference.instances import Instance
 from m2a_pipe.io.layout import EVENTS_FILE
-from m2a_pipe.settings import EVENT_MODES
+from m2a_pipe.settings import EVENT_MAX_WIDTH_FRACTION, EVENT_MODES
 from m2a_pipe.video.detections import Detections, as_detections
 from m2a_pipe.video.thumbnails import thumbnail, write_thumbnail
 
@@ -43,7 +43,8 @@ class EventConfig:
     weakest peak (instance peak score in ``tracks`` mode, frame score in ``frames`` mode).
     ``max_gap_frames``: frames below ``frame_threshold`` bridged inside one ``frames`` event.
     ``thumb_max_px``: longest thumbnail side; ``thumb_margin``: crop margin around the box, as a
-    fraction of the box's longer side.
+    fraction of the box's longer side. ``max_width_fraction``: a track wider than this fraction
+    of the frame in more than half of its frames makes no event (needs the image or its size).
     """
 
     mode: str = "tracks"
@@ -53,6 +54,7 @@ class EventConfig:
     frame_threshold: float = 0.5
     thumb_max_px: int = 256
     thumb_margin: float = 0.25
+    max_width_fraction: float = EVENT_MAX_WIDTH_FRACTION
 
     def __post_init__(self) -> None:
         if self.mode not in EVENT_MODES:
@@ -108,11 +110,17 @@ class Event:
 # --------------------------------------------------------------------------------------
 
 
-def scaled_box(bbox: Sequence[float], scale: tuple[float, float]) -> list[float]:
-    """(x0, y0, x1, y1) map box -> image box [x0, y0, x1, y1] (floats, rounded to 0.01 px)."""
+def scaled_box(bbox: Sequence[float], scale: tuple[float, float],
+               size: tuple[int, int] | None = None) -> list[float]:
+    """(x0, y0, x1, y1) map box -> image box [x0, y0, x1, y1] (floats, rounded to 0.01 px),
+    clipped to an image of ``size`` (H, W) when given."""
     sx, sy = scale
     x0, y0, x1, y1 = bbox
-    return [round(x0 * sx, 2), round(y0 * sy, 2), round(x1 * sx, 2), round(y1 * sy, 2)]
+    box = [x0 * sx, y0 * sy, x1 * sx, y1 * sy]
+    if size is not None:
+        height, width = size
+        box = [min(max(v, 0.0), lim) for v, lim in zip(box, (width, height, width, height))]
+    return [round(v, 2) for v in box]
 
 
 def _as_scale(scale: float | Sequence[float]) -> tuple[float, float]:
@@ -146,6 +154,7 @@ class _Span:
     max_area_fraction: float | None = None
     bbox_at_peak: list[float] | None = None
     thumb: np.ndarray | None = None
+    n_wide: int = 0  # observed frames whose box is wider than max_width_fraction of the frame
 
 
 class EventBuilder:
@@ -187,7 +196,7 @@ class EventBuilder:
         index = int(frame if source_index is None else source_index)
         size = image.shape[:2] if image is not None else image_size
         obs = _Observation(int(frame), index, float(pts_s), image, _as_scale(scale),
-                           None if size is None else int(size[0]) * int(size[1]))
+                           None if size is None else (int(size[0]), int(size[1])))
         detections = as_detections(detections)
         if self.config.mode == "tracks":
             for inst, tid in detections.confirmed():
@@ -206,7 +215,8 @@ class EventBuilder:
         diffs = diffs[diffs > 0]
         period = float(np.median(diffs)) if diffs.size else 0.0
         keep = [s for s in spans if s.n_frames > 0 and s.peak_score >= self.config.min_peak_score
-                and s.end_s - s.start_s + period >= self.config.min_duration_s - _DURATION_EPS_S]
+                and s.end_s - s.start_s + period >= self.config.min_duration_s - _DURATION_EPS_S
+                and 2 * s.n_wide <= s.n_frames]
         keep.sort(key=lambda s: (s.start_frame, s.end_frame, s.track_id or 0))
         events, thumbs = [], {}
         for event_id, s in enumerate(keep, start=1):
@@ -243,13 +253,17 @@ class EventBuilder:
         """Extend ``span`` to this frame; ``score`` competes for the peak, ``inst`` gives box and area."""
         span.end_key, span.end_frame, span.end_s = obs.key, obs.index, obs.pts_s
         span.n_frames += 1
+        if span.track_id is not None and inst is not None and obs.size:
+            x0, _, x1, _ = inst.box
+            span.n_wide += int((x1 - x0) * obs.scale[0] > self.config.max_width_fraction * obs.size[1])
         if inst is not None and inst.area > span.max_area_px:
             span.max_area_px = int(inst.area)
-            if obs.frame_px:
-                span.max_area_fraction = round(inst.area * obs.scale[0] * obs.scale[1] / obs.frame_px, 6)
+            if obs.size:
+                frame_px = obs.size[0] * obs.size[1]
+                span.max_area_fraction = round(inst.area * obs.scale[0] * obs.scale[1] / frame_px, 6)
         if score > span.peak_score:
             span.peak_score, span.peak_frame, span.peak_s = score, obs.index, obs.pts_s
-            span.bbox_at_peak = scaled_box(inst.bbox, obs.scale) if inst is not None else None
+            span.bbox_at_peak = scaled_box(inst.box, obs.scale, obs.size) if inst is not None else None
             if obs.image is not None and score >= self.config.min_peak_score:
                 box = span.bbox_at_peak or [0, 0, obs.image.shape[1], obs.image.shape[0]]
                 span.thumb = thumbnail(obs.image, box, self.config.thumb_margin, self.config.thumb_max_px)
@@ -257,14 +271,14 @@ class EventBuilder:
 
 @dataclass(frozen=True)
 class _Observation:
-    """One frame as the builder sees it; ``frame_px`` is H * W of the image (None if unknown)."""
+    """One frame as the builder sees it; ``size`` is (H, W) of the image (None if unknown)."""
 
     key: int
     index: int
     pts_s: float
     image: np.ndarray | None
     scale: tuple[float, float]
-    frame_px: int | None
+    size: tuple[int, int] | None
 
 
 # --------------------------------------------------------------------------------------

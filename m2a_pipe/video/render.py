@@ -175,7 +175,7 @@ def overlay(image: np.ndarray, anomaly: np.ndarray, *, detections: Detections | 
         colour = track_colour(tid)
         cv2.polylines(out, _contour_polylines(inst, sx, sy), True, colour, thickness, cv2.LINE_AA)
         if tid:
-            x0, y0, x1, y1 = inst.bbox
+            x0, y0, x1, y1 = inst.box
             p0 = (int(round(x0 * sx)), int(round(y0 * sy)))
             p1 = (int(round(x1 * sx)) - 1, int(round(y1 * sy)) - 1)
             cv2.rectangle(out, p0, p1, colour, thickness)

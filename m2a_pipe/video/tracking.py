@@ -1,35 +1,51 @@
 """Tracking of anomaly instances across the frames of one video (the one stateful post-processor).
 
-Per :meth:`Tracker.update` call:
+Per :meth:`Tracker.update` call, with the frame's detections and, optionally, its *weak*
+detections (blobs the model is unsure of, see :func:`m2a_pipe.inference.instances.weak_instances`):
 
 1. **Predict** every live track's box with a constant-velocity alpha-beta filter on the box state
-   ``(cx, cy, w, h)`` (centre and size, pixels of the map the instances come from) and its
-   velocity (pixels per frame-key unit): ``x_pred = x + v * dt`` with ``dt`` the difference of
-   the frame keys (1 for the pipeline's processed-frame counter).
-2. **Associate** with the Hungarian algorithm (:func:`scipy.optimize.linear_sum_assignment`) on
+   ``(cx, cy, w, h)`` (centre and size, pixels of the map the instances come from, refined boxes
+   where the instances have them) and its velocity (pixels per frame-key unit):
+   ``x_pred = x + v * dt`` with ``dt`` the difference of the frame keys (1 for the pipeline's
+   processed-frame counter).
+2. **Associate** in stages with the Hungarian algorithm (:func:`scipy.optimize.linear_sum_assignment`) on
 
        cost = iou_weight * (1 - IoU(pred, det)) + distance_weight * |c_pred - c_det| / s
 
    where ``s`` is the mean of the two box diagonals, so a small fast object whose predicted box
-   no longer overlaps its detection can still match when it is within about one box size. For a
-   track seen once (velocity still unknown) ``s`` is multiplied by ``first_match_slack``.
-   Pairs with ``cost > max_cost`` are never matched (gating). Confirmed tracks (coasting ones
-   included) are matched first, tentative tracks get the detections left over, so a fresh
-   false positive cannot steal an established object's detection.
-3. **Correct** matched tracks: ``r = z - x_pred; x = x_pred + alpha * r; v = v + beta / dt * r``
+   no longer overlaps its detection can still match when it is within about one box size; ``s``
+   is multiplied by ``first_match_slack`` for a track seen once (velocity still unknown) and by
+   ``1 + coast_slack * misses`` for a track coasting through misses. Pairs with
+   ``cost > max_cost`` are never matched (gating).
+   (a) confirmed tracks (coasting ones included) take detections first, (b) tentative tracks get
+   the detections left over, so a fresh false positive cannot steal an established object's
+   detection, (c) confirmed tracks still unmatched take weak detections (two-stage association
+   with low-score detections): a small or faint object whose score dips under the threshold for
+   a few frames keeps its track and its boxes.
+3. **Merge fragments**: a detection left over with at least ``merge_overlap`` of its box inside
+   the box of a track matched in this frame (the union of its prediction and its detection, grown
+   by a quarter of its size) is a piece of the same object and is merged into that detection
+   (:func:`~m2a_pipe.inference.instances.merged_instance`), so one object never starts a second
+   track.
+4. **Correct** matched tracks: ``r = z - x_pred; x = x_pred + alpha * r; v = v + beta / dt * r``
    (the second hit sets the velocity to the observed displacement, the first sets ``v = 0``).
    Unmatched tracks coast: ``x = x_pred``.
-4. **Birth / death**: an unmatched detection starts a *tentative* track; it is *confirmed* when it
+5. **Birth / death**: an unmatched detection starts a *tentative* track; it is *confirmed* when it
    is hit in each of its first ``min_hits`` update calls and dropped at its first miss before
    that. A confirmed track survives up to ``max_misses`` consecutive missed calls (coasting on
-   its prediction; nothing is emitted for it then) and is deleted at the next miss.
+   its prediction; nothing is emitted for it then) and is then *lost*: remembered for
+   ``rejoin_frames`` frame keys.
+6. **Rejoin**: a track confirmed within ``rejoin_distance`` mean box diagonals of a lost or
+   coasting confirmed track (the nearest) is the same object found again: it takes that track's
+   id (and a coasting one is ended), so a re-found object continues its track and its event.
 
-Ids are 1, 2, 3, ... given **at confirmation**, in confirmation order (ties: birth order), so they
-have no gaps and are never reused. Output comes with a fixed lag of ``min_hits - 1`` calls: the
-frame given to the k-th call is final after call ``k + lag`` (by then every track holding one of
-its detections has been confirmed or dropped), so even the first frames of a track carry its id.
-Each final frame comes as a :class:`FrameTracks`: its key and its
-:class:`~m2a_pipe.video.detections.Detections` (the instances given, each with its id).
+Ids are 1, 2, 3, ... given **at confirmation** to tracks that rejoin none, in confirmation order
+(ties: birth order), so they have no gaps and are never given to another object. Output comes
+with a fixed lag of ``min_hits - 1`` calls: the frame given to the k-th call is final after call
+``k + lag`` (by then every track holding one of its detections has been confirmed or dropped), so
+even the first frames of a track carry its id. Each final frame comes as a :class:`FrameTracks`:
+its key and its :class:`~m2a_pipe.video.detections.Detections` (the detections given, fragments
+merged, in the order given, then the weak detections that extended a track).
 """
 
 from __future__ import annotations
@@ -41,8 +57,15 @@ from typing import Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from m2a_pipe.inference.instances import Instance
-from m2a_pipe.settings import DEFAULT_MAX_MISSES, DEFAULT_MIN_HITS, check_track_lifetimes
+from m2a_pipe.inference.instances import Instance, merged_instance
+from m2a_pipe.settings import (
+    DEFAULT_MAX_MISSES,
+    DEFAULT_MIN_HITS,
+    TRACK_MERGE_OVERLAP,
+    TRACK_REJOIN_DISTANCE,
+    TRACK_REJOIN_FRAMES,
+    check_track_lifetimes,
+)
 from m2a_pipe.video.detections import UNCONFIRMED, Detections
 
 _UNMATCHABLE = 1e9  # cost given to gated pairs so the assignment avoids them
@@ -63,6 +86,11 @@ class TrackerConfig:
     is multiplied by this, so a fast object is caught on its second frame (default: up to two
     diagonals away at IoU 0).
     ``alpha`` / ``beta``: alpha-beta filter gains on the state and its velocity, in (0, 1].
+    ``coast_slack``: growth of the distance scale per missed call of a coasting track.
+    ``merge_overlap``: fraction of a left-over detection's box inside a matched track's grown box
+    that makes it a fragment of that track's object (> 1: never merge).
+    ``rejoin_frames`` / ``rejoin_distance``: how long (frame keys) a lost track is remembered and
+    how near (mean box diagonals) a new track must be confirmed to take its id (0: never rejoin).
     """
 
     min_hits: int = DEFAULT_MIN_HITS
@@ -73,6 +101,10 @@ class TrackerConfig:
     first_match_slack: float = 2.0
     alpha: float = 0.6
     beta: float = 0.2
+    coast_slack: float = 0.5
+    merge_overlap: float = TRACK_MERGE_OVERLAP
+    rejoin_frames: int = TRACK_REJOIN_FRAMES
+    rejoin_distance: float = TRACK_REJOIN_DISTANCE
 
     def __post_init__(self) -> None:
         check_track_lifetimes(self.min_hits, self.max_misses)
@@ -82,6 +114,8 @@ class TrackerConfig:
             raise ValueError(f"first_match_slack must be >= 1, got {self.first_match_slack}")
         if not (0 < self.alpha <= 1 and 0 <= self.beta <= 1):
             raise ValueError(f"need 0 < alpha <= 1 and 0 <= beta <= 1, got {self.alpha}, {self.beta}")
+        if self.coast_slack < 0 or self.merge_overlap <= 0 or self.rejoin_frames < 0 or self.rejoin_distance < 0:
+            raise ValueError("coast_slack, rejoin_frames, rejoin_distance must be >= 0 and merge_overlap > 0")
 
 
 @dataclass(frozen=True)
@@ -102,7 +136,7 @@ class FrameTracks:
         return self.detections.track_ids
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity
 class _Track:
     """Filter state of one track: ``state`` and ``velocity`` (4,) float64 over (cx, cy, w, h)."""
 
@@ -112,6 +146,7 @@ class _Track:
     hits: int = 1
     misses: int = 0
     track_id: int = 0  # public id, 0 while tentative
+    lost_at: int = 0  # frame key of the last miss that ended it (lost tracks only)
 
     @property
     def confirmed(self) -> bool:
@@ -171,6 +206,19 @@ def gated_assignment(cost: np.ndarray, max_cost: float) -> list[tuple[int, int]]
     return [(int(r), int(c)) for r, c in zip(rows, cols) if cost[r, c] <= max_cost]
 
 
+def grown_box(box: np.ndarray, fraction: float) -> np.ndarray:
+    """(4,) (x0, y0, x1, y1) grown by ``fraction`` of its width / height on every side."""
+    pad = (box[2:] - box[:2]) * fraction
+    return np.concatenate([box[:2] - pad, box[2:] + pad])
+
+
+def inside_fraction(inner: np.ndarray, outer: np.ndarray) -> float:
+    """Fraction of the (4,) box ``inner``'s area inside the (4,) box ``outer`` (0 for an empty ``inner``)."""
+    lo, hi = np.maximum(inner[:2], outer[:2]), np.minimum(inner[2:], outer[2:])
+    area = float(np.prod(np.clip(inner[2:] - inner[:2], 0, None)))
+    return float(np.prod(np.clip(hi - lo, 0, None))) / area if area > 0 else 0.0
+
+
 class Tracker:
     """Tracks anomaly instances across the frames of one video (module docstring).
 
@@ -181,7 +229,8 @@ class Tracker:
     def __init__(self, config: TrackerConfig = TrackerConfig()) -> None:
         self.config = config
         self._tracks: list[_Track] = []  # live tracks, in birth order
-        self._pending: deque[tuple[int, tuple[Instance, ...], list[_Track | None]]] = deque()
+        self._lost: list[_Track] = []  # confirmed tracks ended by misses, still rejoinable
+        self._pending: deque[tuple[int, list[Instance], list[_Track | None]]] = deque()
         self._last_frame: int | None = None
         self._next_serial = 0
         self._next_id = 1
@@ -197,12 +246,13 @@ class Tracker:
         """Number of ids given so far."""
         return self._next_id - 1
 
-    def update(self, frame: int, detections: Sequence[Instance]) -> list[FrameTracks]:
+    def update(self, frame: int, detections: Sequence[Instance], weak: Sequence[Instance] = ()) -> list[FrameTracks]:
         """Add one frame's detections; returns the frames that became final (0 or 1 of them).
 
         ``frame``: any integer key, larger than the previous one; ``detections``: the frame's N
-        instances (only ``bbox`` is used for tracking; they come back in the frame's
-        :class:`FrameTracks` with their ids).
+        instances; ``weak``: its weak instances, used only to extend confirmed tracks (only the
+        boxes, :attr:`~m2a_pipe.inference.instances.Instance.box`, are used for tracking; the
+        instances come back in the frame's :class:`FrameTracks` with their ids).
         """
         if self._finished:
             raise RuntimeError("Tracker.update() after finish()")
@@ -212,48 +262,49 @@ class Tracker:
         dt = 1.0 if self._last_frame is None else float(frame - self._last_frame)
         self._last_frame = frame
 
-        instances = tuple(detections)
-        det_boxes = np.array([inst.bbox for inst in instances], dtype=np.float64).reshape(-1, 4)
-        predicted = [t.state + t.velocity * dt for t in self._tracks]
-        owners: list[_Track | None] = [None] * len(det_boxes)
-        matched: set[int] = set()  # track serials hit this frame
-        free = list(range(len(det_boxes)))
-        for stage in (True, False):  # confirmed tracks first, then tentative ones
-            rows = [i for i, t in enumerate(self._tracks) if t.confirmed == stage]
-            if not rows or not free:
-                continue
-            pred = state_boxes(np.stack([predicted[i] for i in rows]))
-            slack = np.array([self.config.first_match_slack if self._tracks[i].hits == 1 else 1.0 for i in rows])
-            cost = association_cost(pred, det_boxes[free], self.config.iou_weight, self.config.distance_weight, slack)
-            taken = []
-            for r, c in gated_assignment(cost, self.config.max_cost):
-                track, d = self._tracks[rows[r]], free[c]
-                self._correct(track, predicted[rows[r]], box_state(det_boxes[d]), dt)
-                owners[d] = track
-                matched.add(track.serial)
-                taken.append(d)
-            free = [d for d in free if d not in taken]
+        instances = list(detections)
+        predicted = {t.serial: t.state + t.velocity * dt for t in self._tracks}
+        owners: list[_Track | None] = [None] * len(instances)
+        confirmed = [t for t in self._tracks if t.confirmed]
+        free = self._associate(confirmed, instances, list(range(len(instances))), predicted, owners)
+        free = self._associate([t for t in self._tracks if not t.confirmed], instances, free, predicted, owners)
+        weak = list(weak)
+        weak_owners: list[_Track | None] = [None] * len(weak)
+        self._associate([t for t in confirmed if t not in owners], weak, list(range(len(weak))), predicted,
+                        weak_owners)
+        free = self._merge_fragments(instances, free, owners, predicted)
+        for track, inst in [(t, instances[d]) for d, t in enumerate(owners) if t is not None] + \
+                [(t, weak[d]) for d, t in enumerate(weak_owners) if t is not None]:
+            self._correct(track, predicted[track.serial], box_state(inst.box), dt)
 
+        matched = {t.serial for t in owners + weak_owners if t is not None}
         survivors = []
-        for track, pred in zip(self._tracks, predicted):
+        for track in self._tracks:
             if track.serial not in matched:
                 track.misses += 1
-                track.state = pred
+                track.state = predicted[track.serial]
+                if track.confirmed and track.misses > self.config.max_misses:
+                    track.lost_at = frame
+                    self._lost.append(track)
                 if not track.confirmed or track.misses > self.config.max_misses:
                     continue  # tentative tracks die at their first miss
             survivors.append(track)
-        for d in free:
-            track = _Track(serial=self._next_serial, state=box_state(det_boxes[d]))
-            self._next_serial += 1
-            survivors.append(track)
-            owners[d] = track
+        self._lost = [t for t in self._lost if frame - t.lost_at <= self.config.rejoin_frames]
+        for d in sorted(free):
+            if owners[d] is None:
+                track = _Track(serial=self._next_serial, state=box_state(instances[d].box))
+                self._next_serial += 1
+                survivors.append(track)
+                owners[d] = track
         self._tracks = survivors
-        for track in self._tracks:  # birth order, so simultaneous confirmations get ids in that order
+        for track in list(self._tracks):  # birth order, so simultaneous confirmations get ids in that order
             if not track.confirmed and track.hits >= self.config.min_hits:
-                track.track_id = self._next_id
-                self._next_id += 1
+                self._confirm(track)
 
-        self._pending.append((frame, instances, owners))
+        kept = [d for d, inst in enumerate(instances) if inst is not None]
+        extended = [d for d, t in enumerate(weak_owners) if t is not None]
+        self._pending.append((frame, [instances[d] for d in kept] + [weak[d] for d in extended],
+                              [owners[d] for d in kept] + [weak_owners[d] for d in extended]))
         out = []
         while len(self._pending) > self.lag:
             out.append(self._emit())
@@ -263,8 +314,76 @@ class Tracker:
         """The frames still waiting (tracks not yet confirmed count as 0); ends the tracker."""
         self._finished = True
         out = [self._emit() for _ in range(len(self._pending))]
-        self._tracks = []
+        self._tracks, self._lost = [], []
         return out
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _associate(self, tracks: list[_Track], instances: list[Instance | None], free: list[int],
+                   predicted: dict[int, np.ndarray], owners: list[_Track | None]) -> list[int]:
+        """Match ``tracks`` to the ``free`` instances (gated Hungarian); sets ``owners``, returns the
+        instances still free."""
+        if not tracks or not free:
+            return free
+        cfg = self.config
+        pred = state_boxes(np.stack([predicted[t.serial] for t in tracks]))
+        det = np.array([instances[d].box for d in free], dtype=np.float64).reshape(-1, 4)
+        slack = np.array([cfg.first_match_slack if t.hits == 1 else 1.0 + cfg.coast_slack * t.misses
+                          for t in tracks])
+        cost = association_cost(pred, det, cfg.iou_weight, cfg.distance_weight, slack)
+        taken = set()
+        for r, c in gated_assignment(cost, cfg.max_cost):
+            owners[free[c]] = tracks[r]
+            taken.add(free[c])
+        return [d for d in free if d not in taken]
+
+    def _merge_fragments(self, instances: list[Instance | None], free: list[int], owners: list[_Track | None],
+                         predicted: dict[int, np.ndarray]) -> list[int]:
+        """Merge each free instance lying mostly inside a matched track's box into that track's
+        instance (the merged one takes the matched one's place; the fragment's becomes None)."""
+        still_free = []
+        for d in free:
+            box = np.array(instances[d].box, dtype=np.float64)
+            best, best_share = None, self.config.merge_overlap
+            for m, track in enumerate(owners):
+                if track is None or instances[m] is None or m == d:
+                    continue
+                pred = state_boxes(predicted[track.serial][None])[0]
+                det = np.array(instances[m].box, dtype=np.float64)
+                region = grown_box(np.concatenate([np.minimum(pred[:2], det[:2]), np.maximum(pred[2:], det[2:])]),
+                                   0.25)
+                share = inside_fraction(box, region)
+                if share >= best_share:
+                    best, best_share = m, share
+            if best is None:
+                still_free.append(d)
+                continue
+            instances[best] = merged_instance([instances[best], instances[d]])
+            instances[d] = None
+        return still_free
+
+    def _confirm(self, track: _Track) -> None:
+        """Give ``track`` an id: a lost or coasting track's it rejoins (the nearest within
+        ``rejoin_distance`` diagonals), else the next new one."""
+        cfg = self.config
+        box = state_boxes(track.state[None])[0]
+        candidates = [t for t in self._lost] + [t for t in self._tracks if t.confirmed and t.misses > 0]
+        best, best_d = None, cfg.rejoin_distance
+        for old in candidates:
+            old_box = state_boxes(old.state[None])[0]
+            diag = (np.hypot(*(box[2:] - box[:2])) + np.hypot(*(old_box[2:] - old_box[:2]))) / 2
+            d = float(np.hypot(*(track.state[:2] - old.state[:2]))) / max(diag, _MIN_SIZE_PX)
+            if d <= best_d:
+                best, best_d = old, d
+        if best is None:
+            track.track_id = self._next_id
+            self._next_id += 1
+            return
+        track.track_id = best.track_id
+        if best in self._lost:
+            self._lost.remove(best)
+        else:
+            self._tracks.remove(best)
 
     def _correct(self, track: _Track, pred: np.ndarray, z: np.ndarray, dt: float) -> None:
         if track.hits == 1:  # second observation: the velocity is the observed displacement
@@ -280,4 +399,4 @@ class Tracker:
     def _emit(self) -> FrameTracks:
         frame, instances, owners = self._pending.popleft()
         ids = tuple(t.track_id if t is not None else UNCONFIRMED for t in owners)
-        return FrameTracks(frame=frame, detections=Detections(instances, ids))
+        return FrameTracks(frame=frame, detections=Detections(tuple(instances), ids))

@@ -1,0 +1,114 @@
+"""Hand-made score maps through the post-model path (instances with weak blobs and refined boxes,
+then the tracker): the ids each object must keep."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from m2a_pipe.inference.instances import anomaly_instances, weak_instances
+from m2a_pipe.settings import INSTANCE_GAP, TRACK_WEAK_RATIO
+from m2a_pipe.video.tracking import Tracker, TrackerConfig
+
+SHAPE = (60, 100)  # a 1/4 map
+THRESHOLD = 0.5
+
+
+def blob(amap: np.ndarray, cx: float, cy: float, w: float, h: float, peak: float = 0.9) -> None:
+    """Paint a soft box (the area fraction of a w x h box at (cx, cy), times ``peak``) into ``amap``."""
+    ys, xs = np.mgrid[0:amap.shape[0], 0:amap.shape[1]]
+    fx = np.clip(np.minimum(xs + 1, cx + w / 2) - np.maximum(xs, cx - w / 2), 0, 1)
+    fy = np.clip(np.minimum(ys + 1, cy + h / 2) - np.maximum(ys, cy - h / 2), 0, 1)
+    np.maximum(amap, peak * fx * fy, out=amap)
+
+
+def track_maps(maps: list[np.ndarray], config: TrackerConfig = TrackerConfig()) -> list[list[tuple]]:
+    """Per frame, the (track id, box) of each detection, as the pipeline finds and tracks them."""
+    tracker, out = Tracker(config), []
+    for k, amap in enumerate(maps):
+        dets = anomaly_instances(amap, THRESHOLD, 1, upsample=4, gap=INSTANCE_GAP)
+        weak = weak_instances(amap, TRACK_WEAK_RATIO * THRESHOLD, THRESHOLD, 1, upsample=4)
+        out += tracker.update(k, dets, weak)
+    out += tracker.finish()
+    assert [f.frame for f in out] == list(range(len(maps)))
+    return [[(tid, inst.box) for inst, tid in f.detections] for f in out]
+
+
+def test_small_object_drifting_and_shrinking_keeps_one_id():
+    # 5x4 cells shrinking to 2.7x2.2 while drifting 1.6 cells a frame: its last frames peak
+    # under the threshold (weak blobs) yet stay on the track
+    maps = []
+    for t in range(24):
+        amap = np.zeros(SHAPE, np.float32)
+        size = 5.0 - 0.1 * t
+        blob(amap, 10 + 1.6 * t, 20 + 0.3 * t, size, size * 0.8, peak=0.95 if t < 18 else 0.42)
+        maps.append(amap)
+    frames = track_maps(maps)
+    assert all(len(f) == 1 for f in frames)
+    assert [f[0][0] for f in frames] == [1] * 24
+    x0, _, x1, _ = frames[10][0][1]  # refined box: within a fifth of a cell of the true extent
+    true_cx, true_w = 10 + 16, 5.0 - 1.0
+    assert x0 == pytest.approx(true_cx - true_w / 2, abs=0.25) and x1 == pytest.approx(true_cx + true_w / 2, abs=0.25)
+
+
+def test_two_objects_crossing_keep_their_ids():
+    maps = []
+    for t in range(30):  # A goes right, B goes left, two cells apart vertically: boxes overlap mid-way
+        amap = np.zeros(SHAPE, np.float32)
+        blob(amap, 10 + 2.5 * t, 20, 6, 6)
+        blob(amap, 85 - 2.5 * t, 29, 6, 6)
+        maps.append(amap)
+    frames = track_maps(maps)
+    for t, f in enumerate(frames):
+        assert len(f) == 2, t
+        ids_top_to_bottom = [tid for tid, _ in sorted(f, key=lambda d: d[1][1])]
+        assert ids_top_to_bottom == [1, 2], (t, f)  # A (the upper one) is 1 before, during and after
+
+
+def test_object_split_into_fragments_is_one_track():
+    maps = []
+    for t in range(20):  # a 14x6 object whose middle drops out every other frame: two pieces 3 cells apart
+        amap = np.zeros(SHAPE, np.float32)
+        blob(amap, 30 + t, 30, 14, 6)
+        if t % 2 and t > 3:
+            amap[:, int(30 + t) - 1:int(30 + t) + 2] = 0.1
+        maps.append(amap)
+    assert len(anomaly_instances(maps[5], THRESHOLD, gap=INSTANCE_GAP)) == 2  # two fragments in the map
+    frames = track_maps(maps)
+    for t, f in enumerate(frames):
+        assert [tid for tid, _ in f] == [1], (t, f)  # merged into one detection of track 1
+        x0, _, x1, _ = f[0][1]
+        assert x1 - x0 == pytest.approx(14, abs=0.5)
+
+
+def test_object_lost_for_a_few_frames_takes_its_id_back():
+    maps = []
+    for t in range(30):  # hidden in frames 10..17 (8 misses: more than max_misses), then found again
+        amap = np.zeros(SHAPE, np.float32)
+        if not 10 <= t < 18:
+            blob(amap, 20 + 0.8 * t, 25, 5, 5)
+        if t >= 22:
+            blob(amap, 80, 50, 4, 4)  # another object, far away: a new id
+        maps.append(amap)
+    config = TrackerConfig(max_misses=5)
+    frames = track_maps(maps, config)
+    assert [f[0][0] if f else None for f in frames[:10]] == [1] * 10
+    assert all(f == [] for f in frames[10:18])
+    ids_after = [sorted(tid for tid, _ in f) for f in frames[18:]]
+    assert ids_after == [[1]] * 4 + [[1, 2]] * 8
+    # without rejoining, the re-found object would have been a second track
+    frames = track_maps(maps, TrackerConfig(max_misses=5, rejoin_frames=0))
+    assert sorted({tid for f in frames[18:] for tid, _ in f}) == [2, 3]
+
+
+def test_refined_box_follows_the_true_edge_and_weak_blobs_are_apart():
+    amap = np.zeros(SHAPE, np.float32)
+    blob(amap, 20.3, 15.6, 3.4, 2.2, peak=1.0)  # edges inside cells: the grid box is off by up to a cell
+    blob(amap, 60, 40, 3, 3, peak=0.4)  # under the threshold, over its weak fraction
+    (inst,) = anomaly_instances(amap, THRESHOLD, upsample=8)
+    assert inst.bbox == (19, 14, 22, 17)
+    for got, want in zip(inst.box, (18.6, 14.5, 22.0, 16.7)):
+        assert got == pytest.approx(want, abs=0.2)
+    (weak,) = weak_instances(amap, TRACK_WEAK_RATIO * THRESHOLD, THRESHOLD)
+    assert weak.bbox[0] >= 58 and weak.peak_score == pytest.approx(0.4)
+    assert anomaly_instances(amap, THRESHOLD)[0].fine_bbox is None  # not refined unless asked
