@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -58,7 +59,7 @@ class VideoError(M2AError):
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
         self.path = str(path)
         self.reason = one_line(reason)
-        super().__init__(f"{self.path}: {self.reason}")
+        super().__init__(f"{os.fsencode(self.path).decode('utf-8', 'backslashreplace')}: {self.reason}")
 
 
 @dataclass(frozen=True)
@@ -424,6 +425,9 @@ class VideoReader:
 def _open_container(path: str) -> av.container.InputContainer:
     """The opened input container, or a one-line VideoError saying why not."""
     try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):   # a FIFO would block the run
+            raise VideoError(path, "not a regular file (a FIFO, socket or device), not a video file")
         with open(path, "rb") as f:
             head = f.read(64)
     except FileNotFoundError:
