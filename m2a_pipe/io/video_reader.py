@@ -34,14 +34,16 @@ from m2a_pipe.io.video_diagnosis import (
     packet_time,
     positive_float,
     stream_duration_s,
+    ts_last_pes_cut,
     ts_truncation,
 )
 
 DEFAULT_FPS = 30.0
 MP4_FORMAT_NAMES = ("mov", "mp4")
 PTS_EPSILON_S = 1e-6           # tolerance when comparing timestamps to sample times
-EARLY_END_MIN_S = 1.0          # a stream may end this much before its announced duration unflagged ...
-EARLY_END_FRACTION = 0.1       # ... or this fraction of it, whichever is larger
+EARLY_END_FRAMES = 2           # a stream may end this many frame intervals before its announced duration ...
+EARLY_END_FRACTION = 0.002     # ... or this fraction of it (7 s an hour), whichever is larger
+CONTAINER_END_SLACK_S = 0.5    # the same when only the container announces a duration (audio may run on)
 SEEK_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)  # retries of a seek that lands after its target
 
 
@@ -371,24 +373,31 @@ class VideoReader:
         """One line on what was lost, or None when the whole file decoded cleanly."""
         parts = []
         truncated = ts_truncation(self.path, self.info.container)
+        if truncated is None and self.info.container == "mpegts":
+            truncated = ts_last_pes_cut(self.path, self._stream.id)
         if truncated:
             parts.append(truncated)
         index_frames = self._stream.frames
         is_mp4 = self.info.container.startswith(MP4_FORMAT_NAMES)
-        if index_frames and self.n_decoded < index_frames and is_mp4:
-            missing_bytes = mp4_missing_bytes(self.path, self._stream)
+        if index_frames and self.n_decoded < index_frames:
+            missing_bytes = mp4_missing_bytes(self.path, self._stream) if is_mp4 else 0
             if missing_bytes:
                 parts.append(f"truncated: index lists {index_frames} frames, decoded {self.n_decoded} "
                              f"(the file ends {missing_bytes} bytes before the data its index points to)")
             else:
-                parts.append(f"index lists {index_frames} frames, decoded {self.n_decoded}")
+                parts.append(f"the container declares {index_frames} frames, decoded {self.n_decoded}")
         stream_s = stream_duration_s(self._stream)
+        slack_s = max(EARLY_END_FRAMES / self.info.fps, EARLY_END_FRACTION * (stream_s or 0.0))
+        if stream_s is None and self.info.container != "mpegts" and self.info.duration_s:
+            # the container's duration (FLV metadata, AVI header) may include an audio tail
+            stream_s = self.info.duration_s
+            slack_s = max(CONTAINER_END_SLACK_S, EARLY_END_FRACTION * stream_s)
         if not is_mp4 and stream_s and self._last_pts_s is not None:
             start_s = self._first_pts_s
             if self._stream.start_time is not None and self._stream.time_base is not None:
                 start_s = min(start_s, float(self._stream.start_time * self._stream.time_base))
             covered_s = self._last_pts_s + 1.0 / self.info.fps - start_s
-            if covered_s < stream_s - max(EARLY_END_MIN_S, EARLY_END_FRACTION * stream_s):
+            if covered_s < stream_s - slack_s:
                 parts.append(f"stream ends early: decoded {covered_s:.2f} s of the {stream_s:.2f} s "
                              "the container announces")
         if self._stopped_on_errors:
