@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -128,6 +129,8 @@ class ProcessConfig:
         def bad(field: str, why: str) -> ConfigError:
             return ConfigError(f"{field}: {why}")
 
+        if isinstance(self.weights, os.PathLike):
+            object.__setattr__(self, "weights", os.fspath(self.weights))
         check_field_types(self)
         if self.device.strip() not in ("auto", "cpu", "cuda") and not _is_cuda_index(self.device.strip()):
             raise bad("device", f"not a device {self.device!r} ({DEVICE_HELP})")
