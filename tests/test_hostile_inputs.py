@@ -260,22 +260,20 @@ def test_json_to_an_unwritable_place_is_refused_before_the_run(tmp_path):
 
 
 def _tampered(tmp_path, weights, change):
-    from m2a_pipe.model.checkpoint import load_weights, save_weights
-
-    state, config, meta = load_weights(weights)
-    stored = config.to_dict()
-    change(stored, meta)
-    path = tmp_path / "tampered.safetensors"
+    """A copy of ``weights`` whose stored config (a dict) and metadata (key -> JSON text)
+    ``change(config, meta)`` edited, written with the same tensors."""
+    from safetensors import safe_open
     from safetensors.torch import save_file
 
-    save_weights(state, config, path, metadata=meta)
-    from safetensors import safe_open
+    from m2a_pipe.model.checkpoint import META_CONFIG_KEY, read_state_dict
 
-    with safe_open(str(path), framework="pt") as f:
+    with safe_open(weights, framework="pt") as f:
         header = dict(f.metadata())
-    header["config"] = json.dumps(stored)
-    header.update({k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items()})
-    save_file(state, str(path), metadata=header)
+    config = json.loads(header[META_CONFIG_KEY])
+    meta = {k: v for k, v in header.items() if k != META_CONFIG_KEY}
+    change(config, meta)
+    path = tmp_path / "tampered.safetensors"
+    save_file(read_state_dict(weights), str(path), metadata={**meta, META_CONFIG_KEY: json.dumps(config)})
     return path
 
 
@@ -285,13 +283,13 @@ def _tampered(tmp_path, weights, change):
     (lambda c, m: c["preprocess"].update(min_size_test=0), "preprocess.min_size_test: must be in [32, 4096]"),
     (lambda c, m: c["preprocess"].update(min_size_test=100000), "preprocess.min_size_test: must be in [32, 4096]"),
     (lambda c, m: c.update(keep_threshold="abc"), "keep_threshold: must be a finite number"),
-    (lambda c, m: m.update(anomaly_threshold="abc"), "anomaly_threshold must be a finite number"),
+    (lambda c, m: m.update(anomaly_threshold='"abc"'), "anomaly_threshold must be a finite number"),
     (lambda c, m: m.update(anomaly_threshold="NaN"), "anomaly_threshold must be a finite number"),
 ])
 def test_tampered_weights_configs_name_the_field(weights, tmp_path, change, needle):
     path = _tampered(tmp_path, weights, change)
     result = run_cli("process", REPO / "examples" / "drive.mp4", "-o", tmp_path / "out", "--weights", path,
-                     "--device", "cpu")
+                     "--device", "cpu", "--short-side", "64", "-q")
     assert_error_line(result, needle, exit_code=result.exit_code)
     assert result.exit_code in (1, 2)
 
@@ -304,10 +302,13 @@ def test_a_config_that_is_a_json_list_is_refused(weights, tmp_path):
 
     with safe_open(weights, framework="pt") as f:
         header = dict(f.metadata())
-    header["config"] = "[1, 2]"
+    from m2a_pipe.model.checkpoint import META_CONFIG_KEY
+
+    header[META_CONFIG_KEY] = "[1, 2]"
     path = tmp_path / "list.safetensors"
     save_file(read_state_dict(weights), str(path), metadata=header)
-    result = run_cli("process", REPO / "examples" / "drive.mp4", "-o", tmp_path / "out", "--weights", path)
+    result = run_cli("process", REPO / "examples" / "drive.mp4", "-o", tmp_path / "out", "--weights", path,
+                     "--short-side", "64", "-q")
     assert_error_line(result, "model config: must be a JSON object, got list", exit_code=result.exit_code)
 
 
