@@ -209,7 +209,8 @@ def test_a_transport_stream_cut_on_a_packet_boundary_is_partial(tmp_path):
     frames = ((rng.integers(0, 255, (128, 192, 3), dtype=np.uint8), i) for i in range(20))
     from fractions import Fraction
 
-    full = vf._encode(tmp_path / "full.ts", frames, 192, 128, codec="libx264", rate=Fraction(10), time_base=Fraction(1, 10))
+    full = vf._encode(tmp_path / "full.ts", frames, 192, 128, codec="libx264", rate=Fraction(10),
+                      time_base=Fraction(1, 10))
     data = full.read_bytes()
     cut = tmp_path / "cut.ts"
     boundary = (len(data) * 7 // 10) // 188 * 188
@@ -239,7 +240,8 @@ def test_non_finite_and_negative_options_are_refused(tmp_path, option, value, ne
 
 def test_a_config_of_the_wrong_type_names_the_field(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"short_side": "abc"}))
-    result = run_cli("process", REPO / "examples" / "drive.mp4", "-o", tmp_path / "out", "--config", tmp_path / "c.json")
+    result = run_cli("process", REPO / "examples" / "drive.mp4", "-o", tmp_path / "out",
+                     "--config", tmp_path / "c.json")
     assert_error_line(result, "short_side: must be an integer, got 'abc'", exit_code=2)
 
 

@@ -308,7 +308,8 @@ def discover(args: Iterable[str | os.PathLike], errors: list[tuple[str, str]] | 
     out = []
     for p, extra in found.videos.values():
         name = p.name if by_folder_stem[(p.parent, p.stem.lower())] > 1 else p.stem
-        steps = [output_name(step, video=False, top=i == 0) for i, step in enumerate(p.parent.relative_to(common).parts)]
+        parts = p.parent.relative_to(common).parts
+        steps = [output_name(step, video=False, top=i == 0) for i, step in enumerate(parts)]
         rel = "/".join([*steps, output_name(name, video=True, top=not steps)])
         out.append(VideoInput(source=p, rel=rel, extra=extra))
     return out

@@ -8,7 +8,6 @@ them with :func:`make_stage`.
 from __future__ import annotations
 
 import math
-
 from typing import Any
 
 import torch
