@@ -385,7 +385,7 @@ class VideoReader:
                 parts.append(f"truncated: index lists {index_frames} frames, decoded {self.n_decoded} "
                              f"(the file ends {missing_bytes} bytes before the data its index points to)")
             else:
-                parts.append(f"the container declares {index_frames} frames, decoded {self.n_decoded}")
+                parts.append(f"index lists {index_frames} frames, decoded {self.n_decoded}")
         stream_s = stream_duration_s(self._stream)
         slack_s = max(EARLY_END_FRAMES / self.info.fps, EARLY_END_FRACTION * (stream_s or 0.0))
         if stream_s is None and self.info.container != "mpegts" and self.info.duration_s:
