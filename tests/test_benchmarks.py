@@ -212,7 +212,7 @@ def check_tracking_report(report: dict) -> None:
 def test_tracking_quality_oracle(oracle_run):
     report, out = oracle_run
     check_tracking_report(report)
-    assert (out / "clips" / CLIP_NAME).is_file() and (out / (Path(CLIP_NAME).stem + ".m2a") / "tracks.csv").is_file()
+    assert (out / "clips" / CLIP_NAME).is_file() and (out / Path(CLIP_NAME).stem / "tracks.csv").is_file()
     pooled = report["pooled"]
     visible = pooled["mot_visible"]
     # a perfect detector: every visible box found, with one identity per anomaly
