@@ -80,11 +80,10 @@ def test_no_space_at_all_is_one_line_per_video(weights, tmp_path, small_disk):
     vf.make_video(tmp_path / "in" / "a.mp4", n=6, size=(96, 64), fps=10)
     vf.make_video(tmp_path / "in" / "b.mp4", n=6, size=(96, 64), fps=10)
     filler = small_disk / "filler"
-    with open(filler, "wb") as f:   # fill the disk to the last block
+    with open(filler, "wb", buffering=0) as f:   # fill the disk to the last block
         try:
             while True:
                 f.write(b"\0" * 4096)
-                f.flush()
         except OSError:
             pass
     done = _run_cli_subprocess("process", tmp_path / "in", "-o", small_disk, "--weights", weights, *CLI_FAST)
@@ -140,6 +139,7 @@ def test_an_undecodable_name_runs_and_is_stored_losslessly(weights, tmp_path):
     vf.make_video(folder / "zlast.mp4", n=6, size=(96, 64), fps=10)
     summary = process([folder], tmp_path / "out", **FAST, weights=weights)
     assert [v.status for v in summary.videos] == ["complete"] * 3
+    assert "caf\\xe9" in summary.table().encode("utf-8").decode()   # printable as it is shown
     out = os.fsencode(tmp_path / "out") + b"/caf\xe9.m2a/scores.h5"
     with h5py.File(os.fsdecode(out), "r") as f:
         assert f.attrs["source"].endswith("caf\\xe9.mp4")

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable
 from tqdm import tqdm
 
 from m2a_pipe.inference.stage import ModelStage
-from m2a_pipe.io.inputs import InputError, VideoInput, discover
+from m2a_pipe.io.inputs import InputError, VideoInput, discover, display_path
 from m2a_pipe.io.layout import FAILURES_FILE, written_atomically
 from m2a_pipe.pipeline.config import ProcessConfig, ProcessError, RayConfig
 from m2a_pipe.pipeline.job import ModelInfo, VideoJob, VideoResult, is_complete
@@ -62,7 +62,7 @@ class RunSummary:
         """A plain-text summary table: video, frames, fps, events, status."""
         rows = [("video", "frames", "fps", "events", "status")]
         for v in self.videos:
-            rows.append((v.rel or v.source, str(v.frames), f"{v.fps:.2f}" if v.frames else "-",
+            rows.append((display_path(v.rel or v.source), str(v.frames), f"{v.fps:.2f}" if v.frames else "-",
                          str(v.events) if v.status in ("complete", "partial") else "-", v.status))
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
         lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
