@@ -17,6 +17,7 @@ the outputs appear atomically:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -126,6 +127,9 @@ class VideoJob:
     def open(self) -> "VideoJob":
         """Open the video and the output files. Raises VideoError / OSError (one-line messages)."""
         cfg, model = self.config, self.model
+        if (self.out_dir.exists() or self.out_dir.is_symlink()) and not is_video_output(self.out_dir):
+            raise FileExistsError(errno.EEXIST, "it exists and is not a video output folder; it is left as it is",
+                                  str(self.out_dir))
         self.reader = VideoReader(self.video.source, sample_fps=cfg.sample_fps, stride=cfg.stride,
                                   max_consecutive_errors=cfg.max_decode_errors)
         info = self.reader.info
