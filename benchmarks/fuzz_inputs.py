@@ -1,7 +1,7 @@
 """Feed ``m2a-pipe process`` damaged copies of real clips and count crashes, hangs and lost inputs.
 
     python benchmarks/fuzz_inputs.py [CLIP ...] [--files 160] [--good 4] [--batch 40] [--seed 0]
-                                     [--weights demo] [--short-side 64] [--timeout 600] [--keep DIR]
+                                     [--weights demo] [--short-side 64] [--timeout 120] [--keep DIR]
 
 From each CLIP (default: a 2 s 192x96 ``m2a-pipe synth video`` clip, MP4, plus its remux to
 Matroska and MPEG-TS) the script writes ``--good`` untouched copies and, round-robin over the
@@ -12,8 +12,9 @@ clips, ``--files`` damaged ones, each of one kind with a seeded position:
 * ``garbage``: random bytes of the clip's size;   * ``splice``: a block copied over another.
 
 They are processed in batches (``--batch`` files a run) by the real command line in a child
-process with a wall-clock limit, into one OUT. A run is a **crash** when it exits other than
-0 or 1 or prints a traceback, a **hang** when it outlives ``--timeout``. Then the outputs are
+process with a wall-clock limit of ``--timeout`` seconds per file of the batch, into one OUT.
+A run is a **crash** when it exits other than 0 or 1 or prints a traceback, a **hang** when it
+outlives its limit. Then the outputs are
 checked: every good copy must be ``complete``; every input the summary calls ``failed`` must be
 listed in ``OUT/failures.jsonl`` and every other one must have its output folder. Printed:
 the command line, the files per kind, then ``crashes N, hangs N, good clips complete G/G,
@@ -111,7 +112,7 @@ def run_batch(names: list[str], corpus: Path, out: Path, args: argparse.Namespac
            "--weights", args.weights, "--short-side", str(args.short_side), "--device", "cpu", "-q",
            "--json", str(summary)]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout * len(names))
     except subprocess.TimeoutExpired:
         return "hang", {}
     if done.returncode not in (0, 1) or "Traceback" in done.stderr or not summary.is_file():
@@ -130,7 +131,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--weights", default="demo", help="Weights of the runs [demo].")
     parser.add_argument("--short-side", type=int, default=64, help="Network input short side [64].")
-    parser.add_argument("--timeout", type=float, default=600, help="Seconds a run may take before it is a hang [600].")
+    parser.add_argument("--timeout", type=float, default=120,
+                        help="Seconds per file a run may take before it is a hang [120].")
     parser.add_argument("--keep", type=Path, default=None, help="Keep the corpus and outputs in this folder.")
     args = parser.parse_args()
     print("command: " + shlex.join(["python", "benchmarks/fuzz_inputs.py", *sys.argv[1:]]), flush=True)

@@ -142,7 +142,7 @@ def test_fuzz_inputs(weights, tmp_path):
 
     clip = tmp_path / "clip.mp4"
     write_video(clip, seed=4, seconds=0.5, fps=10, size=(64, 64))
-    args = [str(clip), "--files", "3", "--good", "1", "--batch", "10", "--weights", weights, "--timeout", "240"]
+    args = [str(clip), "--files", "3", "--good", "1", "--batch", "10", "--weights", weights, "--timeout", "60"]
     lines = run_script("fuzz_inputs.py", *args, timeout=300).splitlines()
     assert_command(lines[0].removeprefix("command: "), "fuzz_inputs.py", args)
     assert lines[1] == "files: 1 flip, 1 good, 1 truncate, 1 zero-head"
