@@ -157,10 +157,10 @@ def test_csv_columns_manifest_and_paths(fleet, mined):
                    "peak_score", "peak_frame", "max_area_px", "max_area_fraction", "bbox_x0", "bbox_y0",
                    "bbox_x1", "bbox_y1", "thumbnail", "clip"):
         assert column in header
-    manifest = {f"{Path(p).parent.name}/{Path(p).stem}": (v, d) for p, v, d in MANIFEST}
+    manifest = {f"{Path(p).parent.name}/{Path(p).stem}.m2a": (v, d) for p, v, d in MANIFEST}
     for row in mined.rows:
         assert (row["vehicle"], row["drive"]) == manifest[row["video"]]
-        assert Path(row["source"]) == fleet.root / "videos" / (row["video"] + ".mp4")
+        assert Path(row["source"]) == fleet.root / "videos" / (row["video"].removesuffix(".m2a") + ".mp4")
         event = next(ev for ev in fleet.events[row["video"]] if ev["event_id"] == int(row["event_id"]))
         assert float(row["peak_score"]) == event["peak_score"] and int(row["start_frame"]) == event["start_frame"]
         assert [float(row[f"bbox_{c}"]) for c in ("x0", "y0", "x1", "y1")] == event["bbox_at_peak"]
