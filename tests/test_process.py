@@ -69,7 +69,7 @@ def test_outputs_of_one_video(weights, clips, tmp_path):
 def test_vfr_timestamps_and_stride(weights, clips, tmp_path):
     process(clips["vfr"], tmp_path / "o1", weights=weights, **FAST)
     src = source_frames(clips["vfr"])
-    overlay = source_frames(tmp_path / "o1" / "vfr" / "overlay.mp4")
+    overlay = source_frames(tmp_path / "o1" / "vfr.m2a" / "overlay.mp4")
     np.testing.assert_allclose([t for _, t in overlay], [t for _, t in src], atol=1e-3)
     process(clips["a"], tmp_path / "o2", weights=weights, stride=3, **FAST)
     with h5py.File(tmp_path / "o2" / "drive.m2a" / "scores.h5", "r") as f:
