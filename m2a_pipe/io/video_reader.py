@@ -41,7 +41,7 @@ from m2a_pipe.io.video_diagnosis import (
 DEFAULT_FPS = 30.0
 MP4_FORMAT_NAMES = ("mov", "mp4")
 PTS_EPSILON_S = 1e-6           # tolerance when comparing timestamps to sample times
-EARLY_END_FRAMES = 2           # a stream may end this many frame intervals before its announced duration ...
+EARLY_END_FRAMES = 1           # a stream may end this many frame intervals before its announced duration ...
 EARLY_END_FRACTION = 0.002     # ... or this fraction of it (7 s an hour), whichever is larger
 CONTAINER_END_SLACK_S = 0.5    # the same when only the container announces a duration (audio may run on)
 SEEK_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)  # retries of a seek that lands after its target
@@ -386,7 +386,7 @@ class VideoReader:
                              f"(the file ends {missing_bytes} bytes before the data its index points to)")
             else:
                 parts.append(f"index lists {index_frames} frames, decoded {self.n_decoded}")
-        stream_s = stream_duration_s(self._stream)
+        stream_s = own_s = stream_duration_s(self._stream)
         slack_s = max(EARLY_END_FRAMES / self.info.fps, EARLY_END_FRACTION * (stream_s or 0.0))
         if stream_s is None and self.info.container != "mpegts" and self.info.duration_s:
             # the container's duration (FLV metadata, AVI header) may include an audio tail
@@ -400,6 +400,10 @@ class VideoReader:
             if covered_s < stream_s - slack_s:
                 parts.append(f"stream ends early: decoded {covered_s:.2f} s of the {stream_s:.2f} s "
                              "the container announces")
+            expected = round(stream_s * self.info.fps)   # frames lost inside (B-frames of a cut tail)
+            if own_s and not index_frames and not parts and self.n_decoded < expected - EARLY_END_FRAMES:
+                parts.append(f"the container announces {stream_s:.2f} s at {self.info.fps:g} fps (about {expected} "
+                             f"frames), decoded {self.n_decoded}")
         if self._stopped_on_errors:
             parts.append(f"stopped after {self.max_consecutive_errors} consecutive decode errors, "
                          f"last: {self.errors[-1]}")
