@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -49,6 +50,65 @@ class ConfigError(UsageError):
     """A configuration value is missing, unknown or inconsistent."""
 
 
+MAX_TEST_SIZE = 4096
+"""Largest network input side a stored config may ask for (``min_size_test``,
+``max_size_test``): a tampered file cannot make the model allocate without bound."""
+
+_LIMITS: dict[str, tuple[float, float]] = {
+    "backbone.stem_out_channels": (1, 4096), "backbone.res2_out_channels": (1, 8192),
+    "backbone.num_groups": (1, 1024), "backbone.width_per_group": (1, 4096), "backbone.freeze_at": (0, 5),
+    "backbone.bn_eps": (1e-12, 1.0),
+    "pixel_decoder.conv_dim": (1, 4096), "pixel_decoder.mask_dim": (1, 4096), "pixel_decoder.gn_groups": (1, 4096),
+    "pixel_decoder.enc_layers": (0, 64), "pixel_decoder.nheads": (1, 256),
+    "pixel_decoder.dim_feedforward": (1, 65536), "pixel_decoder.n_points": (1, 64),
+    "pixel_decoder.common_stride": (1, 64),
+    "decoder.hidden_dim": (1, 4096), "decoder.num_queries": (1, 10000), "decoder.nheads": (1, 256),
+    "decoder.dim_feedforward": (1, 65536), "decoder.dec_layers": (1, 100),
+    "preprocess.size_divisibility": (1, 1024), "preprocess.min_size_test": (32, MAX_TEST_SIZE),
+    "preprocess.max_size_test": (32, MAX_TEST_SIZE), "preprocess.pixel_mean": (-1e4, 1e4),
+    "preprocess.pixel_std": (1e-6, 1e4), "keep_threshold": (0.0, 1.0), "thing_ids": (0, 10000),
+    "refine_ids": (0, 10000),
+}
+"""Closed ranges of the numeric settings (and of each item of the tuple ones)."""
+
+
+def _check_value(name: str, kind: str, value: Any) -> None:
+    """One value against its annotated kind (int, float, bool, str) and :data:`_LIMITS`."""
+    if kind == "bool":
+        good = isinstance(value, bool)
+    elif kind == "str":
+        good = isinstance(value, str)
+    elif kind == "int":
+        good = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        good = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not good:
+        words = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "text"}[kind]
+        raise ConfigError(f"model config {name}: must be {words}, got {value!r}")
+    if name in _LIMITS:
+        lo, hi = _LIMITS[name]
+        if not lo <= value <= hi:
+            raise ConfigError(f"model config {name}: must be in [{lo:g}, {hi:g}], got {value!r}")
+
+
+def _check_fields(config: Any, prefix: str = "") -> None:
+    """Every field of ``config`` (a dataclass of this module) has its annotated type, finite
+    and in range: ``int``, ``float``, ``bool``, ``str`` or a tuple of them. Raises
+    ConfigError naming the field (``model config decoder.nheads: must be in [1, 256], got 0``)."""
+    for f in fields(config):
+        name, kind, value = prefix + f.name, str(f.type), getattr(config, f.name)
+        if not kind.startswith("tuple["):
+            if kind in ("int", "float", "bool", "str"):
+                _check_value(name, kind, value)
+            continue
+        items = kind[len("tuple["):-1].split(", ")
+        if not isinstance(value, tuple) or (items[-1] != "..." and len(value) != len(items)):
+            count = "a list" if items[-1] == "..." else f"a list of {len(items)}"
+            raise ConfigError(f"model config {name}: must be {count}, got {value!r}")
+        for i, item in enumerate(value):
+            _check_value(f"{name}[{i}]" if name not in _LIMITS else name, items[0], item)
+
+
 @dataclass(frozen=True)
 class BackboneConfig:
     """detectron2 ResNet (``build_resnet_backbone``) hyper-parameters."""
@@ -65,6 +125,7 @@ class BackboneConfig:
     bn_eps: float = 1e-5
 
     def __post_init__(self) -> None:
+        _check_fields(self, "backbone.")
         if self.depth not in BLOCKS_PER_STAGE:
             raise ConfigError(f"backbone.depth must be one of {sorted(BLOCKS_PER_STAGE)}, got {self.depth}")
         if self.depth in (18, 34) and self.res2_out_channels != 64:
@@ -96,6 +157,7 @@ class PixelDecoderConfig:
     common_stride: int = 4
 
     def __post_init__(self) -> None:
+        _check_fields(self, "pixel_decoder.")
         if self.conv_dim % self.nheads:
             raise ConfigError(f"pixel_decoder.conv_dim {self.conv_dim} not divisible by nheads {self.nheads}")
         if self.conv_dim % self.gn_groups:
@@ -122,6 +184,7 @@ class DecoderConfig:
     attention: str = "global"  # "global" (GMA) or "masked"
 
     def __post_init__(self) -> None:
+        _check_fields(self, "decoder.")
         if self.dec_layers < 1:
             raise ConfigError("decoder.dec_layers must be >= 1")
         if self.attention not in ("global", "masked"):
@@ -145,6 +208,12 @@ class PreprocessConfig:
     min_size_test: int = 1024
     max_size_test: int = 2048
 
+    def __post_init__(self) -> None:
+        _check_fields(self, "preprocess.")
+        if self.max_size_test < self.min_size_test:
+            raise ConfigError(f"model config preprocess.max_size_test {self.max_size_test} is smaller than "
+                              f"min_size_test {self.min_size_test}")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -160,6 +229,13 @@ class ModelConfig:
     keep_threshold: float = 0.95  # class confidence a query needs to enter the refinement
 
     def __post_init__(self) -> None:
+        _check_fields(self)
+        for name, kind in (("backbone", BackboneConfig), ("pixel_decoder", PixelDecoderConfig),
+                           ("decoder", DecoderConfig), ("preprocess", PreprocessConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigError(f"model config {name}: must be a JSON object, got {getattr(self, name)!r}")
+        if not self.class_names:
+            raise ConfigError("model config class_names: must list at least one class")
         k = self.num_classes
         for name in ("thing_ids", "refine_ids"):
             bad = [i for i in getattr(self, name) if not 0 <= i < k]
@@ -184,7 +260,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
+        """Inverse of :meth:`to_dict`; unknown keys, wrong types and values out of range are
+        an error naming the field."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"model config: must be a JSON object, got {type(data).__name__}")
         sub = {"backbone": BackboneConfig, "pixel_decoder": PixelDecoderConfig,
                "decoder": DecoderConfig, "preprocess": PreprocessConfig}
         kwargs: dict[str, Any] = {}

@@ -94,7 +94,7 @@ def ray_scaling_run(request, tmp_path_factory):
             script.proc.communicate()
 
 
-SCRIPTS = ["eval_memory.py", "mine_scale.py", "ray_scaling.py", "tracking_quality.py"]
+SCRIPTS = ["eval_memory.py", "fuzz_inputs.py", "mine_scale.py", "ray_scaling.py", "tracking_quality.py"]
 
 
 def test_every_script_is_tested():
@@ -135,6 +135,23 @@ def test_eval_memory():
     assert all(v >= 0 for v in numbers(timing, rf"pixel pass {NUMBER} s, component pass {NUMBER} s, total {NUMBER} s"))
     peak = numbers(lines[-1], rf"^peak RSS {NUMBER} MiB$")[0]
     assert 10 < peak < 4096
+
+
+def test_fuzz_inputs(weights, tmp_path):
+    from m2a_pipe.synth.video import write_video
+
+    clip = tmp_path / "clip.mp4"
+    write_video(clip, seed=4, seconds=0.5, fps=10, size=(64, 64))
+    args = [str(clip), "--files", "3", "--good", "1", "--batch", "10", "--weights", weights, "--timeout", "60"]
+    lines = run_script("fuzz_inputs.py", *args, timeout=300).splitlines()
+    assert_command(lines[0].removeprefix("command: "), "fuzz_inputs.py", args)
+    assert lines[1] == "files: 1 flip, 1 good, 1 truncate, 1 zero-head"
+    crashes, hangs, good, n_good, failed, listed, partial, complete, missing, n, _ = numbers(
+        lines[2], r"^crashes (\d+), hangs (\d+), good clips complete (\d+)/(\d+), damaged: (\d+) failed "
+                  r"\((\d+) listed in failures.jsonl\), (\d+) partial, (\d+) complete, (\d+) missing; "
+                  rf"(\d+) files in {NUMBER} s$")
+    assert (crashes, hangs, good, n_good, missing, n) == (0, 0, 1, 1, 0, 4)
+    assert failed == listed and failed + partial + complete == 3
 
 
 def test_mine_scale():

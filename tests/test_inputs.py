@@ -17,16 +17,16 @@ def rels(videos):
     return sorted(v.rel for v in videos)
 
 
-def test_single_file_goes_to_its_stem(tmp_path):
+def test_single_file_goes_to_its_stem_and_the_video_suffix(tmp_path):
     video = touch(tmp_path / "drive.mp4")
     (out,) = discover([video])
-    assert out.rel == "drive" and out.source == video.resolve()
-    assert out.out_dir(tmp_path / "OUT") == tmp_path / "OUT" / "drive"
+    assert out.rel == "drive.m2a" and out.source == video.resolve()
+    assert out.out_dir(tmp_path / "OUT") == tmp_path / "OUT" / "drive.m2a"
 
 
 def test_same_name_in_two_folders_never_collides(tmp_path):
     a, b = touch(tmp_path / "a" / "drive.mp4"), touch(tmp_path / "b" / "drive.mp4")
-    assert rels(discover([a, b])) == ["a/drive", "b/drive"]
+    assert rels(discover([a, b])) == ["a/drive.m2a", "b/drive.m2a"]
 
 
 def test_directory_is_scanned_recursively_and_mirrored(tmp_path):
@@ -34,26 +34,26 @@ def test_directory_is_scanned_recursively_and_mirrored(tmp_path):
     touch(tmp_path / "fleet" / "car2" / "2026" / "d1.ts")
     touch(tmp_path / "fleet" / "car2" / "notes.txt")
     touch(tmp_path / "fleet" / ".hidden" / "x.mp4")
-    assert rels(discover([tmp_path / "fleet"])) == ["car1/d1", "car2/2026/d1"]
+    assert rels(discover([tmp_path / "fleet"])) == ["car1/d1.m2a", "car2/2026/d1.m2a"]
 
 
 def test_same_stem_in_one_folder_keeps_the_suffix(tmp_path):
     touch(tmp_path / "a.mp4"); touch(tmp_path / "a.mov"); touch(tmp_path / "b.mkv")
-    assert rels(discover([tmp_path])) == ["a.mov", "a.mp4", "b"]
+    assert rels(discover([tmp_path])) == ["a.mov.m2a", "a.mp4.m2a", "b.m2a"]
 
 
 def test_glob_and_duplicates(tmp_path):
     touch(tmp_path / "x" / "one.mp4"); touch(tmp_path / "x" / "two.mp4"); touch(tmp_path / "x" / "three.avi")
     found = discover([str(tmp_path / "x" / "*.mp4"), tmp_path / "x" / "one.mp4"])
-    assert rels(found) == ["one", "two"]
-    assert rels(discover([str(tmp_path / "**" / "*.avi")])) == ["three"]
+    assert rels(found) == ["one.m2a", "two.m2a"]
+    assert rels(discover([str(tmp_path / "**" / "*.avi")])) == ["three.m2a"]
 
 
 def test_text_manifest_relative_to_its_folder(tmp_path):
     touch(tmp_path / "videos" / "a.mp4"); touch(tmp_path / "videos" / "sub" / "b.mp4")
     manifest = tmp_path / "videos" / "list.txt"
     manifest.write_text("# drives\na.mp4\n\nsub/b.mp4\n")
-    assert rels(discover([manifest])) == ["a", "sub/b"]
+    assert rels(discover([manifest])) == ["a.m2a", "sub/b.m2a"]
 
 
 def test_csv_manifest_carries_columns(tmp_path):
@@ -75,7 +75,7 @@ def test_missing_inputs_are_reported_one_by_one(tmp_path):
     good = touch(tmp_path / "good.mp4")
     errors = []
     found = discover([tmp_path / "nope.mp4", good, str(tmp_path / "*.mkv")], errors)
-    assert rels(found) == ["good"]
+    assert rels(found) == ["good.m2a"]
     assert [e[0] for e in errors] == [str(tmp_path / "nope.mp4"), str(tmp_path / "*.mkv")]
     assert "no such file" in errors[0][1] and "matches nothing" in errors[1][1]
     with pytest.raises(InputError, match="no such file"):

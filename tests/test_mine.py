@@ -30,7 +30,7 @@ from m2a_pipe.pipeline.process import process  # noqa: E402
 FAST = dict(short_side=64, quiet=True, instances="panoptic", event_min_score=-1.0)
 MANIFEST = [("videos/car1/front.mp4", "V1", "d1"), ("videos/car2/front.mp4", "V2", "d2"),
             ("videos/car2/rear.mp4", "V2", "d3"), ("videos/car3/cut.ts", "V3", "d4")]
-COMPLETE = ("car1/front", "car2/front", "car2/rear")
+COMPLETE = ("car1/front.m2a", "car2/front.m2a", "car2/rear.m2a")
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +47,10 @@ def fleet(weights, tmp_path_factory):
     out = root / "out"
     summary = process([manifest], out, weights=weights, **FAST)
     assert sorted(v.status for v in summary.videos) == ["complete"] * 3 + ["partial"]
-    shutil.copytree(out / "car2/rear", out / "car4/.rear.partial-999")
-    shutil.copytree(out / "car2/rear", out / "car5/broken")
+    shutil.copytree(out / "car2/rear.m2a", out / "car4/.rear.partial-999")
+    shutil.copytree(out / "car2/rear.m2a", out / "car5/broken")
     (out / "car5/broken/summary.json").unlink()
-    shutil.copytree(out / "car2/rear", out / "car6/running")
+    shutil.copytree(out / "car2/rear.m2a", out / "car6/running")
     with h5py.File(out / "car6/running/scores.h5", "r+") as f:
         f.attrs["status"] = "running"
     events = {rel: [json.loads(line) for line in (out / rel / "events.jsonl").read_text().splitlines()]
@@ -99,9 +99,9 @@ def test_walk_agrees_with_is_complete(fleet):
         if not (isinstance(item, Skipped) and item.kind == "temporary"):
             assert video_job.is_complete(fleet.out / item.rel) == isinstance(item, VideoFolder), item
     assert {item.rel: item.kind for item in found if isinstance(item, Skipped)} == {
-        "car3/cut": "partial", "car4/.rear.partial-999": "temporary", "car5/broken": "missing",
+        "car3/cut.m2a": "partial", "car4/.rear.partial-999": "temporary", "car5/broken": "missing",
         "car6/running": "unfinished"}
-    front = next(item for item in found if item.rel == "car1/front")
+    front = next(item for item in found if item.rel == "car1/front.m2a")
     assert front.extra == {"vehicle": "V1", "drive": "d1"} and front.attrs["status"] == "complete"
 
 
@@ -109,7 +109,7 @@ def test_skipped_folders_are_reported_one_line_each(mined):
     lines = mined.lines
     assert len(lines) == 4 and all("\n" not in line for line in lines)
     by_rel = {line.split(":")[0].removeprefix("skipped "): line for line in lines}
-    assert "truncated" in by_rel["car3/cut"] and "partial" in by_rel["car3/cut"]
+    assert "truncated" in by_rel["car3/cut.m2a"] and "partial" in by_rel["car3/cut.m2a"]
     assert "temporary" in by_rel["car4/.rear.partial-999"]
     assert "missing summary.json" in by_rel["car5/broken"]
     assert "running" in by_rel["car6/running"]
@@ -137,14 +137,14 @@ def test_every_event_is_ranked_in_order(fleet, mined):
 def test_ties_are_broken_by_duration_then_size_then_scan_order(fleet, tmp_path):
     out = copy_tree(fleet, tmp_path)
     same = dict(peak_score=0.75, max_area_fraction=0.5)
-    n1 = len(fleet.events["car1/front"])
-    rewrite_events(out / "car1/front", [dict(same, duration_s=1.0, max_area_px=100)] * n1)
-    rewrite_events(out / "car2/front", [dict(same, duration_s=2.0, max_area_px=50)])
-    rewrite_events(out / "car2/rear", [dict(same, duration_s=1.0, max_area_px=200)])
+    n1 = len(fleet.events["car1/front.m2a"])
+    rewrite_events(out / "car1/front.m2a", [dict(same, duration_s=1.0, max_area_px=100)] * n1)
+    rewrite_events(out / "car2/front.m2a", [dict(same, duration_s=2.0, max_area_px=50)])
+    rewrite_events(out / "car2/rear.m2a", [dict(same, duration_s=1.0, max_area_px=200)])
     result = mine(out, tmp_path / "report", top=10)
     order = [(item.video.rel, item.event["event_id"]) for item in result.top]
-    ids1 = [ev["event_id"] for ev in fleet.events["car1/front"]]
-    assert order == [("car2/front", 1), ("car2/rear", 1), *(("car1/front", i) for i in ids1)]
+    ids1 = [ev["event_id"] for ev in fleet.events["car1/front.m2a"]]
+    assert order == [("car2/front.m2a", 1), ("car2/rear.m2a", 1), *(("car1/front.m2a", i) for i in ids1)]
     with open(tmp_path / "report/events.csv", newline="") as f:
         assert [(r["video"], int(r["event_id"])) for r in csv.DictReader(f)] == order
 
@@ -157,10 +157,10 @@ def test_csv_columns_manifest_and_paths(fleet, mined):
                    "peak_score", "peak_frame", "max_area_px", "max_area_fraction", "bbox_x0", "bbox_y0",
                    "bbox_x1", "bbox_y1", "thumbnail", "clip"):
         assert column in header
-    manifest = {f"{Path(p).parent.name}/{Path(p).stem}": (v, d) for p, v, d in MANIFEST}
+    manifest = {f"{Path(p).parent.name}/{Path(p).stem}.m2a": (v, d) for p, v, d in MANIFEST}
     for row in mined.rows:
         assert (row["vehicle"], row["drive"]) == manifest[row["video"]]
-        assert Path(row["source"]) == fleet.root / "videos" / (row["video"] + ".mp4")
+        assert Path(row["source"]) == fleet.root / "videos" / (row["video"].removesuffix(".m2a") + ".mp4")
         event = next(ev for ev in fleet.events[row["video"]] if ev["event_id"] == int(row["event_id"]))
         assert float(row["peak_score"]) == event["peak_score"] and int(row["start_frame"]) == event["start_frame"]
         assert [float(row[f"bbox_{c}"]) for c in ("x0", "y0", "x1", "y1")] == event["bbox_at_peak"]
@@ -189,7 +189,7 @@ def test_filters_and_top(fleet, tmp_path):
 def test_partial_videos_can_be_included(fleet, tmp_path):
     result = mine(fleet.out, tmp_path / "r", include_partial=True)
     assert result.videos == 4 and result.skipped_kinds.get("partial", 0) == 0
-    assert "car3/cut" in (tmp_path / "r/report.html").read_text()
+    assert "car3/cut.m2a" in (tmp_path / "r/report.html").read_text()
 
 
 # -- report.html and the contact sheet ------------------------------------------------------
@@ -261,8 +261,8 @@ def _window(source, start_s, end_s, before, after):
 
 
 def test_clip_frames_and_timestamps(fleet, tmp_path):
-    folder = fleet.out / "car1/front"
-    event = max(fleet.events["car1/front"], key=lambda ev: ev["start_s"])
+    folder = fleet.out / "car1/front.m2a"
+    event = max(fleet.events["car1/front.m2a"], key=lambda ev: ev["start_s"])
     source = fleet.root / "videos/car1/front.mp4"
     for before, after in ((0.5, 0.3), (0.0, 0.0), (2.0, 2.0)):
         clip = tmp_path / f"clip_{before}_{after}.mp4"
@@ -284,12 +284,12 @@ def test_clip_frames_and_timestamps(fleet, tmp_path):
 
 def test_clip_from_the_overlay_and_missing_source(fleet, tmp_path):
     out = tmp_path / "car2"
-    shutil.copytree(fleet.out / "car2/front", out)
+    shutil.copytree(fleet.out / "car2/front.m2a", out)
     result = cut_clip(out, 1, tmp_path / "overlay.mp4", before=0.2, after=0.2, use="overlay")
     overlay_info, _ = read_frames(out / "overlay.mp4")
     info, frames = read_frames(tmp_path / "overlay.mp4")
     assert result.kind == "overlay" and (info.width, info.height) == (overlay_info.width, overlay_info.height)
-    event = fleet.events["car2/front"][0]
+    event = fleet.events["car2/front.m2a"][0]
     assert len(frames) == len(_window(out / "overlay.mp4", event["start_s"], event["end_s"], 0.2, 0.2))
     with h5py.File(out / "scores.h5", "r+") as f:
         f.attrs["source"] = str(tmp_path / "gone.mp4")
@@ -319,8 +319,8 @@ def test_cli_mine_default_report_dir(fleet, tmp_path):
 
 def test_cli_clip_and_one_line_errors(fleet, tmp_path):
     runner = CliRunner()
-    folder = fleet.out / "car1/front"
-    event_id = fleet.events["car1/front"][-1]["event_id"]
+    folder = fleet.out / "car1/front.m2a"
+    event_id = fleet.events["car1/front.m2a"][-1]["event_id"]
     clip = tmp_path / "c.mp4"
     ok = runner.invoke(cli, ["clip", str(folder), str(event_id), "--before", "0.5", "--after", "0.5", "-o", str(clip)])
     assert ok.exit_code == 0, ok.output

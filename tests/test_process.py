@@ -44,7 +44,7 @@ def source_frames(path, **kw):
 def test_outputs_of_one_video(weights, clips, tmp_path):
     summary = process(clips["a"], tmp_path / "out", weights=weights, **FAST)
     assert summary.exit_code == 0 and [v.status for v in summary.videos] == ["complete"]
-    out = tmp_path / "out" / "drive"
+    out = tmp_path / "out" / "drive.m2a"
     assert {p.name for p in out.iterdir()} >= {"scores.h5", "overlay.mp4", "tracks.csv", "events.jsonl",
                                                "timeline.png", "summary.json"}
     src = source_frames(clips["a"])
@@ -69,16 +69,16 @@ def test_outputs_of_one_video(weights, clips, tmp_path):
 def test_vfr_timestamps_and_stride(weights, clips, tmp_path):
     process(clips["vfr"], tmp_path / "o1", weights=weights, **FAST)
     src = source_frames(clips["vfr"])
-    overlay = source_frames(tmp_path / "o1" / "vfr" / "overlay.mp4")
+    overlay = source_frames(tmp_path / "o1" / "vfr.m2a" / "overlay.mp4")
     np.testing.assert_allclose([t for _, t in overlay], [t for _, t in src], atol=1e-3)
     process(clips["a"], tmp_path / "o2", weights=weights, stride=3, **FAST)
-    with h5py.File(tmp_path / "o2" / "drive" / "scores.h5", "r") as f:
+    with h5py.File(tmp_path / "o2" / "drive.m2a" / "scores.h5", "r") as f:
         np.testing.assert_array_equal(f["frames/index"][:], [0, 3, 6, 9])
 
 
 def test_open_set_panoptic_instances(weights, clips, tmp_path):
     process(clips["a"], tmp_path / "out", weights=weights, instances="panoptic", event_min_score=-1.0, **FAST)
-    out = tmp_path / "out" / "drive"
+    out = tmp_path / "out" / "drive.m2a"
     with h5py.File(out / "scores.h5", "r") as f:
         n = f["frames/n_instances"][:]
         inst = f["instances"][:]
@@ -98,9 +98,9 @@ def test_rotation_and_odd_size(weights, clips, tmp_path):
     assert summary.exit_code == 0
     with VideoReader(clips["rotated"]) as r:
         w, h = r.info.width, r.info.height
-    with h5py.File(tmp_path / "out" / "rotated" / "scores.h5", "r") as f:
+    with h5py.File(tmp_path / "out" / "rotated.m2a" / "scores.h5", "r") as f:
         assert (f.attrs["width"], f.attrs["height"]) == (w, h)
-    with h5py.File(tmp_path / "out" / "odd" / "scores.h5", "r") as f:
+    with h5py.File(tmp_path / "out" / "odd.m2a" / "scores.h5", "r") as f:
         assert (f.attrs["width"], f.attrs["height"]) == (97, 51) and f.attrs["status"] == "complete"
 
 
@@ -117,18 +117,18 @@ def test_bad_inputs_fail_one_line_each_and_the_others_go_on(weights, clips, tmp_
     assert all("\n" not in m for m in messages)
     assert any("moov" in m or "index" in m for m in messages if "noindex" in m)
     assert any("missing.mp4" in m for m in messages)
-    with h5py.File(tmp_path / "out" / "cut" / "scores.h5", "r") as f:
+    with h5py.File(tmp_path / "out" / "cut.m2a" / "scores.h5", "r") as f:
         assert f.attrs["status"] == "partial" and f.attrs["error"] and f.attrs["n_frames"] > 0
     assert any("empty.mp4" in m and "frame" in m for m in messages)
-    assert not (tmp_path / "out" / "garbage").exists() and not (tmp_path / "out" / "empty").exists()
+    assert not (tmp_path / "out" / "garbage.m2a").exists() and not (tmp_path / "out" / "empty.m2a").exists()
     assert not list((tmp_path / "out").rglob(".*partial*"))
 
 
 def test_two_inputs_with_the_same_name(weights, clips, tmp_path):
     summary = process([clips["a"], clips["b"]], tmp_path / "out", weights=weights, **FAST)
     assert summary.exit_code == 0
-    assert (tmp_path / "out" / "a" / "drive" / "scores.h5").is_file()
-    assert (tmp_path / "out" / "b" / "drive" / "scores.h5").is_file()
+    assert (tmp_path / "out" / "a" / "drive.m2a" / "scores.h5").is_file()
+    assert (tmp_path / "out" / "b" / "drive.m2a" / "scores.h5").is_file()
 
 
 def test_rerun_skips_complete_and_overwrite_redoes(weights, clips, tmp_path):
@@ -148,13 +148,13 @@ def test_interrupted_run_then_rerun_loses_and_duplicates_nothing(weights, clips,
         process([clips["a"], clips["b"]], tmp_path / "out", weights=weights, batch_size=1, on_batch=interrupt,
                 **FAST)
     out = tmp_path / "out"
-    assert (out / "a" / "drive" / "summary.json").is_file()
-    assert not (out / "b" / "drive").exists()
+    assert (out / "a" / "drive.m2a" / "summary.json").is_file()
+    assert not (out / "b" / "drive.m2a").exists()
     assert not list(out.rglob(".*partial*"))
     summary = process([clips["a"], clips["b"]], out, weights=weights, **FAST)
     assert {Path(v.source).parent.name: v.status for v in summary.videos} == {"a": "skipped", "b": "complete"}
     for clip, folder in ((clips["a"], "a"), (clips["b"], "b")):
-        with h5py.File(out / folder / "drive" / "scores.h5", "r") as f:
+        with h5py.File(out / folder / "drive.m2a" / "scores.h5", "r") as f:
             np.testing.assert_array_equal(f["frames/index"][:], [i for i, _ in source_frames(clip)])
 
 

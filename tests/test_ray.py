@@ -87,8 +87,8 @@ def test_two_workers_give_the_local_outputs(cluster, fleet, local_out, weights, 
     summary = process(fleet, tmp_path / "out", weights=weights, ray=TWO_WORKERS, log=messages.append, **COMMON)
     assert summary.exit_code == 0 and sorted(v.status for v in summary.videos) == ["complete"] * 3
     assert vf.assert_same_outputs(tmp_path / "out", local_out) == 3
-    assert (tmp_path / "out" / "v1" / "long" / "overlay.mp4").stat().st_size > 0
-    with h5py.File(tmp_path / "out" / "v2" / "drive" / "scores.h5", "r") as f:
+    assert (tmp_path / "out" / "v1" / "long.m2a" / "overlay.mp4").stat().st_size > 0
+    with h5py.File(tmp_path / "out" / "v2" / "drive.m2a" / "scores.h5", "r") as f:
         assert f.attrs["extra_vehicle"] == "car-2" and f.attrs["extra_drive_id"] == "d3"
     line = next(m for m in messages if m.startswith("ray: 2 worker(s)"))
     assert "0 restarted, 0 lost" in line
@@ -103,15 +103,15 @@ def test_worker_killed_mid_video_gives_identical_outputs(cluster, fleet, local_o
     out = tmp_path / "out"
     record: dict = {}
     # One long video alone on the pool: its batches are spread over both workers.
-    watcher = kill_worker_mid_video(out / "v1" / "long", after_batches=4, restart=restart, record=record)
+    watcher = kill_worker_mid_video(out / "v1" / "long.m2a", after_batches=4, restart=restart, record=record)
     messages = []
     summary = process(fleet.parent / "v1" / "long.mp4", out, weights=weights, ray=TWO_WORKERS,
                       log=messages.append, **COMMON)
     watcher.join(timeout=5)
     assert record.get("killed") and record["unfinished"], record
     assert summary.exit_code == 0, summary.table()
-    ref = local_out / "v1" / "long" / "scores.h5"
-    got = out / "long" / "scores.h5"
+    ref = local_out / "v1" / "long.m2a" / "scores.h5"
+    got = out / "long.m2a" / "scores.h5"
     a, b = vf.h5_datasets(got), vf.h5_datasets(ref)
     for name in b:
         assert a[name].tobytes() == b[name].tobytes(), name
@@ -134,8 +134,8 @@ def test_broken_video_lands_in_failures_and_the_others_go_on(cluster, fleet, wei
     assert [Path(line["source"]).name for line in lines] == ["broken.mp4"]
     assert lines[0]["error"].startswith(str(broken)) and len(lines[0]["error"].splitlines()) == 1
     written = {p.parent.name: p.parent for p in (tmp_path / "out").rglob("summary.json")}
-    assert sorted(written) == ["cut", "short"]
-    with h5py.File(written["cut"] / "scores.h5", "r") as f:
+    assert sorted(written) == ["cut.m2a", "short.m2a"]
+    with h5py.File(written["cut.m2a"] / "scores.h5", "r") as f:
         assert f.attrs["status"] == "partial"
     assert not list((tmp_path / "out").rglob(".*partial*"))
 
@@ -165,7 +165,7 @@ def test_killed_driver_then_rerun_skips_complete_and_redoes_the_rest(cluster, fl
     driver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        first = out / "v1" / "long" / "summary.json"
+        first = out / "v1" / "long.m2a" / "summary.json"
         while time.monotonic() < deadline and driver.poll() is None:
             done = (out / "v1" / "short" / "summary.json").is_file() or first.is_file()
             if done and list(out.rglob(".*partial*")):

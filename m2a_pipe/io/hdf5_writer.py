@@ -21,11 +21,19 @@ processed frame, in processing order):
 
 Rows are buffered and appended in blocks (:data:`BLOCK_ROWS`), so the file is written at a
 steady pace with flat memory however long the video.
+
+A full disk (or any failed write) never reaches the HDF5 library: the file is written through
+:class:`_GuardedFile`, which records the first failed write and drops the later ones, so HDF5
+always closes cleanly (HDF5 left with a failed write crashes the process when its handles are
+released). :meth:`ScoresWriter.flush` and :meth:`ScoresWriter.close` then raise the recorded
+OSError, naming the file; the caller discards the half-written file.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -51,14 +59,90 @@ FRAME_COLUMNS = {
 
 
 def _attr(value: Any) -> Any:
-    """HDF5-storable form of an attribute value (None -> "", mappings -> JSON)."""
+    """HDF5-storable form of an attribute value (None -> "", mappings -> JSON, text that is
+    not UTF-8, such as a file name's undecodable bytes, with ``\\xNN`` escapes)."""
     if value is None:
         return ""
     if isinstance(value, Mapping):
         return json.dumps(value, sort_keys=True)
     if isinstance(value, Path):
-        return str(value)
+        value = str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return value
+
+
+class _GuardedFile(io.RawIOBase):
+    """The file object HDF5 writes through (h5py's ``fileobj`` driver): positioned writes
+    with :func:`os.pwrite`; the first failed write is kept in :attr:`error` and every later
+    write is dropped (reported as done), so the library never sees an error."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+        self._pos = 0
+        self._size = 0
+        self.error: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        n = 0
+        if self.error is None:
+            data = os.pread(self._fd, len(view), self._pos)
+            n = len(data)
+            view[:n] = data
+        else:   # nothing written after the failure is on disk: read zeros
+            n = max(0, min(len(view), self._size - self._pos))
+            view[:n] = bytes(n)
+        self._pos += n
+        return n
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while self.error is None and done < len(view):
+            try:
+                done += os.pwrite(self._fd, view[done:], self._pos + done)
+            except OSError as err:
+                self.error = err
+        self._pos += len(view)
+        self._size = max(self._size, self._pos)
+        return len(view)
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self._pos if size is None else size
+        if self.error is None:
+            try:
+                os.ftruncate(self._fd, size)
+            except OSError as err:
+                self.error = err
+        self._size = size
+        return size
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
 
 
 class ScoresWriter:
@@ -76,7 +160,8 @@ class ScoresWriter:
     def __init__(self, path: str | Path, attrs: Mapping[str, Any], *, map_shape: tuple[int, int] | None = None,
                  bounded: bool = True, semantic: bool = False, map_attrs: Mapping[str, Any] | None = None) -> None:
         self.path = Path(path)
-        self._file = h5py.File(self.path, "w")
+        self._raw = _GuardedFile(self.path)
+        self._file = h5py.File(self._raw, "w")
         self._file.attrs["format_version"] = FORMAT_VERSION
         for key, value in attrs.items():
             self._file.attrs[key] = _attr(value)
@@ -141,8 +226,15 @@ class ScoresWriter:
         dataset.resize(n + len(rows), axis=0)
         dataset[n:] = rows
 
+    def _check(self) -> None:
+        """Raise the first write that failed (a full disk), naming the file."""
+        err = self._raw.error
+        if err is not None:
+            raise OSError(err.errno, err.strerror or str(err), str(self.path))
+
     def flush(self) -> None:
-        """Write the buffered rows."""
+        """Write the buffered rows. Raises OSError when a write failed (a full disk)."""
+        self._check()
         if self._rows["index"]:
             for name, dataset in self._columns.items():
                 self._append(dataset, np.asarray(self._rows[name], dtype=FRAME_COLUMNS[name]))
@@ -156,9 +248,11 @@ class ScoresWriter:
         if self._inst_rows:
             self._append(self._instances, np.array(self._inst_rows, dtype=INSTANCE_DTYPE))
             self._inst_rows.clear()
+        self._check()
 
     def close(self, status: str = "complete", error: str | None = None, **attrs: Any) -> None:
-        """Flush, set ``n_frames``, ``status``, ``error`` and extra attributes, close."""
+        """Flush, set ``n_frames``, ``status``, ``error`` and extra attributes, close.
+        Raises OSError when a write failed (the file is closed all the same)."""
         if self._file is None:
             return
         try:
@@ -167,10 +261,12 @@ class ScoresWriter:
             for key, value in attrs.items():
                 self._file.attrs[key] = _attr(value)
             self._file.attrs["status"] = status
-            self._file.attrs["error"] = error or ""
+            self._file.attrs["error"] = _attr(error or "")
         finally:
             self._file.close()
             self._file = None
+            self._raw.close()
+        self._check()
 
 
 def read_status(path: str | Path) -> tuple[str, str]:

@@ -1,12 +1,19 @@
 """The names of a video's output folder, shared by the pipeline that writes it and the tools
 that read it (``m2a-pipe mine``, ``m2a-pipe clip``). No heavy imports: readers stay light.
 
-    OUT/<rel>/<stem>/                 a finished video (renamed into place when complete)
-    OUT/<rel>/.<stem>.partial-<pid>   the folder being written by process <pid>
-    OUT/<rel>/.<stem>.old-<pid>       a replaced output, removed right after the rename
-    OUT/failures.jsonl                the inputs that failed in the latest run (path, reason)
+    OUT/<rel>/<stem>.m2a/                 a finished video (renamed into place when complete)
+    OUT/<rel>/.<stem>.m2a.partial-<pid>   the folder being written by process <pid>
+    OUT/<rel>/.<stem>.m2a.old-<pid>       a replaced output, removed right after the rename
+    OUT/failures.jsonl                    the inputs that failed in the latest run (path, reason)
+    OUT/report/                           the default report folder of ``m2a-pipe mine``
 
     <any file>/.<name>.tmp-<pid>      a file being written, renamed onto <name> when whole
+
+Every video's folder name ends with :data:`VIDEO_DIR_SUFFIX`, and no other name of the tree
+does: :func:`output_name` escapes the names taken from the input tree (folders and stems)
+so that a folder ``x/`` of the inputs can never be, or hold, the output of ``x.mp4``, and no
+input folder can take the name of OUT's own files (:data:`RESERVED_TOP_NAMES`) or of a
+temporary folder. The escape is one-to-one: distinct input names stay distinct.
 
 The temporary names are built and recognised here only: :func:`partial_dir`, :func:`old_dir`,
 :func:`is_temporary`, :func:`temporary_dirs`, :func:`temporary_file`, and files are written
@@ -29,6 +36,10 @@ TIMELINE_FILE = "timeline.png"
 SUMMARY_FILE = "summary.json"
 THUMBS_DIR = "thumbs"
 FAILURES_FILE = "failures.jsonl"
+REPORT_DIR = "report"
+VIDEO_DIR_SUFFIX = ".m2a"
+RESERVED_TOP_NAMES = (FAILURES_FILE, REPORT_DIR)
+"""Names OUT keeps for itself: no input folder is written under them."""
 
 PARTIAL_MARK = ".partial-"
 OLD_MARK = ".old-"
@@ -37,6 +48,44 @@ TEMPORARY_MARKS = (PARTIAL_MARK, OLD_MARK)
 
 _MARKS_RE = "|".join(re.escape(mark) for mark in TEMPORARY_MARKS)
 _TEMPORARY_RE = re.compile(rf"\.(?P<stem>.+)(?P<mark>{_MARKS_RE})(?P<pid>[0-9]+)")
+
+
+_HIDDEN_RE = re.compile(r"_*\.")
+_SUFFIXED_RE = re.compile(rf"{re.escape(VIDEO_DIR_SUFFIX)}_*\Z", re.IGNORECASE)
+_RESERVED_RE = re.compile(rf"(?:{'|'.join(re.escape(n) for n in RESERVED_TOP_NAMES)})_*", re.IGNORECASE)
+
+
+def output_name(name: str, *, video: bool, top: bool = False) -> str:
+    """The OUT name of one input path step: a folder's name, or (``video=True``) the name of a
+    video's output folder made from its stem (or file name).
+
+    Escapes, each by one more ``_``, so that the result is never hidden nor temporary
+    (``.x`` -> ``_.x``, ``_.x`` -> ``__.x``), a folder never ends with :data:`VIDEO_DIR_SUFFIX`
+    (``a.m2a`` -> ``a.m2a_``) and a folder at the top of OUT never takes a reserved name
+    (``report`` -> ``report_``); a video's name then gets :data:`VIDEO_DIR_SUFFIX`.
+    """
+    if _HIDDEN_RE.match(name):
+        name = "_" + name
+    if not video and _SUFFIXED_RE.search(name):
+        name += "_"
+    if top and not video and _RESERVED_RE.fullmatch(name):
+        name += "_"
+    return name + VIDEO_DIR_SUFFIX if video else name
+
+
+def is_video_dir_name(name: str) -> bool:
+    """Whether the file name ``name`` is that of a video's output folder (:func:`output_name`)."""
+    return name.lower().endswith(VIDEO_DIR_SUFFIX) and not name.startswith(".")
+
+
+def is_video_output(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a real folder (not a link) that the pipeline wrote for a video: it
+    has a video-folder name and holds ``scores.h5`` or ``summary.json``. Only such a folder
+    is ever replaced by a new output."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir() or not is_video_dir_name(path.name):
+        return False
+    return (path / SCORES_FILE).is_file() or (path / SUMMARY_FILE).is_file()
 
 
 def _temporary_name(out_dir: Path, mark: str, pid: int) -> Path:

@@ -89,6 +89,53 @@ def ts_truncation(path: str, container_name: str) -> str | None:
     return None
 
 
+TS_TAIL_BYTES = 1 << 20        # bytes at the end of a transport stream searched for its last PES packet
+
+
+def ts_last_pes_cut(path: str, pid: int) -> str | None:
+    """For a transport stream of whole packets, a reason when the last PES packet of ``pid``
+    (the video stream) is incomplete: shorter than its header's ``PES_packet_length``, or, for
+    an unbounded video PES (length 0), ending in a packet whose payload fills it to the last
+    byte. A muxer ends every PES packet with adaptation-field stuffing, so a full last packet
+    means the recording was cut on a packet boundary (a PES that fits its packets exactly, about
+    one in 184, is taken for cut too: it is reported, never hidden)."""
+    try:
+        size = os.path.getsize(path)
+        unit = TS_PACKET_BYTES if size % TS_PACKET_BYTES == 0 else M2TS_PACKET_BYTES
+        skip = unit - TS_PACKET_BYTES
+        start = max(0, size - TS_TAIL_BYTES // unit * unit)
+        with open(path, "rb") as f:
+            f.seek(start)
+            tail = f.read()
+    except OSError:
+        return None
+    payloads: list[tuple[bool, bytes]] = []
+    for offset in range(0, len(tail) - unit + 1, unit):
+        packet = tail[offset + skip: offset + unit]
+        if packet[0] != 0x47 or ((packet[1] & 0x1F) << 8 | packet[2]) != pid:
+            continue
+        control = (packet[3] >> 4) & 0x3
+        body = 4 + (1 + packet[4] if control & 0x2 else 0)
+        payload = packet[body:] if control & 0x1 else b""
+        start_indicator = bool(packet[1] & 0x40)
+        if start_indicator:
+            payloads = []
+        payloads.append((start_indicator, payload))
+    if not payloads or not payloads[0][0]:
+        return None
+    pes = b"".join(p for _, p in payloads)
+    if len(pes) < 6 or pes[:3] != b"\x00\x00\x01":
+        return None
+    declared = struct.unpack(">H", pes[4:6])[0]
+    if declared and len(pes) < 6 + declared:
+        return (f"truncated: the last video PES packet holds {len(pes) - 6} of its {declared} bytes, "
+                "the recording was cut off")
+    if not declared and len(payloads[-1][1]) == TS_PACKET_BYTES - 4:
+        return ("truncated: the last video transport packet is full, without the stuffing that ends a "
+                "PES packet, the recording was cut off")
+    return None
+
+
 def mp4_missing_bytes(path: str, stream: av.video.stream.VideoStream) -> int:
     """How many bytes of the samples the MP4 index lists lie past the end of the file (0 if none)."""
     try:

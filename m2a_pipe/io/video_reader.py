@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -33,14 +34,16 @@ from m2a_pipe.io.video_diagnosis import (
     packet_time,
     positive_float,
     stream_duration_s,
+    ts_last_pes_cut,
     ts_truncation,
 )
 
 DEFAULT_FPS = 30.0
 MP4_FORMAT_NAMES = ("mov", "mp4")
 PTS_EPSILON_S = 1e-6           # tolerance when comparing timestamps to sample times
-EARLY_END_MIN_S = 1.0          # a stream may end this much before its announced duration unflagged ...
-EARLY_END_FRACTION = 0.1       # ... or this fraction of it, whichever is larger
+EARLY_END_FRAMES = 1           # a stream may end this many frame intervals before its announced duration ...
+EARLY_END_FRACTION = 0.002     # ... or this fraction of it (7 s an hour), whichever is larger
+CONTAINER_END_SLACK_S = 0.5    # the same when only the container announces a duration (audio may run on)
 SEEK_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)  # retries of a seek that lands after its target
 
 
@@ -58,7 +61,7 @@ class VideoError(M2AError):
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
         self.path = str(path)
         self.reason = one_line(reason)
-        super().__init__(f"{self.path}: {self.reason}")
+        super().__init__(f"{os.fsencode(self.path).decode('utf-8', 'backslashreplace')}: {self.reason}")
 
 
 @dataclass(frozen=True)
@@ -370,26 +373,37 @@ class VideoReader:
         """One line on what was lost, or None when the whole file decoded cleanly."""
         parts = []
         truncated = ts_truncation(self.path, self.info.container)
+        if truncated is None and self.info.container == "mpegts":
+            truncated = ts_last_pes_cut(self.path, self._stream.id)
         if truncated:
             parts.append(truncated)
         index_frames = self._stream.frames
         is_mp4 = self.info.container.startswith(MP4_FORMAT_NAMES)
-        if index_frames and self.n_decoded < index_frames and is_mp4:
-            missing_bytes = mp4_missing_bytes(self.path, self._stream)
+        if index_frames and self.n_decoded < index_frames:
+            missing_bytes = mp4_missing_bytes(self.path, self._stream) if is_mp4 else 0
             if missing_bytes:
                 parts.append(f"truncated: index lists {index_frames} frames, decoded {self.n_decoded} "
                              f"(the file ends {missing_bytes} bytes before the data its index points to)")
             else:
                 parts.append(f"index lists {index_frames} frames, decoded {self.n_decoded}")
-        stream_s = stream_duration_s(self._stream)
+        stream_s = own_s = stream_duration_s(self._stream)
+        slack_s = max(EARLY_END_FRAMES / self.info.fps, EARLY_END_FRACTION * (stream_s or 0.0))
+        if stream_s is None and self.info.container != "mpegts" and self.info.duration_s:
+            # the container's duration (FLV metadata, AVI header) may include an audio tail
+            stream_s = self.info.duration_s
+            slack_s = max(CONTAINER_END_SLACK_S, EARLY_END_FRACTION * stream_s)
         if not is_mp4 and stream_s and self._last_pts_s is not None:
             start_s = self._first_pts_s
             if self._stream.start_time is not None and self._stream.time_base is not None:
                 start_s = min(start_s, float(self._stream.start_time * self._stream.time_base))
             covered_s = self._last_pts_s + 1.0 / self.info.fps - start_s
-            if covered_s < stream_s - max(EARLY_END_MIN_S, EARLY_END_FRACTION * stream_s):
+            if covered_s < stream_s - slack_s:
                 parts.append(f"stream ends early: decoded {covered_s:.2f} s of the {stream_s:.2f} s "
                              "the container announces")
+            expected = round(stream_s * self.info.fps)   # frames lost inside (B-frames of a cut tail)
+            if own_s and not index_frames and not parts and self.n_decoded < expected - EARLY_END_FRAMES:
+                parts.append(f"the container announces {stream_s:.2f} s at {self.info.fps:g} fps (about {expected} "
+                             f"frames), decoded {self.n_decoded}")
         if self._stopped_on_errors:
             parts.append(f"stopped after {self.max_consecutive_errors} consecutive decode errors, "
                          f"last: {self.errors[-1]}")
@@ -424,6 +438,9 @@ class VideoReader:
 def _open_container(path: str) -> av.container.InputContainer:
     """The opened input container, or a one-line VideoError saying why not."""
     try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):   # a FIFO would block the run
+            raise VideoError(path, "not a regular file (a FIFO, socket or device), not a video file")
         with open(path, "rb") as f:
             head = f.read(64)
     except FileNotFoundError:

@@ -20,6 +20,7 @@ not decode the hour before it; a container that cannot seek there is decoded fro
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,10 @@ class ClipResult:
     clip_end_s: float
     event_offset_s: float
     note: str = ""
+
+
+MAX_EVENT_TIME_S = 1e7
+"""Event times beyond this many seconds (116 days) are taken as damage, not as a moment of a video."""
 
 
 def _size_from_fingerprint(fingerprint: str) -> int | None:
@@ -150,6 +155,9 @@ def cut_clip(folder: str | os.PathLike, event_id: int, output: str | os.PathLike
         raise ClipError(str(err) if str(err).startswith(str(folder)) else f"{folder}: {err}") from None
     kind, video, note = choose_video(folder, use)
     t0, t1 = float(event["start_s"]) - before, float(event["end_s"]) + after
+    if not (math.isfinite(t0) and math.isfinite(t1) and abs(t0) <= MAX_EVENT_TIME_S and abs(t1) <= MAX_EVENT_TIME_S):
+        raise ClipError(f"{folder}: event {event_id} has times no video has (start_s {event['start_s']!r}, "
+                        f"end_s {event['end_s']!r})")
     output = Path(output)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from typing import Callable
 
 from m2a_pipe.errors import M2AError
 from m2a_pipe.mining.clips import ClipError, cut_clip
-from m2a_pipe.mining.outputs import OutputError, Skipped, read_video_events, walk_outputs
+from m2a_pipe.mining.outputs import OUTPUT_FILES, OutputError, Skipped, file_inside, read_video_events, walk_outputs
 from m2a_pipe.mining.ranking import RankSpool, TopEvents, rank_key
 from m2a_pipe.mining.report import (
     CLIPS_DIR,
@@ -93,6 +93,18 @@ def _rel_to(path: Path, root: Path) -> str:
     return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root))).as_posix()
 
 
+def _video_folder_holding(path: Path) -> Path | None:
+    """The video output folder (a folder holding pipeline output files) that is ``path`` or
+    one of its parents, or None."""
+    for folder in (path.resolve(), *path.resolve().parents):
+        try:
+            if any((folder / name).is_file() for name in OUTPUT_FILES):
+                return folder
+        except OSError:
+            continue
+    return None
+
+
 def clip_name(item: TopEvent) -> str:
     """``0001_<video folder with / as __>_event_0003.mp4``: rank first, so the files sort by rank."""
     video = item.video.rel.replace("/", "__") if item.video.rel != "." else item.video.path.name
@@ -130,6 +142,10 @@ def mine(out_root: str | os.PathLike, report_dir: str | os.PathLike | None = Non
     if not out_root.is_dir():
         raise MineError(f"{out_root}: no such folder")
     report = Path(report_dir) if report_dir is not None else out_root / DEFAULT_REPORT_DIR
+    holder = _video_folder_holding(report)
+    if holder is not None:
+        raise MineError(f"{report}: inside the video output folder {holder}; the report is never written into a "
+                        "video's folder (give -o REPORT_DIR elsewhere)")
     try:
         report.mkdir(parents=True, exist_ok=True)
         work = tempfile.TemporaryDirectory(prefix=".mine-", dir=report)
@@ -155,7 +171,7 @@ def mine(out_root: str | os.PathLike, report_dir: str | os.PathLike | None = Non
                     skip(item)
                     continue
                 try:
-                    events = read_video_events(item.path)
+                    events = read_video_events(item.path, lambda line, rel=item.rel: say(f"{rel}: {line}"))
                 except OutputError as err:
                     skip(Skipped(item.rel, "unreadable", str(err)))
                     continue
@@ -166,7 +182,10 @@ def mine(out_root: str | os.PathLike, report_dir: str | os.PathLike | None = Non
                         continue
                     if min_duration is not None and float(event["duration_s"]) < min_duration:
                         continue
-                    thumb = item.path / event["thumbnail"] if event.get("thumbnail") else None
+                    thumb = file_inside(item.path, event.get("thumbnail")) if event.get("thumbnail") else None
+                    if event.get("thumbnail") and thumb is None:
+                        say(f"{item.rel}: event {event['event_id']}: thumbnail {event['thumbnail']!r} is not a "
+                            "file inside the video folder; left out")
                     thumb_rel = _rel_to(thumb, out_root) if thumb is not None else ""
                     key = rank_key(event)
                     seq = spool.add(key, spool_row(item, event, thumb_rel))

@@ -20,7 +20,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -215,11 +215,37 @@ def _finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def read_video_events(folder: str | os.PathLike) -> list[dict[str, Any]]:
+OPTIONAL_NUMBER_FIELDS = ("track_id", "n_frames", "peak_frame", "peak_s", "max_area_px", "max_area_fraction")
+OPTIONAL_TEXT_FIELDS = ("kind", "thumbnail")
+
+
+def event_problem(event: Any) -> str | None:
+    """Why a parsed ``events.jsonl`` line cannot be used as an event, or None: every field
+    the tools read must have its type (required numbers finite; optional numbers finite or
+    null; ``kind``/``thumbnail`` text or null; ``bbox_at_peak`` four numbers or null)."""
+    if not isinstance(event, dict):
+        return "not a JSON object"
+    bad = [k for k in EVENT_REQUIRED_FIELDS if not _finite_number(event.get(k))]
+    if bad:
+        return f"missing or non-numeric {', '.join(bad)}"
+    if event["event_id"] != int(event["event_id"]):
+        return f"event_id {event['event_id']!r} is not a whole number"
+    bad = [k for k in OPTIONAL_NUMBER_FIELDS if event.get(k) is not None and not _finite_number(event[k])]
+    bad += [k for k in OPTIONAL_TEXT_FIELDS if event.get(k) is not None and not isinstance(event[k], str)]
+    box = event.get("bbox_at_peak")
+    if box is not None and not (isinstance(box, list) and len(box) == 4 and all(_finite_number(v) for v in box)):
+        bad.append("bbox_at_peak")
+    return f"wrong type of {', '.join(bad)}" if bad else None
+
+
+def read_video_events(folder: str | os.PathLike, on_bad: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """The events of one video folder, as the dicts of its ``events.jsonl`` lines.
 
+    A line that is not a usable event (:func:`event_problem`, or not JSON) is left out and
+    reported to ``on_bad`` as one line ``events.jsonl line N: <why>``; the other events stay.
+
     Raises:
-        OutputError: the file is missing or a line is not an event (one line, with its number).
+        OutputError: the file is missing, unreadable or not UTF-8 text.
     """
     path = Path(folder) / EVENTS_FILE
     events = []
@@ -230,19 +256,32 @@ def read_video_events(folder: str | os.PathLike) -> list[dict[str, Any]]:
                     continue
                 try:
                     event = json.loads(line)
+                    problem = event_problem(event)
                 except ValueError as err:
-                    raise OutputError(f"{EVENTS_FILE} line {number}: not JSON ({err.msg})") from None
-                if not isinstance(event, dict):
-                    raise OutputError(f"{EVENTS_FILE} line {number}: not a JSON object")
-                bad = [k for k in EVENT_REQUIRED_FIELDS if not _finite_number(event.get(k))]
-                if bad:
-                    raise OutputError(f"{EVENTS_FILE} line {number}: missing or non-numeric {', '.join(bad)}")
-                events.append(event)
+                    problem = f"not JSON ({getattr(err, 'msg', err)})"
+                if problem is None:
+                    events.append(event)
+                elif on_bad is not None:
+                    on_bad(f"{EVENTS_FILE} line {number}: {problem}; event skipped")
     except OSError as err:
         raise OutputError(f"cannot read {EVENTS_FILE} ({err.strerror or err})") from None
     except UnicodeDecodeError:
         raise OutputError(f"{EVENTS_FILE} is not UTF-8 text") from None
     return events
+
+
+def file_inside(folder: str | os.PathLike, name: Any) -> Path | None:
+    """The regular file ``name`` (a path read from an output file) when it lies inside
+    ``folder`` once every link is resolved, else None: an absolute name, ``..`` steps or a
+    link that leads out of the folder never make a tool read a file elsewhere."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        return None
+    base = Path(folder).resolve()
+    try:
+        target = (base / name).resolve()
+    except (OSError, RuntimeError):
+        return None
+    return target if base in target.parents and target.is_file() else None
 
 
 def find_event(folder: str | os.PathLike, event_id: int) -> dict[str, Any]:

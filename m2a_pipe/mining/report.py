@@ -94,7 +94,7 @@ def extra_column(name: str) -> str:
 
 def csv_header(extra_keys: Iterable[str]) -> list[str]:
     """rank, video, source, the manifest columns (sorted), the event's fields, thumbnail, clip."""
-    return [*HEAD_COLUMNS, *(extra_column(k) for k in sorted(extra_keys)), *EVENT_COLUMNS, *BBOX_COLUMNS,
+    return [*HEAD_COLUMNS, *(_cell(extra_column(k)) for k in sorted(extra_keys)), *EVENT_COLUMNS, *BBOX_COLUMNS,
             *TAIL_COLUMNS]
 
 
@@ -104,8 +104,17 @@ def spool_row(video: VideoFolder, event: Mapping[str, Any], thumbnail: str) -> d
             "event": {k: event.get(k) for k in (*EVENT_COLUMNS, "bbox_at_peak")}}
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""Text a spreadsheet would run as a formula: such a cell gets a leading ``'``."""
+
+
 def _cell(value: Any) -> Any:
-    return "" if value is None else value
+    """A CSV cell: None empty, text that a spreadsheet would take for a formula escaped."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def csv_row(rank: int, row: Mapping[str, Any], extra_keys: Sequence[str], clip: str = "") -> list[Any]:
@@ -114,8 +123,9 @@ def csv_row(rank: int, row: Mapping[str, Any], extra_keys: Sequence[str], clip: 
     bbox = event.get("bbox_at_peak")
     bbox = list(bbox) if isinstance(bbox, (list, tuple)) and len(bbox) == 4 else [None] * 4
     extra = row.get("extra") or {}
-    return [rank, row["video"], row["source"], *(extra.get(k, "") for k in sorted(extra_keys)),
-            *(_cell(event.get(k)) for k in EVENT_COLUMNS), *(_cell(v) for v in bbox), row.get("thumbnail", ""), clip]
+    return [rank, _cell(row["video"]), _cell(row["source"]), *(_cell(extra.get(k, "")) for k in sorted(extra_keys)),
+            *(_cell(event.get(k)) for k in EVENT_COLUMNS), *(_cell(v) for v in bbox), _cell(row.get("thumbnail", "")),
+            _cell(clip)]
 
 
 def write_events_csv(path: Path, spool: RankSpool, extra_keys: Iterable[str], clips: Mapping[int, str]) -> int:

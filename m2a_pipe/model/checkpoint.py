@@ -144,8 +144,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             return RestrictedUnpickler._allowed[(_PY2_MODULES.get(module, module), name)]
         except KeyError:
             raise CheckpointError(
-                f"refused to unpickle {module}.{name}: a .pkl checkpoint may hold only "
-                "numpy arrays and plain containers") from None
+                f"refused to unpickle the global {module}.{name}: a .pkl checkpoint may hold only "
+                f"numpy arrays and plain containers, no code (nothing was run); {CONVERT_HINT}") from None
 
     def persistent_load(self, pid: Any) -> Any:
         raise CheckpointError("refused a persistent id in a .pkl checkpoint")
@@ -186,11 +186,24 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: {err}") from None
 
 
+_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
+CONVERT_HINT = ("m2a-pipe weights convert FILE --config CONFIG -o OUT.safetensors converts a checkpoint of "
+                "tensors; reduce a trusted file to its state dict in Python first")
+
+
+def _refusal(err: pickle.UnpicklingError) -> str:
+    """One line for a pickle torch refused: the global it names, that nothing ran, how to go on."""
+    match = _GLOBAL_RE.search(str(err))
+    what = f"the global {match.group(1)}" if match else f"its content ({first_line(err)[:120]})"
+    return (f"refused to unpickle {what}: weights may hold only tensors and plain containers, no code "
+            f"(nothing was run); {CONVERT_HINT}")
+
+
 def _read_torch(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"refused by torch.load(weights_only=True): {first_line(err)}") from None
+        raise CheckpointError(_refusal(err)) from None
     except (RuntimeError, EOFError, OSError) as err:
         raise CheckpointError(f"not a readable torch checkpoint ({type(err).__name__}: {err})") from None
 

@@ -88,11 +88,38 @@ def process_cmd(inputs, output, config_file, quiet, json_path, use_ray, **option
     base = ProcessConfig.from_file(config_file) if config_file else ProcessConfig()
     config = base.updated(**options)
     ray_config = RayConfig().updated(**ray_options) if use_ray else None
+    if json_path:
+        _check_writable(json_path)
     summary = process(list(inputs), output, config, ray=ray_config, quiet=quiet,
                       log=lambda msg: click.echo(f"m2a-pipe: {msg}", err=True))
     click.echo(summary.table())
     if json_path:
-        with open(json_path, "w") as f:
-            json.dump({"output": summary.output, "seconds": round(summary.seconds, 3), "exit_code": summary.exit_code,
-                       "videos": [v.to_dict() for v in summary.videos]}, f, indent=1)
+        from m2a_pipe.io.layout import written_atomically
+
+        try:
+            with written_atomically(json_path) as tmp, open(tmp, "w") as f:
+                json.dump({"output": summary.output, "seconds": round(summary.seconds, 3),
+                           "exit_code": summary.exit_code, "videos": [v.to_dict() for v in summary.videos]},
+                          f, indent=1)
+        except OSError as err:
+            raise click.FileError(json_path, f"cannot write the summary ({err.strerror or err}); "
+                                             "the outputs are written") from None
     sys.exit(summary.exit_code)
+
+
+def _check_writable(path: str) -> None:
+    """Refuse, before anything runs, a ``--json`` file that cannot be written."""
+    import os
+
+    from m2a_pipe.errors import UsageError
+    from m2a_pipe.io.layout import temporary_file
+
+    if os.path.isdir(path):
+        raise UsageError(f"--json {path}: is a folder")
+    probe = temporary_file(path)
+    try:
+        with open(probe, "w"):
+            pass
+        os.unlink(probe)
+    except OSError as err:
+        raise UsageError(f"--json {path}: cannot write the file ({err.strerror or err})") from None

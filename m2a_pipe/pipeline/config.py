@@ -8,6 +8,8 @@ the command line win. The full, resolved config is stored in each ``scores.h5`` 
 from __future__ import annotations
 
 import json
+import math
+import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,6 +21,7 @@ from m2a_pipe.settings import (
     DEFAULT_MAX_MISSES,
     DEFAULT_MIN_HITS,
     DEFAULT_SCORE,
+    DEVICE_HELP,
     EVENT_MODES,
     INSTANCE_MODES,
     MAP_STRIDES,
@@ -33,6 +36,38 @@ class ProcessError(M2AError):
 
 def _updated(config: Any, changes: Mapping[str, Any]) -> Any:
     return replace(config, **{k: v for k, v in changes.items() if v is not None})
+
+
+_TYPE_WORDS = {"int": "an integer", "float": "a finite number", "str": "text", "bool": "true or false"}
+
+
+def check_field_types(config: Any) -> None:
+    """Every field of the dataclass ``config`` holds a value of its annotated type (``int``,
+    ``float``, ``str``, ``bool``, each optionally ``| None``); numbers are finite (no inf,
+    no NaN) and an int field takes no bool. Raises ConfigError naming the first bad field."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        if value is None and "None" in kinds:
+            continue
+        kind = kinds[0]
+        if kind == "float":
+            good = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        elif kind == "int":
+            good = isinstance(value, int) and not isinstance(value, bool)
+        elif kind == "str":
+            good = isinstance(value, str)
+        elif kind == "bool":
+            good = isinstance(value, bool)
+        else:
+            good = True
+        if not good:
+            raise ConfigError(f"{f.name}: must be {_TYPE_WORDS.get(kind, kind)}, got {value!r}")
+
+
+def _is_cuda_index(device: str) -> bool:
+    head, _, index = device.partition(":")
+    return head == "cuda" and index.isdigit()
 
 
 @dataclass(frozen=True)
@@ -94,6 +129,11 @@ class ProcessConfig:
         def bad(field: str, why: str) -> ConfigError:
             return ConfigError(f"{field}: {why}")
 
+        if isinstance(self.weights, os.PathLike):
+            object.__setattr__(self, "weights", os.fspath(self.weights))
+        check_field_types(self)
+        if self.device.strip() not in ("auto", "cpu", "cuda") and not _is_cuda_index(self.device.strip()):
+            raise bad("device", f"not a device {self.device!r} ({DEVICE_HELP})")
         if self.score not in SCORE_NAMES:
             raise bad("score", f"unknown score {self.score!r}; known: {', '.join(SCORE_NAMES)}")
         if self.batch_size is not None and self.batch_size < 1:
@@ -125,6 +165,8 @@ class ProcessConfig:
             raise bad("overlay_threads", f"must be >= 0, got {self.overlay_threads}")
         if self.threads is not None and self.threads < 1:
             raise bad("threads", f"must be >= 1, got {self.threads}")
+        if self.event_min_duration_s < 0:
+            raise bad("event_min_duration_s", f"must be >= 0, got {self.event_min_duration_s}")
 
     @property
     def effective_score(self) -> str:
@@ -207,6 +249,7 @@ class RayConfig:
         def bad(field: str, why: str) -> ConfigError:
             return ConfigError(f"{field}: {why}")
 
+        check_field_types(self)
         for name in ("workers", "jobs", "in_flight"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -8,12 +8,16 @@ the outputs appear atomically:
   ``OUT/<rel>`` when the analysis has closed every file, so a folder that exists is whole;
 * a video whose decoding lost frames (truncated, corrupt) is still renamed into place, with
   ``status = partial`` and the reason in ``scores.h5`` and ``summary.json``;
+* an existing ``OUT/<rel>`` is replaced only when it is a video output folder the pipeline
+  wrote (:func:`~m2a_pipe.io.layout.is_video_output`); anything else there is left alone and
+  the video fails with one line;
 * :meth:`VideoJob.discard` removes the temporary folder (failure, Ctrl-C);
 * :func:`is_complete` is what a rerun checks to skip a video.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -29,8 +33,8 @@ from m2a_pipe._version import __version__
 from m2a_pipe.config import ModelConfig
 from m2a_pipe.inference.stage import FrameMaps, map_size, network_input_size, prepare_frame
 from m2a_pipe.io.hdf5_writer import read_status
-from m2a_pipe.io.inputs import VideoInput
-from m2a_pipe.io.layout import SCORES_FILE, SUMMARY_FILE, old_dir, partial_dir, temporary_dirs
+from m2a_pipe.io.inputs import VideoInput, display_path
+from m2a_pipe.io.layout import SCORES_FILE, SUMMARY_FILE, is_video_output, old_dir, partial_dir, temporary_dirs
 from m2a_pipe.io.video_reader import VideoReader
 from m2a_pipe.pipeline.analysis import AnalysisSettings, VideoAnalysis
 from m2a_pipe.settings import BOUNDED_SCORES
@@ -123,6 +127,9 @@ class VideoJob:
     def open(self) -> "VideoJob":
         """Open the video and the output files. Raises VideoError / OSError (one-line messages)."""
         cfg, model = self.config, self.model
+        if (self.out_dir.exists() or self.out_dir.is_symlink()) and not is_video_output(self.out_dir):
+            raise FileExistsError(errno.EEXIST, "it exists and is not a video output folder; it is left as it is",
+                                  str(self.out_dir))
         self.reader = VideoReader(self.video.source, sample_fps=cfg.sample_fps, stride=cfg.stride,
                                   max_consecutive_errors=cfg.max_decode_errors)
         info = self.reader.info
@@ -138,7 +145,11 @@ class VideoJob:
         self.input_size = input_size
         remove_partials(self.out_dir)
         self.workdir.mkdir(parents=True)
-        attrs = {"source": str(self.video.source), "source_fingerprint": source_fingerprint(self.video.source),
+        raw_name = os.fsencode(self.video.source)
+        attrs = {"source": display_path(self.video.source),
+                 **({} if raw_name.decode("utf-8", "replace").encode() == raw_name else
+                    {"source_bytes": np.void(raw_name)}),
+                 "source_fingerprint": source_fingerprint(self.video.source),
                  "fps": info.fps, "width": info.width, "height": info.height, "rotation": info.rotation,
                  "codec": info.codec, "weights": model.weights, "weights_sha256": model.sha256,
                  "config": cfg.to_json(), "model_config": model.config.to_json(), "m2a_pipe_version": __version__,
@@ -164,8 +175,13 @@ class VideoJob:
         if n == 0:
             raise_error = reader.partial_reason or "no decodable video frame"
             self.discard()
-            return self.failed(f"{self.video.source}: {raise_error}")
+            return self.failed(f"{self.name}: {raise_error}")
         status = "partial" if reader.partial_reason else "complete"
+        if self.out_dir.exists() or self.out_dir.is_symlink():
+            if not is_video_output(self.out_dir):
+                self.discard()
+                return self.failed(f"{self.name}: {display_path(self.out_dir)} exists and is not a video output "
+                                   "folder; it is left as it is (move it away to process this video)")
         summary = analysis.finish(status=status, error=reader.partial_reason, decoded_frames=reader.n_decoded)
         self.analysis = None
         if self.out_dir.exists():
@@ -178,8 +194,13 @@ class VideoJob:
         return VideoResult(source=str(self.video.source), rel=self.video.rel, out_dir=str(self.out_dir),
                            status=status, frames=summary["frames"], seconds=time.perf_counter() - self.started,
                            events=summary["events"],
-                           error=f"{self.video.source}: {reader.partial_reason}" if reader.partial_reason else "",
+                           error=f"{self.name}: {reader.partial_reason}" if reader.partial_reason else "",
                            extra=self.video.extra)
+
+    @property
+    def name(self) -> str:
+        """The source path as printable text (:func:`~m2a_pipe.io.inputs.display_path`)."""
+        return display_path(self.video.source)
 
     def failed(self, error: str, status: str = "failed") -> VideoResult:
         return VideoResult(source=str(self.video.source), rel=self.video.rel, out_dir=str(self.out_dir),

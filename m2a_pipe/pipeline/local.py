@@ -26,7 +26,7 @@ import numpy as np
 
 from m2a_pipe.errors import first_line
 from m2a_pipe.inference.stage import FrameMaps
-from m2a_pipe.io.inputs import VideoInput
+from m2a_pipe.io.inputs import VideoInput, display_path
 from m2a_pipe.io.video_reader import VideoError
 from m2a_pipe.pipeline.job import ModelInfo, VideoJob, VideoResult
 
@@ -172,8 +172,9 @@ def run_video(video: VideoInput, output: Any, config: Any, model: ModelInfo, sta
     except OSError as err:
         job.discard()
         if not opened:
-            return job.failed(f"{video.source}: cannot write {job.out_dir} ({err.strerror or err})")
-        return job.failed(f"{video.source}: {err.strerror or err} ({getattr(err, 'filename', '') or job.out_dir})")
+            return job.failed(f"{job.name}: cannot write {display_path(job.out_dir)} ({err.strerror or err})")
+        return job.failed(f"{job.name}: {err.strerror or err} "
+                          f"({display_path(getattr(err, 'filename', '') or job.out_dir)})")
     except BaseException:
         job.discard()
         raise

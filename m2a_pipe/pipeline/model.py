@@ -7,6 +7,7 @@ them with :func:`make_stage`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -56,7 +57,14 @@ def load_checked_model(config: ProcessConfig) -> tuple[Any, ModelInfo]:
         raise ProcessError(f"weights {config.weights}: {first_line(err)}") from None
     threshold = config.threshold
     if threshold is None:
-        threshold = float(meta.get("anomaly_threshold", DEFAULT_THRESHOLD))
+        stored = meta.get("anomaly_threshold", DEFAULT_THRESHOLD)
+        try:
+            threshold = float(stored)
+        except (TypeError, ValueError):
+            threshold = math.nan
+        if not math.isfinite(threshold):
+            raise ProcessError(f"weights {config.weights}: metadata anomaly_threshold must be a finite number, "
+                               f"got {stored!r} (give --threshold)")
     return model, ModelInfo(weights=str(config.weights), sha256=sha, config=model.config, threshold=threshold)
 
 

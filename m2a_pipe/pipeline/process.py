@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable
 from tqdm import tqdm
 
 from m2a_pipe.inference.stage import ModelStage
-from m2a_pipe.io.inputs import InputError, VideoInput, discover
+from m2a_pipe.io.inputs import InputError, VideoInput, discover, display_path
 from m2a_pipe.io.layout import FAILURES_FILE, written_atomically
 from m2a_pipe.pipeline.config import ProcessConfig, ProcessError, RayConfig
 from m2a_pipe.pipeline.job import ModelInfo, VideoJob, VideoResult, is_complete
@@ -62,7 +62,7 @@ class RunSummary:
         """A plain-text summary table: video, frames, fps, events, status."""
         rows = [("video", "frames", "fps", "events", "status")]
         for v in self.videos:
-            rows.append((v.rel or v.source, str(v.frames), f"{v.fps:.2f}" if v.frames else "-",
+            rows.append((display_path(v.rel or v.source), str(v.frames), f"{v.fps:.2f}" if v.frames else "-",
                          str(v.events) if v.status in ("complete", "partial") else "-", v.status))
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
         lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
@@ -111,8 +111,12 @@ def process(inputs: str | os.PathLike | Iterable[str | os.PathLike], output: str
     output = Path(output)
     summary = RunSummary(output=str(output))
     errors: list[tuple[str, str]] = []
+    if ray is None:
+        from m2a_pipe.inference.device import resolve_device
+
+        resolve_device(config.device)   # a bad --device is refused before OUT is created
     try:
-        videos = discover(inputs, errors)
+        videos = discover(inputs, errors, exclude=[output])
     except InputError as err:
         raise ProcessError(str(err)) from None
     for arg, message in errors:
@@ -126,7 +130,7 @@ def process(inputs: str | os.PathLike | Iterable[str | os.PathLike], output: str
                                               out_dir=str(video.out_dir(output)), status="skipped"))
         else:
             todo.append(video)
-    write_failures(output, summary.videos)
+    write_failures(output, summary.videos, log)
     overall = tqdm(total=len(todo), desc="videos", unit="video", disable=quiet or len(todo) < 2, position=1)
 
     def finished(result: VideoResult) -> None:
@@ -136,7 +140,7 @@ def process(inputs: str | os.PathLike | Iterable[str | os.PathLike], output: str
             log(f"partial: {result.error}")
         elif result.status == "failed":
             log(f"error: {result.error}")
-            write_failures(output, summary.videos)
+            write_failures(output, summary.videos, log)
 
     try:
         if todo and ray is not None:
@@ -154,18 +158,28 @@ def process(inputs: str | os.PathLike | Iterable[str | os.PathLike], output: str
     return summary
 
 
-def write_failures(output: Path, results: Iterable[VideoResult]) -> None:
+def write_failures(output: Path, results: Iterable[VideoResult], log: Callable[[str], None] | None = None) -> bool:
     """``OUT/failures.jsonl``: one JSON line (source, rel, error) per failed input of this run,
-    written atomically; removed when nothing failed."""
+    written atomically; removed when nothing failed. A source that is not UTF-8 keeps its
+    bytes as surrogate escapes (``"\\udcff"``: :func:`os.fsencode` of the loaded string gives
+    them back). When the file cannot be written (a full disk) the previous one is kept, one
+    line goes to ``log`` and False is returned: the run goes on."""
     path = output / FAILURES_FILE
     failed = [v for v in results if v.status == "failed"]
-    if not failed:
-        path.unlink(missing_ok=True)
-        return
-    with written_atomically(path) as tmp, open(tmp, "w") as f:
-        for v in failed:
-            f.write(json.dumps({"source": v.source, "rel": v.rel, "error": v.error,
-                                **({"extra": dict(v.extra)} if v.extra else {})}) + "\n")
+    try:
+        if not failed:
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+            return True
+        with written_atomically(path) as tmp, open(tmp, "w", encoding="ascii") as f:
+            for v in failed:
+                f.write(json.dumps({"source": v.source, "rel": v.rel, "error": v.error,
+                                    **({"extra": dict(v.extra)} if v.extra else {})}) + "\n")
+    except OSError as err:
+        if log is not None:
+            log(f"error: {path}: cannot write the list of failed inputs ({err.strerror or err})")
+        return False
+    return True
 
 
 def _process_locally(todo: list[VideoInput], output: Path, config: ProcessConfig,
