@@ -45,6 +45,14 @@ def _out(out_dir: Path | None, dataset: Path, score: str = "official", flip: boo
     return Path("m2a-eval") / name
 
 
+def _weights_notice(weights: str) -> None:
+    """The weights' notice on stderr when they have one (the demo weights: a synthetic world only)."""
+    from m2a_pipe.model.registry import weights_note
+
+    if weights_note(weights):
+        click.echo(f"m2a-pipe: note: {weights_note(weights)}", err=True)
+
+
 def _prepare_run(out: Path, weights: str, flip: bool, score: str, missing: bool, map_stride: int = 1) -> None:
     from m2a_pipe.evaluation import predict
 
@@ -99,6 +107,7 @@ def anomaly(scores, labels, dataset, dataset_type, weights, out_dir, device, fli
         _prepare_run(scores_dir.parent, weights, flip, score_name, bool(missing), stride)
         if missing:
             predictor = predict.load_predictor(weights, device, flip, score_name, stride)
+            _weights_notice(weights)
             scores_dir = predict.write_anomaly_scores(predictor, data, scores_dir.parent, progress=_bar)
         pairs = [_npy_pair(inputs, s, scores_dir / f"{predict.file_stem(s.stem)}.npy") for s in data.samples]
     elif scores is not None and labels is not None:
@@ -184,6 +193,7 @@ def open_set(scores, semantic, labels, num_known, anomaly_id, threshold, thresho
         _prepare_run(out, weights, flip, "official", missing)
         if missing:
             predictor = predict.load_predictor(weights, device, flip)
+            _weights_notice(weights)
             predict.write_anomaly_scores(predictor, data, out, semantic=True, progress=_bar)
         k = ds.STREETHAZARDS_NUM_KNOWN
         items = [report.OpenSetItem(n, out / "scores" / f"{n}.npy", out / "semantic" / f"{n}.npy", s.label,
@@ -267,6 +277,7 @@ def panoptic(pred_json, pred_dir, gt_json, gt_dir, unknown_id, unknown_split, da
         _prepare_run(out, weights, False, "panoptic", missing)
         if missing:
             predictor = predict.load_predictor(weights, device, flip=False)
+            _weights_notice(weights)
             pred_json, pred_dir = predict.write_panoptic(predictor, gt, out, progress=_bar)
     elif pred_json and pred_dir and gt_json and gt_dir:
         gt = ds.read_coco_panoptic(gt_json, gt_dir, None, split, unknown)

@@ -28,16 +28,32 @@ def weights() -> None:
 
 @weights.command("list")
 def weights_list() -> None:
-    """Registered weights: name, file, present?, sha256 prefix, description."""
+    """Known weights: name, present?, sha256 prefix, description, and how to get the missing ones.
+
+    \b
+    Example:
+      m2a-pipe weights list
+    """
     from m2a_pipe.model import registry
 
-    rows = [("NAME", "FILE", "PRESENT", "SHA256", "DESCRIPTION")]
-    for entry in registry.list_entries():
-        digest = entry.sha256[:12] if entry.sha256 else "(not built)"
-        rows.append((entry.name, str(entry.path), "yes" if entry.present else "no", digest, entry.description))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    entries = registry.list_entries()
+    rows = [("NAME", "PRESENT", "SHA256", "DESCRIPTION")]
+    for entry in entries:
+        digest = entry.sha256[:12] if entry.sha256 else "-"
+        rows.append((entry.name, "yes" if entry.present else "no", digest, entry.description))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
-        click.echo("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[4]]).rstrip())
+        click.echo("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[3]]).rstrip())
+    click.echo(f"\nfiles: {registry.weights_dir()} (the package's), {registry.user_weights_dir()} (added; "
+               f"${registry.CACHE_ENV} moves it)")
+    for entry in entries:
+        if entry.present:
+            click.echo(f"{entry.name}: {entry.path}")
+        elif entry.source:
+            click.echo(f"{entry.name}: not present; download {entry.source_file or 'the checkpoint'} from "
+                       f"{entry.source} (its README links the checkpoints), then: {entry.how_to_add()}")
+        else:
+            click.echo(f"{entry.name}: not present ({entry.path})")
 
 
 @weights.command("info")
@@ -157,3 +173,78 @@ def weights_verify(weights_ref: str, expected: str | None) -> None:
     if not result.ok:
         raise WeightsError(f"{result.path}: sha256 mismatch: expected {result.expected}, got {result.actual}")
     click.echo(f"OK {result.path} sha256 {result.actual}")
+
+
+@weights.command("add")
+@click.argument("file", metavar="FILE", type=click.Path(exists=True, dir_okay=False))
+@click.option("--name", required=True, metavar="NAME", help="The name --weights will know it by.")
+@click.option("--config", "config_spec", default=None, metavar="PRESET|config.json",
+              help="Preset name or config.json of a .pth/.pkl checkpoint "
+                   "[default: the preset of an official name; a .safetensors carries its own].")
+@click.option("--overwrite", is_flag=True, help="Replace weights already added under NAME.")
+def weights_add(file: str, name: str, config_spec: str | None, overwrite: bool) -> None:
+    """Convert a checkpoint, verify it loads, and register it as NAME in the user weights folder.
+
+    The folder is $M2A_CACHE/weights (default ~/.cache/m2a-pipe/weights); afterwards
+    --weights NAME works in every command.
+
+    \b
+    Example:
+      m2a-pipe weights add model_final.pth --name cityscapes-r50 --config cityscapes-r50
+      m2a-pipe process drive.mp4 -o out --weights cityscapes-r50
+    """
+    from m2a_pipe.model import loading
+
+    entry = loading.add_weights(file, name, config_spec, overwrite=overwrite)
+    click.echo(f"added {entry.name}: {entry.path}")
+    click.echo(f"sha256 {entry.sha256}")
+
+
+@weights.command("fetch")
+@click.argument("url", metavar="URL")
+@click.option("--sha256", "sha256", required=True, metavar="HEX",
+              help="The sha256 the downloaded file must have (checked before anything is converted).")
+@click.option("--name", required=True, metavar="NAME", help="The name --weights will know it by.")
+@click.option("--config", "config_spec", default=None, metavar="PRESET|config.json",
+              help="Preset name or config.json of a .pth/.pkl checkpoint "
+                   "[default: the preset of an official name; a .safetensors carries its own].")
+@click.option("--overwrite", is_flag=True, help="Replace weights already added under NAME.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def weights_fetch(url: str, sha256: str, name: str, config_spec: str | None, overwrite: bool, quiet: bool) -> None:
+    """Download a checkpoint (http, https or file URL), check its sha256, then add it as NAME.
+
+    A wrong sha256 or an unreachable server is one error line, and nothing is left in the
+    weights folder; the same command gives the same weights on every machine of a cluster.
+
+    \b
+    Example:
+      m2a-pipe weights fetch https://models.example.com/fleet-v3.pth \\
+          --sha256 3f2a...c9 --name fleet-v3 --config cityscapes-r50
+    """
+    import os
+    import sys
+
+    from tqdm import tqdm
+
+    from m2a_pipe.model import fetch, loading, registry
+
+    digest = fetch.check_sha256_text(sha256)
+    if not overwrite and name in registry.user_entries():
+        raise registry.WeightsError(f"{name}: already added ({registry.lookup(name).path}); "
+                                    "pass --overwrite to replace it")
+    suffix = "".join(Path(fetch.url_file_name(url)).suffixes[-1:])
+    folder = registry.user_weights_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    download = folder / f".{name}.download-{os.getpid()}{suffix}"
+    with tqdm(desc=name, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, disable=quiet,
+              leave=False) as bar:
+        def progress(done: int, total: int | None) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        fetch.download(url, download, digest, progress=progress)
+    try:
+        entry = loading.add_weights(download, name, config_spec, source=url, overwrite=overwrite)
+    finally:
+        download.unlink(missing_ok=True)
+    click.echo(f"added {entry.name}: {entry.path} (from {url}, sha256 {digest[:12]}... verified)")

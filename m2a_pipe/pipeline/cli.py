@@ -12,7 +12,7 @@ import sys
 import click
 
 from m2a_pipe.pipeline.config import ProcessConfig
-from m2a_pipe.settings import EVENT_MODES, INSTANCE_MODES, MAP_STRIDES, SCORE_NAMES
+from m2a_pipe.settings import EVENT_MODES, INSTANCE_MODES, MAP_STRIDES, OVERLAY_SIZES, SCORE_NAMES
 
 
 @click.command("process")
@@ -43,6 +43,8 @@ from m2a_pipe.settings import EVENT_MODES, INSTANCE_MODES, MAP_STRIDES, SCORE_NA
 @click.option("--event-min-duration", "event_min_duration_s", type=float, help="Shortest event, seconds [0.5].")
 @click.option("--event-min-score", type=float, help="Smallest peak score of an event [the threshold].")
 @click.option("--overlay/--no-overlay", default=None, help="Write overlay.mp4 [on].")
+@click.option("--overlay-size", type=click.Choice(OVERLAY_SIZES),
+              help="overlay.mp4 at the network input size or at the video's own size [input].")
 @click.option("--overlay-crf", type=int, help="H.264 quality of the overlay (0-51, lower = better) [23].")
 @click.option("--overlay-threads", type=int,
               help="H.264 encoder threads, 0 = automatic (1 when the model runs on the CPU) [0].")

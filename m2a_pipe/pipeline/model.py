@@ -39,7 +39,7 @@ def load_checked_model(config: ProcessConfig) -> tuple[Any, ModelInfo]:
     """
     from m2a_pipe.model.checkpoint import CheckpointError, read_metadata, sha256_file
     from m2a_pipe.model.loading import load_model
-    from m2a_pipe.model.registry import WeightsError, expected_sha256, resolve
+    from m2a_pipe.model.registry import WeightsError, expected_sha256, resolve, weights_note
 
     try:
         path = resolve(config.weights)
@@ -57,7 +57,8 @@ def load_checked_model(config: ProcessConfig) -> tuple[Any, ModelInfo]:
     threshold = config.threshold
     if threshold is None:
         threshold = float(meta.get("anomaly_threshold", DEFAULT_THRESHOLD))
-    return model, ModelInfo(weights=str(config.weights), sha256=sha, config=model.config, threshold=threshold)
+    return model, ModelInfo(weights=str(config.weights), sha256=sha, config=model.config, threshold=threshold,
+                            note=weights_note(config.weights))
 
 
 def make_stage(model: Any, config: ProcessConfig, device: torch.device | str) -> ModelStage:
