@@ -209,7 +209,7 @@ def weights_add(file: str, name: str, config_spec: str | None, overwrite: bool) 
               help="Preset name or config.json of a .pth/.pkl checkpoint "
                    "[default: the preset of an official name; a .safetensors carries its own].")
 @click.option("--overwrite", is_flag=True, help="Replace weights already added under NAME.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar (there is none when stderr is not a terminal).")
 def weights_fetch(url: str, sha256: str, name: str, config_spec: str | None, overwrite: bool, quiet: bool) -> None:
     """Download a checkpoint (http, https or file URL), check its sha256, then add it as NAME.
 
@@ -236,15 +236,16 @@ def weights_fetch(url: str, sha256: str, name: str, config_spec: str | None, ove
     folder = registry.user_weights_dir()
     folder.mkdir(parents=True, exist_ok=True)
     download = folder / f".{name}.download-{os.getpid()}{suffix}"
-    with tqdm(desc=name, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, disable=quiet,
-              leave=False) as bar:
+    with tqdm(desc=name, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+              disable=True if quiet else None, leave=False) as bar:  # None: off when stderr is no terminal
         def progress(done: int, total: int | None) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
         fetch.download(url, download, digest, progress=progress)
     try:
-        entry = loading.add_weights(download, name, config_spec, source=url, overwrite=overwrite)
+        entry = loading.add_weights(download, name, config_spec, source=url, source_file=fetch.url_file_name(url),
+                                    overwrite=overwrite)
     finally:
         download.unlink(missing_ok=True)
     click.echo(f"added {entry.name}: {entry.path} (from {url}, sha256 {digest[:12]}... verified)")

@@ -121,7 +121,8 @@ def describe(name_or_path: str | os.PathLike, cfg: ModelConfig | None = None) ->
 
 
 def add_weights(src: str | os.PathLike, name: str, config: str | os.PathLike | ModelConfig | None = None, *,
-                source: str | None = None, overwrite: bool = False) -> registry.WeightsEntry:
+                source: str | None = None, source_file: str | None = None,
+                overwrite: bool = False) -> registry.WeightsEntry:
     """Register the checkpoint ``src`` as ``name`` in the user weights folder
     (:func:`m2a_pipe.model.registry.user_weights_dir`).
 
@@ -130,9 +131,10 @@ def add_weights(src: str | os.PathLike, name: str, config: str | os.PathLike | M
     of this project is copied (it carries its config). Either way the result is loaded
     strictly into a freshly built model before it is registered, and it is written under a
     temporary name and renamed, so a failed add leaves no file and no entry. ``source`` (a
-    URL or path) is recorded. Raises WeightsError / CheckpointError / ConfigError.
+    URL or path) and ``source_file`` (its file name, default ``src``'s) are recorded. Raises WeightsError / CheckpointError / ConfigError.
     """
     src = Path(src)
+    source_file = source_file or src.name
     package = registry.REGISTRY.get(name)
     if package is not None and package.built:
         raise registry.WeightsError(f"{name}: the name of the package's own weights; choose another --name")
@@ -157,7 +159,7 @@ def add_weights(src: str | os.PathLike, name: str, config: str | os.PathLike | M
                 raise checkpoint.CheckpointError(
                     f"{src}: a {src.suffix} checkpoint carries no config; give --config PRESET|config.json")
             convert_checkpoint(src, registry.resolve_config(config), tmp,
-                               metadata={"source": source} if source else None)
+                               metadata={"source_file": source_file, **({"source": source} if source else {})})
         digest = checkpoint.sha256_file(tmp)
         os.replace(tmp, target)
     finally:
@@ -166,4 +168,4 @@ def add_weights(src: str | os.PathLike, name: str, config: str | os.PathLike | M
     return registry.add_user_entry(registry.WeightsEntry(
         name=name, file=str(target), sha256=digest, description=description,
         metadata={"source_sha256": checkpoint.sha256_file(src)}, source=source or str(src.resolve()),
-        source_file=src.name))
+        source_file=source_file))
