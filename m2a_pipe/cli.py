@@ -96,6 +96,11 @@ def cli() -> None:
 
     Start with `m2a-pipe process drive.mp4 -o out`; `m2a-pipe COMMAND --help` shows each
     command's options and examples.
+
+    \b
+    Example:
+      m2a-pipe process examples/drive.mp4 -o out
+      m2a-pipe mine out
     """
 
 

@@ -18,8 +18,8 @@ def run(*args: str):
     return run_cli("weights", *args)
 
 
-def assert_one_line_error(result, needle: str, exit_code: int = 1) -> None:
-    assert_error_line(result, needle, exit_code)
+def assert_one_line_error(result, needle: str, exit_code: int = 1) -> str:
+    return assert_error_line(result, needle, exit_code)
 
 
 @pytest.fixture
@@ -54,8 +54,9 @@ def test_list_shows_demo_and_verify_checks_it():
 
 
 def test_unknown_name_is_a_clear_error():
-    assert_one_line_error(run("info", "no-such-weights"), "no-such-weights: unknown weights name; add a checkpoint")
-    assert_one_line_error(run("verify", "no-such-weights", "--sha256", "0" * 64), "no-such-weights")
+    assert_one_line_error(run("info", "no-such-weights"), "no-such-weights: unknown weights name; add a checkpoint",
+                          exit_code=2)
+    assert_one_line_error(run("verify", "no-such-weights", "--sha256", "0" * 64), "no-such-weights", exit_code=2)
 
 
 def test_convert_small_pth_info_and_verify(small_pth, tmp_path):
@@ -213,5 +214,6 @@ def test_list_on_a_fresh_cache_names_the_official_checkpoints_and_how_to_add_the
         how = next(line for line in lines if line.startswith(f"{name}: "))
         assert "not present" in how and "github.com/shyam671/Mask2Anomaly" in how, how
         assert how.endswith(f"m2a-pipe weights add model_final.pth --name {name} {config}"), how
-    assert_one_line_error(run("info", "cityscapes-r50"),
-                          "'cityscapes-r50' are not on this machine: download model_final.pth from https://github.com/")
+    line = assert_one_line_error(run("info", "cityscapes-r50"), "cityscapes-r50: these weights are not on this "
+                                 "machine yet: download model_final.pth from https://github.com/", exit_code=2)
+    assert line.endswith("then run: m2a-pipe weights add model_final.pth --name cityscapes-r50 --config cityscapes-r50")

@@ -97,7 +97,7 @@ def test_fetch_with_a_wrong_checksum_fails_in_one_line_and_leaves_nothing(fleet_
     assert registry.lookup("fleet-v3") is None
     clip = vf.make_video(tmp_path / "drive.mp4", n=2)
     assert_error_line(run_cli("process", clip, "-o", tmp_path / "out", "--weights", "fleet-v3"),
-                      "fleet-v3: unknown weights name")
+                      "fleet-v3: unknown weights name", exit_code=2)
 
 
 def test_fetch_errors_are_one_line(fleet_pth, tmp_path):

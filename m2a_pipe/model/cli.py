@@ -23,7 +23,13 @@ def _class_names(value: str | None) -> tuple[str, ...] | None:
 
 @click.group()
 def weights() -> None:
-    """Known weights: list, inspect, convert official checkpoints, edit metadata, verify sha256."""
+    """Weights by name: list, add or fetch checkpoints, inspect, convert, edit metadata, verify sha256.
+
+    \b
+    Example:
+      m2a-pipe weights list
+      m2a-pipe weights add model_final.pth --name cityscapes-r50 --config cityscapes-r50
+    """
 
 
 @weights.command("list")
@@ -61,7 +67,12 @@ def weights_list() -> None:
 @click.option("--config", "config_spec", metavar="CONFIG",
               help="Preset or config JSON for .pth/.pkl files, which carry no config.")
 def weights_info(weights_ref: str, config_spec: str | None) -> None:
-    """Config summary, metadata, parameter count and sha256 of a weights file."""
+    """Config summary, metadata, parameter count and sha256 of a weights file.
+
+    \b
+    Example:
+      m2a-pipe weights info demo
+    """
     from m2a_pipe.model import loading, registry
 
     cfg = registry.resolve_config(config_spec) if config_spec else None
@@ -103,7 +114,13 @@ def weights_info(weights_ref: str, config_spec: str | None) -> None:
 @click.option("--class-names", default=None, metavar="A,B,...|FILE",
               help="Class names (comma-separated, or a file with one per line); same count as the config.")
 def weights_convert(src: str, config_spec: str, output: str, class_names: str | None) -> None:
-    """Load an official checkpoint strictly and save it as safetensors with its config."""
+    """Load an official checkpoint strictly and save it as safetensors with its config
+    (`weights add` does this and registers the result under a name).
+
+    \b
+    Example:
+      m2a-pipe weights convert model_final.pth --config cityscapes-r50 -o cityscapes-r50.safetensors
+    """
     from m2a_pipe.model import checkpoint, loading, registry
 
     cfg = registry.resolve_config(config_spec, class_names=_class_names(class_names))
@@ -138,7 +155,12 @@ def _meta_entry(ctx: click.Context, param: click.Parameter, values: tuple[str, .
 @click.option("--drop-meta", multiple=True, metavar="KEY", help="Remove a metadata entry; repeatable.")
 def weights_set(weights_ref: str, output: str, test_size: str | None, threshold: float | None, meta: dict,
                 drop_meta: tuple[str, ...]) -> None:
-    """Copy a weights file with a new test size, threshold or metadata; tensors unchanged."""
+    """Copy a weights file with a new test size, threshold or metadata; tensors unchanged.
+
+    \b
+    Example:
+      m2a-pipe weights set demo -o demo-256.safetensors --test-size 256,512 --threshold 0.6
+    """
     from m2a_pipe.model import checkpoint, registry
 
     changes = {}
@@ -163,9 +185,14 @@ def weights_set(weights_ref: str, output: str, test_size: str | None, threshold:
 @weights.command("verify")
 @click.argument("weights_ref", metavar="NAME|PATH")
 @click.option("--sha256", "expected", default=None, metavar="HEX",
-              help="Expected sha256 (default: the registered one).")
+              help="Expected sha256.  [default: the registered one]")
 def weights_verify(weights_ref: str, expected: str | None) -> None:
-    """Recompute a file's sha256 and compare; exit 1 on mismatch."""
+    """Recompute a file's sha256 and compare; exit 1 on mismatch.
+
+    \b
+    Example:
+      m2a-pipe weights verify demo
+    """
     from m2a_pipe.model import registry
     from m2a_pipe.model.registry import WeightsError
 

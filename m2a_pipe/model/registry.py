@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from m2a_pipe.config import PRESETS, ConfigError, ModelConfig, preset
-from m2a_pipe.errors import M2AError
+from m2a_pipe.errors import EXIT_USAGE, M2AError
 from m2a_pipe.model.checkpoint import sha256_file
 
 WEIGHTS_DIR_ENV = "M2A_WEIGHTS_DIR"
@@ -44,6 +44,13 @@ class WeightsError(M2AError):
 
     def __str__(self) -> str:  # LookupError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class WeightsNotFound(WeightsError):
+    """The weights asked for are not here: an unknown name, a missing file, an entry not
+    added or not built yet. A bad option like any other (exit code 2): nothing was run."""
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True)
@@ -198,7 +205,7 @@ def known_names() -> list[str]:
 def get(name: str) -> WeightsEntry:
     entry = lookup(name)
     if entry is None:
-        raise WeightsError(f"unknown weights {name!r}; known: {', '.join(known_names()) or 'none'}")
+        raise WeightsNotFound(f"unknown weights {name!r}; known: {', '.join(known_names()) or 'none'}")
     return entry
 
 
@@ -219,24 +226,24 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     entry = lookup(text)
     if entry is not None:
         if not entry.built and entry.source:
-            raise WeightsError(
-                f"weights {entry.name!r} are not on this machine: download {entry.source_file or 'the checkpoint'} "
+            raise WeightsNotFound(
+                f"{entry.name}: these weights are not on this machine yet: download {entry.source_file or 'the checkpoint'} "
                 f"from {entry.source}, then run: {entry.how_to_add()}")
         if not entry.built:
-            raise WeightsError(
+            raise WeightsNotFound(
                 f"the {entry.name} weights are not built yet: no sha256 is registered for "
                 f"{entry.path} (train them, or pass a weights file path instead)")
         if not entry.present:
-            raise WeightsError(f"weights {entry.name!r}: file {entry.path} is missing")
+            raise WeightsNotFound(f"{entry.name}: its file {entry.path} is missing")
         return entry.path
     path = Path(text).expanduser()
     if path.is_file():
         return path
     if path.exists():
-        raise WeightsError(f"{path} is not a file")
+        raise WeightsNotFound(f"{path} is not a file")
     if path.suffix or os.sep in text or "/" in text:
-        raise WeightsError(f"{text}: no such weights file")
-    raise WeightsError(f"{text}: unknown weights name; {unknown_weights_hint(text)}")
+        raise WeightsNotFound(f"{text}: no such weights file")
+    raise WeightsNotFound(f"{text}: unknown weights name; {unknown_weights_hint(text)}")
 
 
 def registered_config(name: str | os.PathLike) -> ModelConfig | None:

@@ -53,7 +53,11 @@ def load_checked_model(config: ProcessConfig) -> tuple[Any, ModelInfo]:
             _, meta = read_metadata(path)
         model = load_model(path if expected is None else config.weights)
     except (WeightsError, CheckpointError, ConfigError, OSError) as err:
-        raise ProcessError(f"weights {config.weights}: {first_line(err)}") from None
+        message = first_line(err)  # most name the weights already
+        failed = ProcessError(message if message.startswith(str(config.weights)) else
+                              f"weights {config.weights}: {message}")
+        failed.exit_code = getattr(err, "exit_code", failed.exit_code)  # a bad --weights is a usage error
+        raise failed from None
     threshold = config.threshold
     if threshold is None:
         threshold = float(meta.get("anomaly_threshold", DEFAULT_THRESHOLD))
