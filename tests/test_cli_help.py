@@ -56,6 +56,8 @@ def test_help_has_an_example_and_every_option_has_help(path):
             f"{' '.join(path)} {flags}: write the default as [default: ...] like click does: {param.help!r}")
         assert not re.search(r"\[(?!default: )[^\]]*\]\.?$", param.help), (
             f"{' '.join(path)} {flags}: a bare [...] default; write [default: ...]: {param.help!r}")
+        if "[default: " in param.help:  # as click writes it: after the text, two spaces before
+            assert re.search(r"\S  \[default: [^\]]+\]$", param.help), f"{' '.join(path)} {flags}: {param.help!r}"
         assert "--out" not in param.opts and "--output-dir" not in param.opts, f"{flags}: the output is -o/--output"
         if "-o" in param.opts:
             assert "--output" in param.opts, f"{' '.join(path)} {flags}: -o is short for --output"

@@ -350,7 +350,7 @@ def write_report_html(path: Path, *, out_root: Path, counts: Mapping[str, int], 
             f.write('<div class="card"><div class="thumb nothumb">no events</div></div>\n')
         f.write("</div>\n")
         f.write('<section><h2>Videos</h2>\n<table><tr><th>video (overlay) / source</th><th>events ranked / all</th>'
-                "<th>frames</th><th>fps</th><th>size</th><th>manifest</th><th>timeline</th></tr>\n")
+                "<th>frames</th><th>video fps</th><th>size</th><th>manifest</th><th>timeline</th></tr>\n")
         videos_fragment.seek(0)
         for line in videos_fragment:
             f.write(line)

@@ -206,8 +206,8 @@ def weights_verify(weights_ref: str, expected: str | None) -> None:
 @click.argument("file", metavar="FILE", type=click.Path(exists=True, dir_okay=False))
 @click.option("--name", required=True, metavar="NAME", help="The name --weights will know it by.")
 @click.option("--config", "config_spec", default=None, metavar="PRESET|config.json",
-              help="Preset name or config.json of a .pth/.pkl checkpoint "
-                   "[default: the preset of an official name; a .safetensors carries its own].")
+              help="Preset name or config.json of a .pth/.pkl checkpoint.  "
+                   "[default: the preset of an official name; a .safetensors carries its own]")
 @click.option("--overwrite", is_flag=True, help="Replace weights already added under NAME.")
 def weights_add(file: str, name: str, config_spec: str | None, overwrite: bool) -> None:
     """Convert a checkpoint, verify it loads, and register it as NAME in the user weights folder.
@@ -233,8 +233,8 @@ def weights_add(file: str, name: str, config_spec: str | None, overwrite: bool) 
               help="The sha256 the downloaded file must have (checked before anything is converted).")
 @click.option("--name", required=True, metavar="NAME", help="The name --weights will know it by.")
 @click.option("--config", "config_spec", default=None, metavar="PRESET|config.json",
-              help="Preset name or config.json of a .pth/.pkl checkpoint "
-                   "[default: the preset of an official name; a .safetensors carries its own].")
+              help="Preset name or config.json of a .pth/.pkl checkpoint.  "
+                   "[default: the preset of an official name; a .safetensors carries its own]")
 @click.option("--overwrite", is_flag=True, help="Replace weights already added under NAME.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar (there is none when stderr is not a terminal).")
 def weights_fetch(url: str, sha256: str, name: str, config_spec: str | None, overwrite: bool, quiet: bool) -> None:
