@@ -83,8 +83,12 @@ def test_fetch_with_the_right_checksum_registers_weights_that_process_uses(fleet
         assert f.attrs["weights"] == "fleet-v3" and f.attrs["weights_sha256"] == entry.sha256
         assert f.attrs["weights_note"] == ""
 
+    path.unlink()  # a repeated fetch (every node of a cluster job) needs no download
     again = run_cli("weights", "fetch", url, "--sha256", digest, "--config", "small", "--name", "fleet-v3")
-    assert_error_line(again, "fleet-v3: already added")
+    assert again.exit_code == 0 and "already added from a file of this sha256" in again.output, again.output
+    other = run_cli("weights", "fetch", url, "--sha256", "ab" * 32, "--config", "small", "--name", "fleet-v3")
+    assert_error_line(other, "fleet-v3: already added from another file")
+    assert registry.lookup("fleet-v3").sha256 == entry.sha256
 
 
 def test_fetch_with_a_wrong_checksum_fails_in_one_line_and_leaves_nothing(fleet_pth, tmp_path):

@@ -241,7 +241,8 @@ def weights_fetch(url: str, sha256: str, name: str, config_spec: str | None, ove
     """Download a checkpoint (http, https or file URL), check its sha256, then add it as NAME.
 
     A wrong sha256 or an unreachable server is one error line, and nothing is left in the
-    weights folder; the same command gives the same weights on every machine of a cluster.
+    weights folder; the same command gives the same weights on every machine of a cluster,
+    and run again it does nothing (the weights of that sha256 are already there).
 
     \b
     Example:
@@ -256,8 +257,12 @@ def weights_fetch(url: str, sha256: str, name: str, config_spec: str | None, ove
     from m2a_pipe.model import fetch, loading, registry
 
     digest = fetch.check_sha256_text(sha256)
-    if not overwrite and name in registry.user_entries():
-        raise registry.WeightsError(f"{name}: already added ({registry.lookup(name).path}); "
+    added = registry.user_entries().get(name)
+    if added is not None and not overwrite:
+        if added.metadata.get("source_sha256") == digest and added.present:
+            click.echo(f"{name}: already added from a file of this sha256 ({added.path}); nothing to fetch")
+            return
+        raise registry.WeightsError(f"{name}: already added from another file ({added.path}); "
                                     "pass --overwrite to replace it")
     suffix = "".join(Path(fetch.url_file_name(url)).suffixes[-1:])
     folder = registry.user_weights_dir()
