@@ -37,7 +37,7 @@ def bench() -> None:
 @click.option("--size", default="1024x512", show_default=True, metavar="WIDTHxHEIGHT", callback=_size,
               help="Network input size.")
 @click.option("--device", default="cpu", show_default=True,
-              help="auto, cpu, cuda or cuda:N (cpu unless asked, so that a figure says which machine part it measured).")
+              help="auto, cpu, cuda or cuda:N (cpu unless asked, so that a figure says what it measured).")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1), help="Frames per forward pass.")
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="CPU threads.  [default: torch's]")
 @click.option("--warmup", default=1, show_default=True, type=click.IntRange(min=0),

@@ -131,7 +131,8 @@ def add_weights(src: str | os.PathLike, name: str, config: str | os.PathLike | M
     of this project is copied (it carries its config). Either way the result is loaded
     strictly into a freshly built model before it is registered, and it is written under a
     temporary name and renamed, so a failed add leaves no file and no entry. ``source`` (a
-    URL or path) and ``source_file`` (its file name, default ``src``'s) are recorded. Raises WeightsError / CheckpointError / ConfigError.
+    URL or path) and ``source_file`` (its file name, default ``src``'s) are recorded.
+    Raises WeightsError / CheckpointError / ConfigError.
     """
     src = Path(src)
     source_file = source_file or src.name

@@ -227,7 +227,8 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     if entry is not None:
         if not entry.built and entry.source:
             raise WeightsNotFound(
-                f"{entry.name}: these weights are not on this machine yet: download {entry.source_file or 'the checkpoint'} "
+                f"{entry.name}: these weights are not on this machine yet: "
+                f"download {entry.source_file or 'the checkpoint'} "
                 f"from {entry.source}, then run: {entry.how_to_add()}")
         if not entry.built:
             raise WeightsNotFound(

@@ -26,22 +26,26 @@ from m2a_pipe.settings import EVENT_MODES, INSTANCE_MODES, MAP_STRIDES, OVERLAY_
 @click.option("--short-side", type=int, help="Network input short side.  [default: the weights' test size]")
 @click.option("--score", type=click.Choice(SCORE_NAMES), help="Anomaly score.  [default: official: Eq. 5 + Eq. 13]")
 @click.option("--refine/--no-refine", default=None, help="Eq. 13 refinement of the official score.  [default: on]")
-@click.option("--flip/--no-flip", default=None, help="Horizontal-flip test-time averaging: twice the model time for a little accuracy (evaluate "
+@click.option("--flip/--no-flip", default=None,
+              help="Horizontal-flip test-time averaging: twice the model time for a little accuracy (evaluate "
                    "turns it on, as the official evaluation).  [default: off]")
 @click.option("--map-stride", type=click.Choice([str(s) for s in MAP_STRIDES]),
               help="Maps at 1/N of the network input.  [default: 4]")
 @click.option("--threads", type=int, help="Torch CPU threads.  [default: torch default]")
 @click.option("--sample-fps", type=float, help="Process frames at this rate (evenly in time).")
 @click.option("--stride", type=int, help="Process every N-th frame.  [default: 1]")
-@click.option("--max-decode-errors", type=int, help="Consecutive decode errors that declare a file broken.  [default: 25]")
+@click.option("--max-decode-errors", type=int,
+              help="Consecutive decode errors that declare a file broken.  [default: 25]")
 @click.option("--threshold", type=float, help="Anomalous-pixel threshold.  [default: the weights' metadata, else 0.5]")
 @click.option("--min-area-fraction", type=float, help="Smallest instance, fraction of the frame.  [default: 0.0005]")
 @click.option("--instances", type=click.Choice(INSTANCE_MODES),
-              help="Instances: components of the thresholded map, or open-set panoptic unknowns.  [default: components]")
+              help="Instances: components of the thresholded map, or open-set panoptic unknowns.  "
+                   "[default: components]")
 @click.option("--min-hits", type=int, help="Detections before a track is confirmed.  [default: 3]")
 @click.option("--max-misses", type=int, help="Missed frames before a track ends.  [default: 5]")
 @click.option("--events", "event_mode", type=click.Choice(EVENT_MODES), help="Events from tracks or frame runs.")
-@click.option("--event-min-duration", "event_min_duration_s", type=float, help="Shortest event, seconds.  [default: 0.5]")
+@click.option("--event-min-duration", "event_min_duration_s", type=float,
+              help="Shortest event, seconds.  [default: 0.5]")
 @click.option("--event-min-score", type=float, help="Smallest peak score of an event.  [default: the threshold]")
 @click.option("--overlay/--no-overlay", default=None, help="Write overlay.mp4.  [default: on]")
 @click.option("--overlay-size", type=click.Choice(OVERLAY_SIZES),
@@ -56,7 +60,8 @@ from m2a_pipe.settings import EVENT_MODES, INSTANCE_MODES, MAP_STRIDES, OVERLAY_
 @click.option("--ray", "use_ray", is_flag=True, help="Run on Ray: a pool of inference workers, one job per video.")
 @click.option("--address", "ray_address",
               help="With --ray: 'auto' or HOST:PORT joins a running cluster.  [default: start a local one]")
-@click.option("--workers", "ray_workers", type=int, help="With --ray: inference workers.  [default: one per GPU, else per CPU]")
+@click.option("--workers", "ray_workers", type=int,
+              help="With --ray: inference workers.  [default: one per GPU, else per CPU]")
 @click.option("--gpus-per-worker", "ray_gpus_per_worker", type=float,
               help="With --ray: GPUs per worker.  [default: 1 when the cluster has GPUs, else 0]")
 @click.option("--cpus-per-worker", "ray_cpus_per_worker", type=float,

@@ -143,7 +143,8 @@ class VideoJob:
         self.workdir.mkdir(parents=True)
         attrs = {"source": str(self.video.source), "source_fingerprint": source_fingerprint(self.video.source),
                  "fps": info.fps, "width": info.width, "height": info.height, "rotation": info.rotation,
-                 "codec": info.codec, "weights": model.weights, "weights_sha256": model.sha256, "weights_note": model.note,
+                 "codec": info.codec, "weights": model.weights, "weights_sha256": model.sha256,
+                 "weights_note": model.note,
                  "config": cfg.to_json(), "model_config": model.config.to_json(), "m2a_pipe_version": __version__,
                  "score": cfg.effective_score, "threshold": model.threshold, "input_height": input_size[0],
                  "input_width": input_size[1], "extra": json.dumps(dict(self.video.extra), sort_keys=True),

@@ -35,7 +35,6 @@ from m2a_pipe.pipeline.job import ModelInfo, VideoJob, VideoResult, is_complete
 from m2a_pipe.pipeline.model import load_checked_model, load_stage, prepare_runtime
 from m2a_pipe.settings import default_batch_size
 
-
 SKIP_REASON = "already complete; --overwrite redoes it"
 
 
@@ -74,7 +73,8 @@ class RunSummary:
         lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
                  for r in rows]
         counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts().items()))
-        lines.append(f"{len(self.videos)} {'input' if len(self.videos) == 1 else 'inputs'}: {counts}; {self.seconds:.1f} s; outputs in {self.output}")
+        inputs = "1 input" if len(self.videos) == 1 else f"{len(self.videos)} inputs"
+        lines.append(f"{inputs}: {counts}; {self.seconds:.1f} s; outputs in {self.output}")
         return "\n".join(lines)
 
 
