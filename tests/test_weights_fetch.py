@@ -117,6 +117,8 @@ def test_fetch_errors_are_one_line(fleet_pth, tmp_path):
                       "unsupported URL scheme 'ftp'")
     assert_error_line(run_cli("weights", "fetch", url, "--sha256", "abc", "--name", "x"),
                       "--sha256 'abc': not a sha256")
+    assert_error_line(run_cli("weights", "fetch", url, "--sha256", digest, "--name", "../x", "--config", "small"),
+                      "--name '../x': use letters, digits", exit_code=2)
     assert cache_files() == []
 
 

@@ -257,7 +257,7 @@ def weights_fetch(url: str, sha256: str, name: str, config_spec: str | None, ove
     from m2a_pipe.model import fetch, loading, registry
 
     digest = fetch.check_sha256_text(sha256)
-    added = registry.user_entries().get(name)
+    added = registry.user_entries().get(registry.check_name(name))
     if added is not None and not overwrite:
         if added.metadata.get("source_sha256") == digest and added.present:
             click.echo(f"{name}: already added from a file of this sha256 ({added.path}); nothing to fetch")

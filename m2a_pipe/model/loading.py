@@ -136,7 +136,7 @@ def add_weights(src: str | os.PathLike, name: str, config: str | os.PathLike | M
     """
     src = Path(src)
     source_file = source_file or src.name
-    package = registry.REGISTRY.get(name)
+    package = registry.REGISTRY.get(registry.check_name(name))
     if package is not None and package.built:
         raise registry.WeightsError(f"{name}: the name of the package's own weights; choose another --name")
     if not overwrite and name in registry.user_entries():

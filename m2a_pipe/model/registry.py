@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -49,6 +50,12 @@ class WeightsError(M2AError):
 class WeightsNotFound(WeightsError):
     """The weights asked for are not here: an unknown name, a missing file, an entry not
     added or not built yet. A bad option like any other (exit code 2): nothing was run."""
+
+    exit_code = EXIT_USAGE
+
+
+class BadWeightsName(WeightsError):
+    """A name that cannot name weights (it becomes a file name): a bad option, exit code 2."""
 
     exit_code = EXIT_USAGE
 
@@ -124,6 +131,15 @@ def cache_dir() -> Path:
         return Path(override).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "m2a-pipe"
+
+
+def check_name(name: str) -> str:
+    """``name`` when it can name weights a user adds (letters, digits, ``.``, ``_``, ``-``; not
+    starting with ``.`` or ``-``: it becomes a file name); raises :class:`BadWeightsName`
+    otherwise."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name or ""):
+        raise BadWeightsName(f"--name {name!r}: use letters, digits, '.', '_' and '-' (it names a file)")
+    return name
 
 
 def user_weights_dir() -> Path:
