@@ -61,6 +61,8 @@ def test_help_has_an_example_and_every_option_has_help(path):
         assert "--out" not in param.opts and "--output-dir" not in param.opts, f"{flags}: the output is -o/--output"
         if "-o" in param.opts:
             assert "--output" in param.opts, f"{' '.join(path)} {flags}: -o is short for --output"
+        if "--weights" in param.opts:
+            assert "-w" in param.opts and param.metavar == "NAME|PATH", f"{' '.join(path)} {flags}"
         if "--size" in param.opts:
             assert param.metavar in (None, "WIDTHxHEIGHT") and "HxW" not in (param.help or ""), flags
 

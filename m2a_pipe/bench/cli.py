@@ -75,7 +75,8 @@ def bench_model_cmd(preset_name: str, size: tuple[int, int], device: str, batch:
 
 @bench.command("pipeline")
 @click.argument("video", required=False, type=click.Path(exists=True, dir_okay=False))
-@click.option("-w", "--weights", default="demo", show_default=True, help="Registry name or weights file.")
+@click.option("-w", "--weights", default="demo", show_default=True, metavar="NAME|PATH",
+              help="Registry name or weights file.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Frames per batch.  [default: 1 on CPU, 8 on CUDA]")
 @click.option("--threads", type=click.IntRange(min=1), help="Torch CPU threads.  [default: torch's]")

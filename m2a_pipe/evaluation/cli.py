@@ -31,7 +31,7 @@ def _model_options(f):
     f = click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path),
                      help="Folder for the model's outputs; files already there are reused, so a rerun needs no "
                           "model.  [default: ./m2a-eval/<dataset name>]")(f)
-    f = click.option("--weights", default="demo", show_default=True, metavar="NAME|PATH",
+    f = click.option("-w", "--weights", default="demo", show_default=True, metavar="NAME|PATH",
                      help="Weights for --dataset runs (registry name or file).")(f)
     return f
 

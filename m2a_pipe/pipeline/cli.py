@@ -20,7 +20,7 @@ from m2a_pipe.settings import EVENT_MODES, INSTANCE_MODES, MAP_STRIDES, OVERLAY_
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output root OUT.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="JSON file of ProcessConfig defaults.")
-@click.option("-w", "--weights", help="Registry name or weights file.  [default: demo]")
+@click.option("-w", "--weights", metavar="NAME|PATH", help="Registry name or weights file.  [default: demo]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N.  [default: auto]")
 @click.option("--batch-size", type=int, help="Frames per model batch.  [default: 1 on CPU, 8 on CUDA]")
 @click.option("--short-side", type=int, help="Network input short side.  [default: the weights' test size]")
