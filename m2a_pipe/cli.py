@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "clip": ("m2a_pipe.mining.cli", "clip_cmd", "Cut an H.264 clip around one event of a processed video."),
     "evaluate": ("m2a_pipe.evaluation.cli", "evaluate",
                  "Benchmark metrics: anomaly, open-set and open-set panoptic segmentation."),
-    "weights": ("m2a_pipe.model.cli", "weights", "Known weights: list, inspect, convert, edit, verify sha256."),
+    "weights": ("m2a_pipe.model.cli", "weights", "Weights by name: list, add, fetch, inspect, convert, edit, verify."),
     "bench": ("m2a_pipe.bench.cli", "bench", "Benchmarks that print figures: the model alone, the whole pipeline."),
     "synth": ("m2a_pipe.synth.cli", "synth", "Synthetic dashcam world: labelled stills, outliers, video clips."),
     "train": ("m2a_pipe.training.cli", "train", "Train Mask2Anomaly: stage 1 (closed set), stage 2 (outliers)."),
@@ -96,6 +96,11 @@ def cli() -> None:
 
     Start with `m2a-pipe process drive.mp4 -o out`; `m2a-pipe COMMAND --help` shows each
     command's options and examples.
+
+    \b
+    Example:
+      m2a-pipe process examples/drive.mp4 -o out
+      m2a-pipe mine out
     """
 
 

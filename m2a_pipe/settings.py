@@ -49,6 +49,8 @@ INSTANCE_MODES = ("components", "panoptic")
 instances of open-set panoptic segmentation (Eq. 15, Sec. 6.3)."""
 EVENT_MODES = ("tracks", "frames")
 """Events from confirmed tracks, or from runs of frames whose score passes the threshold."""
+OVERLAY_SIZES = ("input", "source")
+"""overlay.mp4 at the network input size (the frames the model saw) or at the video's own size."""
 DEFAULT_MIN_HITS = 3
 DEFAULT_MAX_MISSES = 5
 INSTANCE_GAP = 1

@@ -16,6 +16,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 ERROR_PREFIX = "m2a-pipe: error: "
 
 
+@pytest.fixture(autouse=True)
+def _user_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty user cache ($M2A_CACHE): weights a test adds or fetches
+    never reach the user's ~/.cache, and no test sees another's."""
+    monkeypatch.setenv("M2A_CACHE", str(tmp_path_factory.mktemp("m2a-cache")))
+
+
 def run_cli(*args, **kwargs):
     """``m2a-pipe ARGS`` through the real entry point (the root group, with its error handling),
     in-process; stdout and stderr together in ``result.output``."""

@@ -338,7 +338,7 @@ def test_foreign_safetensors_is_not_m2a_weights(tmp_path):
 def test_load_model_of_pth_needs_config(tmp_path, small_model):
     path = tmp_path / "m.pth"
     torch.save({"model": small_model.state_dict()}, path)
-    with pytest.raises(CheckpointError, match="carries no config.*weights convert"):
+    with pytest.raises(CheckpointError, match="carries no config.*m2a-pipe weights add .* --name NAME --config PRESET"):
         load_model(path)
     model = load_model(path, cfg=preset("small"))
     _assert_same_tensors(model.state_dict(), small_model.state_dict())

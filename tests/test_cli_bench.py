@@ -13,7 +13,7 @@ from m2a_pipe.cli import cli
 
 def test_bench_model_prints_stages_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(cli, ["bench", "model", "--preset", "small", "--size", "64x96",
+    result = CliRunner().invoke(cli, ["bench", "model", "--preset", "small", "--size", "96x64",  # WIDTHxHEIGHT
                                       "--repeats", "2", "--warmup", "0", "--quiet", "--json", str(out)])
     assert result.exit_code == 0, result.output
     for stage in STAGES:

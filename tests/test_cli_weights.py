@@ -18,8 +18,8 @@ def run(*args: str):
     return run_cli("weights", *args)
 
 
-def assert_one_line_error(result, needle: str, exit_code: int = 1) -> None:
-    assert_error_line(result, needle, exit_code)
+def assert_one_line_error(result, needle: str, exit_code: int = 1) -> str:
+    return assert_error_line(result, needle, exit_code)
 
 
 @pytest.fixture
@@ -45,16 +45,18 @@ def test_list_shows_demo_and_verify_checks_it():
     result = run("list")
     assert result.exit_code == 0, result.output
     header, *rows = result.output.strip().splitlines()
-    assert header.split()[:4] == ["NAME", "FILE", "PRESENT", "SHA256"]
+    assert header.split() == ["NAME", "PRESENT", "SHA256", "DESCRIPTION"]
     demo = next(row for row in rows if row.startswith("demo "))
-    assert "demo.safetensors" in demo and REGISTRY["demo"].sha256[:12] in demo
+    assert demo.split()[1] == "yes" and REGISTRY["demo"].sha256[:12] in demo
+    assert any(row.startswith("demo: ") and row.endswith("demo.safetensors") for row in rows)
     verify = run("verify", "demo")
     assert verify.exit_code == 0 and "ok" in verify.output.lower(), verify.output
 
 
 def test_unknown_name_is_a_clear_error():
-    assert_one_line_error(run("info", "no-such-weights"), "unknown weights name or missing file 'no-such-weights'")
-    assert_one_line_error(run("verify", "no-such-weights", "--sha256", "0" * 64), "no-such-weights")
+    assert_one_line_error(run("info", "no-such-weights"), "no-such-weights: unknown weights name; add a checkpoint",
+                          exit_code=2)
+    assert_one_line_error(run("verify", "no-such-weights", "--sha256", "0" * 64), "no-such-weights", exit_code=2)
 
 
 def test_convert_small_pth_info_and_verify(small_pth, tmp_path):
@@ -197,3 +199,21 @@ def test_set_bad_options(small_pth, tmp_path, args, needle):
     res = run("set", src, "-o", tmp_path / "o.safetensors", *args)
     assert res.exit_code != 0 and needle in res.output and "Traceback" not in res.output
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_list_on_a_fresh_cache_names_the_official_checkpoints_and_how_to_add_them():
+    """A fresh clone with an empty user cache: the official checkpoints are listed as not
+    present, each with where to download it and the exact command that adds it; --weights
+    with such a name says the same in one line."""
+    result = run("list")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    for name, config in (("cityscapes-r50", "--config cityscapes-r50"), ("streethazards", "--config config.json")):
+        row = next(line for line in lines if line.startswith(f"{name} "))
+        assert row.split()[1:3] == ["no", "-"], row
+        how = next(line for line in lines if line.startswith(f"{name}: "))
+        assert "not present" in how and "github.com/shyam671/Mask2Anomaly" in how, how
+        assert how.endswith(f"m2a-pipe weights add model_final.pth --name {name} {config}"), how
+    line = assert_one_line_error(run("info", "cityscapes-r50"), "cityscapes-r50: these weights are not on this "
+                                 "machine yet: download model_final.pth from https://github.com/", exit_code=2)
+    assert line.endswith("then run: m2a-pipe weights add model_final.pth --name cityscapes-r50 --config cityscapes-r50")

@@ -99,11 +99,11 @@ def test_dataset_run_reuses_written_scores(tmp_path):
     for p in scores.iterdir():
         (out / "scores" / p.name).write_bytes(p.read_bytes())
     # all scores present: no model is needed, whatever --weights says
-    res = _run(["anomaly", "--dataset", root, "--weights", tmp_path / "nope.safetensors", "--out", out])
+    res = _run(["anomaly", "--dataset", root, "--weights", tmp_path / "nope.safetensors", "--output", out])
     assert res.exit_code == 0, res.output
     (out / "scores" / "img0.npy").unlink()
-    res = _run(["anomaly", "--dataset", root, "--weights", tmp_path / "nope.safetensors", "--out", out])
-    assert res.exit_code == 1 and "nope.safetensors" in res.output and "Traceback" not in res.output
+    res = _run(["anomaly", "--dataset", root, "--weights", tmp_path / "nope.safetensors", "--output", out])
+    assert res.exit_code == 2 and "nope.safetensors" in res.output and "Traceback" not in res.output
 
 
 def _smiyc(tmp_path, n=2):
@@ -125,13 +125,13 @@ def test_dataset_run_refuses_outputs_of_other_settings(tmp_path, weights, monkey
     from m2a_pipe.model.mask2anomaly import build_model
 
     root, out = _smiyc(tmp_path), tmp_path / "out"
-    first = _run(["anomaly", "--dataset", root, "--weights", weights, "--out", out, "--no-flip",
+    first = _run(["anomaly", "--dataset", root, "--weights", weights, "--output", out, "--no-flip",
                   "--json", tmp_path / "first.json"])
     assert first.exit_code == 0, first.output
     run = json.loads((out / "run.json").read_text())
     assert run == {"weights": weights, "weights_sha256": sha256_file(weights), "score": "official", "flip": False,
                    "map_stride": 1}
-    again = _run(["anomaly", "--dataset", root, "--weights", weights, "--out", out, "--no-flip",
+    again = _run(["anomaly", "--dataset", root, "--weights", weights, "--output", out, "--no-flip",
                   "--json", tmp_path / "again.json"])
     assert again.exit_code == 0 and "running the model" not in again.output
     assert (tmp_path / "again.json").read_text() == (tmp_path / "first.json").read_text()
@@ -141,10 +141,10 @@ def test_dataset_run_refuses_outputs_of_other_settings(tmp_path, weights, monkey
     for args, needle in (([tmp_path / "other.safetensors", "--no-flip"], "weights"), ([weights, "--flip"], "flip"),
                          ([weights, "--no-flip", "--score", "msp"], "score"),
                          ([weights, "--no-flip", "--map-stride", "4"], "map_stride")):
-        res = _run(["anomaly", "--dataset", root, "--out", out, "--weights", *args])
+        res = _run(["anomaly", "--dataset", root, "--output", out, "--weights", *args])
         assert res.exit_code == 1 and str(out) in res.output and needle in res.output, res.output
         assert len(res.output.strip().splitlines()) == 1
-    # without --out every score and flip setting has its own folder
+    # without --output every score and flip setting has its own folder
     monkeypatch.chdir(tmp_path)
     msp = _run(["anomaly", "--dataset", root, "--weights", weights, "--no-flip", "--score", "msp"])
     assert msp.exit_code == 0, msp.output
@@ -156,7 +156,7 @@ def test_dataset_run_refuses_outputs_of_other_settings(tmp_path, weights, monkey
     # a run.json written before map_stride existed holds stride 1
     legacy = {k: v for k, v in run.items() if k != "map_stride"}
     (out / "run.json").write_text(json.dumps(legacy))
-    assert _run(["anomaly", "--dataset", root, "--out", out, "--weights", weights, "--no-flip"]).exit_code == 0
+    assert _run(["anomaly", "--dataset", root, "--output", out, "--weights", weights, "--no-flip"]).exit_code == 0
 
 
 def _open_split(folder, name, scores, semantic, labels):
@@ -282,14 +282,14 @@ def test_panoptic_dataset_run_lines_up_the_unknown_id(tmp_path, weights):
 
     root, out = tmp_path / "synth", tmp_path / "out"
     write_image_dataset(root, seed=3, count=1, anomalies="eval", size=(160, 96))
-    res = _run(["panoptic", "--dataset", root, "--weights", weights, "--out", out, "--json", tmp_path / "r.json"])
+    res = _run(["panoptic", "--dataset", root, "--weights", weights, "--output", out, "--json", tmp_path / "r.json"])
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["unknown_category"]["id"] == 19 and report["per_category"]["19"]["fn"] >= 1
     written = json.loads((out / "panoptic.json").read_text())
     assert written["unknown_category_id"] == 19 and written["class_category_ids"] == list(range(19))
     assert {s["category_id"] for a in written["annotations"] for s in a["segments_info"]} <= set(range(20))
-    again = _run(["panoptic", "--dataset", root, "--weights", weights, "--out", out])
+    again = _run(["panoptic", "--dataset", root, "--weights", weights, "--output", out])
     assert again.exit_code == 0 and "running the model" not in again.output
-    assert_error_line(_run(["panoptic", "--dataset", root, "--weights", weights, "--out", out,
+    assert_error_line(_run(["panoptic", "--dataset", root, "--weights", weights, "--output", out,
                             "--unknown-id", "none"]), "panoptic.json: written with")

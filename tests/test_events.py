@@ -12,7 +12,7 @@ from m2a_pipe.inference.instances import Instance
 from m2a_pipe.video.detections import Detections, as_detections
 from m2a_pipe.video.events import Event, EventBuilder, EventConfig, read_events, write_events
 from m2a_pipe.video.mot import TracksCsvWriter, read_tracks_csv, write_tracks_csv
-from m2a_pipe.video.thumbnails import thumbnail, thumbnail_name, write_thumbnail
+from m2a_pipe.video.thumbnails import BOX_RGB, thumbnail, thumbnail_name, write_thumbnail
 from m2a_pipe.video.timeline import draw_timeline, event_lanes, nice_step
 
 FPS = 10.0
@@ -65,7 +65,7 @@ def test_track_event_fields():
     assert ev.bbox_at_peak == [76.0, 80.0, 124.0, 120.0]  # (19, 20, 31, 30) x 4
     thumb = thumbs[1]
     assert thumb.dtype == np.uint8 and thumb.ndim == 3 and max(thumb.shape[:2]) <= 256
-    assert int(thumb[..., 0].mean()) == 9  # cropped from the peak frame
+    assert int(np.median(thumb[..., 0])) == 9  # cropped from the peak frame (the box drawn over it)
 
 
 def test_duration_threshold_is_inclusive_in_frames():
@@ -96,9 +96,22 @@ def test_thumbnail_is_small_copy():
     big = np.random.default_rng(0).integers(0, 255, (1080, 1920, 3), np.uint8)
     t = thumbnail(big, [100, 100, 1500, 900], 0.25, 256)
     assert max(t.shape[:2]) == 256 and not np.shares_memory(t, big)
-    t = thumbnail(big, [10, 10, 30, 20], 0.25, 256)  # small box: margin 5 px, not resized
+    t = thumbnail(big, [10, 10, 30, 20], 0.25, 256, draw_box=False)  # small box: margin 5 px, not resized
     assert t.shape == (20, 30, 3) and (t == big[5:25, 5:35]).all()
     assert not np.shares_memory(t, big)
+
+
+def test_thumbnail_draws_the_box_and_only_shrinks():
+    """The event's box is drawn on the crop in BOX_RGB where the box is; outside it the crop
+    is the frame's pixels; a crop larger than max_px is shrunk, a smaller one keeps its pixels."""
+    frame = np.full((540, 960, 3), 40, np.uint8)
+    t = thumbnail(frame, [400, 200, 480, 260], 0.25, 256)  # 80x60 box, 20 px margin: 120x100 crop
+    assert t.shape == (100, 120, 3)
+    assert tuple(t[20, 60]) == BOX_RGB and tuple(t[50, 20]) == BOX_RGB  # top edge, left edge
+    assert tuple(t[50, 60]) == (40, 40, 40) and tuple(t[5, 5]) == (40, 40, 40)  # inside, margin
+    assert (frame == 40).all()  # the frame itself is untouched
+    whole = thumbnail(frame, [0, 0, 960, 540], 0.25, 256)  # a frame event: no box around everything
+    assert whole.shape == (144, 256, 3) and (whole == 40).all()
 
 
 def test_frame_run_events_with_gaps():

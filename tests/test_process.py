@@ -178,6 +178,6 @@ def test_cli_exit_codes_and_messages(weights, clips, tmp_path):
     assert bad.exit_code == 1 and "Traceback" not in bad.output and "garbage.mp4" in bad.output
     missing = runner.invoke(cli, ["process", str(clips["a"]), "-o", str(tmp_path / "o2"), "-w",
                                   str(tmp_path / "none.safetensors"), "-q"])
-    assert missing.exit_code == 1 and "none.safetensors" in missing.output and "Traceback" not in missing.output
+    assert missing.exit_code == 2 and "none.safetensors" in missing.output and "Traceback" not in missing.output
     usage = runner.invoke(cli, ["process", str(clips["a"]), "-o", str(tmp_path / "o3"), "--stride", "0"])
     assert usage.exit_code == 2 and "stride" in usage.output

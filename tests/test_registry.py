@@ -117,7 +117,7 @@ def test_verify_path_needs_a_sha256(small_weights):
 
 
 def test_resolve_errors(clean_registry, tmp_path):
-    with pytest.raises(WeightsError, match=r"unknown weights name or missing file 'nosuch'.*demo"):
+    with pytest.raises(WeightsError, match=r"nosuch: unknown weights name; .*weights add FILE --name nosuch"):
         resolve("nosuch")
     with pytest.raises(WeightsError, match="not a file"):
         resolve(tmp_path)

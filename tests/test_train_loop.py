@@ -111,7 +111,7 @@ def test_cli_run_with_extends_and_set_exports_and_records_the_recipe(tmp_path):
              "export": {"dtype": "float16", "name": "w.safetensors"}}
     path = tmp_path / "child.json"
     path.write_text(json.dumps(child))
-    res = CliRunner().invoke(train, ["run", str(path), "--out", str(tmp_path / "o"), "--device", "cpu", "--quiet",
+    res = CliRunner().invoke(train, ["run", str(path), "--output", str(tmp_path / "o"), "--device", "cpu", "--quiet",
                                      "--set", "solver.max_steps=2", "--set", "loss.num_points=128"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output.strip().splitlines()[-1])
@@ -146,7 +146,7 @@ def test_cli_missing_init_weights_names_the_recipe_that_makes_it(tmp_path):
     recipe.update(init_weights=str(tmp_path / "runs" / "up" / "final.safetensors"), init_from="train/demo/up.json")
     path = tmp_path / "r.json"
     path.write_text(json.dumps(recipe))
-    res = _main(["train", "run", str(path), "--out", str(tmp_path / "o"), "--device", "cpu"])
+    res = _main(["train", "run", str(path), "--output", str(tmp_path / "o"), "--device", "cpu"])
     assert res.exit_code == 2, res.output
     line = next(x for x in res.output.splitlines() if x.startswith("m2a-pipe: error:"))
     assert str(path) in line and "final.safetensors not found" in line and "train/demo/up.json" in line

@@ -10,10 +10,11 @@ import click
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
+    """WIDTHxHEIGHT (every command's size notation) -> (height, width)."""
     try:
-        h, w = (int(v) for v in value.lower().split("x"))
+        w, h = (int(v) for v in value.lower().split("x"))
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not HEIGHTxWIDTH (e.g. 512x1024)") from None
+        raise click.BadParameter(f"{value!r} is not WIDTHxHEIGHT (e.g. 1024x512)") from None
     if h <= 0 or w <= 0:
         raise click.BadParameter(f"{value!r}: sizes must be positive")
     return h, w
@@ -21,19 +22,28 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, 
 
 @click.group()
 def bench() -> None:
-    """Benchmarks that print figures (latency, throughput, memory)."""
+    """Benchmarks that print figures (latency, throughput, memory).
+
+    \b
+    Example:
+      m2a-pipe bench model --preset cityscapes-r50 --size 1024x512 --threads 2
+      m2a-pipe bench pipeline examples/drive.mp4
+    """
 
 
 @bench.command("model")
 @click.option("--preset", "preset_name", default="cityscapes-r50", show_default=True,
               help="Model preset (random weights: speed does not depend on their values).")
-@click.option("--size", default="512x1024", show_default=True, metavar="HxW", callback=_size,
-              help="Input size.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--threads", default=None, type=click.IntRange(min=1), help="CPU threads (default: torch's).")
-@click.option("--warmup", default=1, show_default=True, type=click.IntRange(min=0))
-@click.option("--repeats", default=5, show_default=True, type=click.IntRange(min=1))
+@click.option("--size", default="1024x512", show_default=True, metavar="WIDTHxHEIGHT", callback=_size,
+              help="Network input size.")
+@click.option("--device", default="cpu", show_default=True,
+              help="auto, cpu, cuda or cuda:N (cpu unless asked, so that a figure says what it measured).")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1), help="Frames per forward pass.")
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="CPU threads.  [default: torch's]")
+@click.option("--warmup", default=1, show_default=True, type=click.IntRange(min=0),
+              help="Untimed passes before the timed ones.")
+@click.option("--repeats", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Timed passes; the median is reported.")
 @click.option("--baseline", is_flag=True, help="Run as the official code does, for comparison.")
 @click.option("--amp", is_flag=True, help="bfloat16 autocast (CUDA).")
 @click.option("--json", "json_path", default=None, metavar="FILE", help="Also write the figures as JSON.")
@@ -41,7 +51,12 @@ def bench() -> None:
 def bench_model_cmd(preset_name: str, size: tuple[int, int], device: str, batch: int, threads: int | None,
                     warmup: int, repeats: int, baseline: bool, amp: bool, json_path: str | None,
                     quiet: bool) -> None:
-    """Per-frame latency by stage and peak memory of forward + semantic inference."""
+    """Per-frame latency by stage and peak memory of forward + semantic inference.
+
+    \b
+    Example:
+      m2a-pipe bench model --preset cityscapes-r50 --size 1024x512 --threads 2
+    """
     from m2a_pipe.bench.model import bench_model
     from m2a_pipe.config import preset
     from m2a_pipe.inference.device import resolve_device
@@ -60,16 +75,22 @@ def bench_model_cmd(preset_name: str, size: tuple[int, int], device: str, batch:
 
 @bench.command("pipeline")
 @click.argument("video", required=False, type=click.Path(exists=True, dir_okay=False))
-@click.option("-w", "--weights", default="demo", show_default=True, help="Registry name or weights file.")
+@click.option("-w", "--weights", default="demo", show_default=True, metavar="NAME|PATH",
+              help="Registry name or weights file.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Frames per batch [1 on CPU, 8 on CUDA].")
-@click.option("--threads", type=click.IntRange(min=1), help="Torch CPU threads (default: torch's).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Frames per batch.  [default: 1 on CPU, 8 on CUDA]")
+@click.option("--threads", type=click.IntRange(min=1), help="Torch CPU threads.  [default: torch's]")
 @click.option("--short-side", type=click.IntRange(min=32), help="Network input short side.")
 @click.option("--stride", type=click.IntRange(min=1), help="Process every N-th frame.")
 @click.option("--json", "json_path", default=None, metavar="FILE", help="Also write the figures to FILE.")
 def bench_pipeline_cmd(video: str | None, json_path: str | None, **options) -> None:
     """decode_fps, model_fps, end_to_end_fps, efficiency and peak_rss_mb on VIDEO (JSON)
-    [default: examples/drive.mp4]."""
+    [default: examples/drive.mp4].
+
+    \b
+    Example:
+      m2a-pipe bench pipeline examples/drive.mp4 --threads 2 --json bench.json
+    """
     from m2a_pipe.bench.pipeline import DEFAULT_VIDEO, bench_pipeline
     from m2a_pipe.pipeline.config import ProcessConfig, ProcessError
 

@@ -26,23 +26,32 @@ def _emit(report: dict, json_path: Path | None) -> None:
 def _model_options(f):
     f = click.option("--flip/--no-flip", default=True, show_default=True,
                      help="Horizontal-flip averaging (the official evaluation uses it).")(f)
-    f = click.option("--device", default="cpu", show_default=True, help="Torch device for --weights runs.")(f)
-    f = click.option("--out", "out_dir", type=click.Path(path_type=Path),
-                     help="Folder for the model's outputs (default: ./m2a-eval/<dataset name>); "
-                          "files already there are reused, so a rerun needs no model.")(f)
-    f = click.option("--weights", default="demo", show_default=True, metavar="NAME|PATH",
+    f = click.option("--device", default="auto", show_default=True,
+                     help="Torch device for --dataset runs: auto, cpu, cuda or cuda:N.")(f)
+    f = click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path),
+                     help="Folder for the model's outputs; files already there are reused, so a rerun needs no "
+                          "model.  [default: ./m2a-eval/<dataset name>]")(f)
+    f = click.option("-w", "--weights", default="demo", show_default=True, metavar="NAME|PATH",
                      help="Weights for --dataset runs (registry name or file).")(f)
     return f
 
 
 def _out(out_dir: Path | None, dataset: Path, score: str = "official", flip: bool = True,
          map_stride: int = 1) -> Path:
-    """--out, else ``m2a-eval/<dataset name>[-<score>][-noflip][-stride4]``."""
+    """--output, else ``m2a-eval/<dataset name>[-<score>][-noflip][-stride4]``."""
     if out_dir is not None:
         return out_dir
     name = (Path(dataset).resolve().name + ("" if score == "official" else f"-{score}") + ("" if flip else "-noflip")
             + ("" if map_stride == 1 else f"-stride{map_stride}"))
     return Path("m2a-eval") / name
+
+
+def _weights_notice(weights: str) -> None:
+    """The weights' notice on stderr when they have one (the demo weights: a synthetic world only)."""
+    from m2a_pipe.model.registry import weights_note
+
+    if weights_note(weights):
+        click.echo(f"m2a-pipe: note: {weights_note(weights)}", err=True)
 
 
 def _prepare_run(out: Path, weights: str, flip: bool, score: str, missing: bool, map_stride: int = 1) -> None:
@@ -53,7 +62,13 @@ def _prepare_run(out: Path, weights: str, flip: bool, score: str, missing: bool,
 
 @click.group()
 def evaluate() -> None:
-    """Benchmark metrics (paper Sec. 7.2) from score files or a model run."""
+    """Benchmark metrics (paper Sec. 7.2) from score files or a model run.
+
+    \b
+    Example:
+      m2a-pipe evaluate anomaly --dataset RoadAnomaly21 --weights cityscapes-r50 --json ra21.json
+      m2a-pipe evaluate anomaly --scores scores/ --labels labels/
+    """
 
 
 @evaluate.command("anomaly")
@@ -72,8 +87,8 @@ def evaluate() -> None:
               help="exact: scikit-learn on pooled pixels; smiyc: the benchmark's per-image percentile bins. "
                    "Also picks the component rule (the report's component_threshold_rule).")
 @click.option("--threshold", type=float,
-              help="Component threshold T (default: the best pixel-F1 threshold of the --ap curve). Anomalous "
-                   "pixels: score >= T with --ap exact, score > T with --ap smiyc (the benchmark's).")
+              help="Component threshold T. Anomalous pixels: score >= T with --ap exact, score > T with --ap smiyc "
+                   "(the benchmark's).  [default: the best pixel-F1 threshold of the --ap curve]")
 @click.option("--max-exact-pixels", type=int, default=DEFAULT_MAX_EXACT_PIXELS, show_default=True,
               help="Pixels kept verbatim before the exact mode switches to its fine histogram.")
 @click.option("--score", "score_name", type=click.Choice(SCORE_NAMES), default=DEFAULT_SCORE, show_default=True,
@@ -85,7 +100,13 @@ def evaluate() -> None:
 @click.option("--plots", "plots_dir", type=click.Path(path_type=Path), help="Write pr.png and roc.png here.")
 def anomaly(scores, labels, dataset, dataset_type, weights, out_dir, device, flip, profile, ap_convention,
             threshold, max_exact_pixels, score_name, map_stride, json_path, plots_dir) -> None:
-    """Pixel AuPRC / FPR95 / AUROC and component sIoU / PPV / F1*."""
+    """Pixel AuPRC / FPR95 / AUROC and component sIoU / PPV / F1*.
+
+    \b
+    Example:
+      m2a-pipe evaluate anomaly --dataset RoadAnomaly21 --weights cityscapes-r50 --json ra21.json
+      m2a-pipe evaluate anomaly --scores scores/ --labels labels/ --ap smiyc --plots plots/
+    """
     from m2a_pipe.evaluation import datasets as ds
     from m2a_pipe.evaluation import inputs, predict, report
 
@@ -99,6 +120,7 @@ def anomaly(scores, labels, dataset, dataset_type, weights, out_dir, device, fli
         _prepare_run(scores_dir.parent, weights, flip, score_name, bool(missing), stride)
         if missing:
             predictor = predict.load_predictor(weights, device, flip, score_name, stride)
+            _weights_notice(weights)
             scores_dir = predict.write_anomaly_scores(predictor, data, scores_dir.parent, progress=_bar)
         pairs = [_npy_pair(inputs, s, scores_dir / f"{predict.file_stem(s.stem)}.npy") for s in data.samples]
     elif scores is not None and labels is not None:
@@ -150,10 +172,10 @@ def _open_items(scores_dir: Path, semantic_dir: Path, labels_dir: Path, lut) -> 
 @click.option("--labels", type=click.Path(path_type=Path),
               help="Folder of <stem>.png ground truth: 0..K-1 known, --anomaly-id unknown, 255 void.")
 @click.option("--num-known", type=int, help="K, the number of known classes (with --labels).")
-@click.option("--anomaly-id", type=int, help="Ground-truth value of the unknown class (default K).")
+@click.option("--anomaly-id", type=int, help="Ground-truth value of the unknown class.  [default: K]")
 @click.option("--threshold", type=float,
               help="Anomaly threshold; a pixel is unknown when its score is > it (--threshold-rule reference) "
-                   "or >= it (kth-score). Default: 95% TPR on the calibration split.")
+                   "or >= it (kth-score).  [default: 95% TPR on the calibration split]")
 @click.option("--threshold-rule", type=click.Choice(THRESHOLD_RULES), default=THRESHOLD_RULES[0], show_default=True,
               help="reference: DenseHybrid's evaluate_osr.py: the first scikit-learn roc_curve threshold with "
                    "TPR > 95% over the known and anomalous calibration pixels, unknown when score > threshold; "
@@ -168,7 +190,12 @@ def _open_items(scores_dir: Path, semantic_dir: Path, labels_dir: Path, lut) -> 
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report here.")
 def open_set(scores, semantic, labels, num_known, anomaly_id, threshold, threshold_rule, calib_scores,
              calib_semantic, calib_labels, dataset, weights, out_dir, device, flip, json_path) -> None:
-    """Open-IoU per known class and its mean (Eq. 23-24), and closed-set mIoU."""
+    """Open-IoU per known class and its mean (Eq. 23-24), and closed-set mIoU.
+
+    \b
+    Example:
+      m2a-pipe evaluate open-set --dataset StreetHazards/test --weights streethazards
+    """
     from m2a_pipe.evaluation import datasets as ds
     from m2a_pipe.evaluation import predict, report
 
@@ -184,6 +211,7 @@ def open_set(scores, semantic, labels, num_known, anomaly_id, threshold, thresho
         _prepare_run(out, weights, flip, "official", missing)
         if missing:
             predictor = predict.load_predictor(weights, device, flip)
+            _weights_notice(weights)
             predict.write_anomaly_scores(predictor, data, out, semantic=True, progress=_bar)
         k = ds.STREETHAZARDS_NUM_KNOWN
         items = [report.OpenSetItem(n, out / "scores" / f"{n}.npy", out / "semantic" / f"{n}.npy", s.label,
@@ -245,7 +273,12 @@ def panoptic(pred_json, pred_dir, gt_json, gt_dir, unknown_id, unknown_split, da
              flip, json_path) -> None:
     """PQ / SQ / RQ (Eq. 25) per category, and for the groups of two conventions:
     panopticapi's (all / things / stuff, the unknown category among the things when its
-    isthing is 1) and the paper's (Table IV: known all / things / stuff, and unknown)."""
+    isthing is 1) and the paper's (Table IV: known all / things / stuff, and unknown).
+
+    \b
+    Example:
+      m2a-pipe evaluate panoptic --dataset data/synth-val --weights demo --json pq.json
+    """
     from m2a_pipe.evaluation import datasets as ds
     from m2a_pipe.evaluation import predict, report
 
@@ -267,6 +300,7 @@ def panoptic(pred_json, pred_dir, gt_json, gt_dir, unknown_id, unknown_split, da
         _prepare_run(out, weights, False, "panoptic", missing)
         if missing:
             predictor = predict.load_predictor(weights, device, flip=False)
+            _weights_notice(weights)
             pred_json, pred_dir = predict.write_panoptic(predictor, gt, out, progress=_bar)
     elif pred_json and pred_dir and gt_json and gt_dir:
         gt = ds.read_coco_panoptic(gt_json, gt_dir, None, split, unknown)

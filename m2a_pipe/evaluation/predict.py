@@ -81,7 +81,7 @@ def claim_run_folder(out: Path, settings: dict, writing: bool) -> None:
         try:
             recorded = json.loads(path.read_text())
         except ValueError:
-            raise EvaluationInputError(f"{path}: not a JSON file; delete it or choose another --out") from None
+            raise EvaluationInputError(f"{path}: not a JSON file; delete it or choose another --output") from None
         for key in ("score", "flip", "map_stride", "weights_sha256"):
             was, now = recorded.get(key, RUN_DEFAULTS.get(key)), settings.get(key, RUN_DEFAULTS.get(key))
             if key == "weights_sha256" and (was is None or now is None):
@@ -90,7 +90,7 @@ def claim_run_folder(out: Path, settings: dict, writing: bool) -> None:
                 what = f"weights {recorded.get('weights')} (sha256 {str(was)[:12]}...)" if key == "weights_sha256" \
                     else f"{key} {was}"
                 raise EvaluationInputError(f"{out}: holds model outputs made with {what}, not with this run's; "
-                                           f"choose another --out or delete the folder")
+                                           f"choose another --output or delete the folder")
     elif writing:
         path.parent.mkdir(parents=True, exist_ok=True)
         with written_atomically(path) as tmp:
@@ -140,7 +140,7 @@ def check_panoptic_ids(json_path: Path, dataset: PanopticDataset) -> None:
     for key, value in want.items():
         if key in recorded and recorded[key] != value:
             raise EvaluationInputError(f"{json_path}: written with {key} {recorded[key]}, this ground truth needs "
-                                       f"{value}; delete it or choose another --out")
+                                       f"{value}; delete it or choose another --output")
 
 
 def write_panoptic(predictor, dataset: PanopticDataset, out: Path,

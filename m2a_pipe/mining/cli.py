@@ -18,7 +18,7 @@ from m2a_pipe.mining.miner import CLIP_AFTER_S, CLIP_BEFORE_S, DEFAULT_TOP
 @click.option("--min-duration", type=click.FloatRange(min=0), default=None, metavar="SEC",
               help="Keep events lasting at least SEC seconds.")
 @click.option("-o", "--output", "report_dir", type=click.Path(file_okay=False), default=None, metavar="REPORT_DIR",
-              help="Report folder [OUT_ROOT/report].")
+              help="Report folder.  [default: OUT_ROOT/report]")
 @click.option("--clips", is_flag=True, help="Cut a clip of each top event into REPORT_DIR/clips/.")
 @click.option("--include-partial", is_flag=True,
               help="Also mine videos whose decoding lost frames (status partial); skipped by default.")
@@ -31,6 +31,10 @@ def mine_cmd(out_root: str, top: int, min_score: float | None, min_duration: flo
     read), lists the folders it skips (partial, temporary, missing files; one line each) and
     writes REPORT_DIR/events.csv (every event, ranked), contact_sheet.jpg and report.html.
     Ranking: peak score, then duration, then largest area, all highest first.
+
+    \b
+    Example:
+      m2a-pipe mine out --top 100 --min-score 0.8 --clips -o review/
     """
     from m2a_pipe.mining.miner import mine
 
@@ -48,15 +52,20 @@ def mine_cmd(out_root: str, top: int, min_score: float | None, min_duration: flo
 @click.option("--after", type=click.FloatRange(min=0), default=CLIP_AFTER_S, show_default=True, metavar="SEC",
               help="Seconds after the event's last frame.")
 @click.option("--overlay/--source", "use_overlay", default=None,
-              help="Cut from overlay.mp4 or from the source video [the source when it is there, else the overlay].")
+              help="Cut from overlay.mp4 or from the source video.  [default: the source when it is there, else "
+                   "the overlay]")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, metavar="FILE",
-              help="Clip file [<video folder name>_event_NNNN.mp4 in the current folder].")
+              help="Clip file.  [default: <video folder name>_event_NNNN.mp4 in the current folder]")
 def clip_cmd(video_out: str, event_id: int, before: float, after: float, use_overlay: bool | None,
              output: str | None) -> None:
     """Cut an H.264 clip around event EVENT_ID of the video output folder VIDEO_OUT.
 
     The clip spans start_s - BEFORE to end_s + AFTER (clipped to the video). Its timestamps
     start at 0; the printed line gives the source time of its first frame.
+
+    \b
+    Example:
+      m2a-pipe clip out/drive 3 --before 2 --after 2 -o crash.mp4
     """
     from pathlib import Path
 

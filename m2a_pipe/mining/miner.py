@@ -26,6 +26,7 @@ from m2a_pipe.mining.report import (
     EVENTS_CSV,
     REPORT_HTML,
     TopEvent,
+    plural,
     skipped_item_html,
     spool_row,
     video_row_html,
@@ -64,6 +65,8 @@ class MineResult:
     top: list[TopEvent] = field(default_factory=list)
     clips: int = 0
     clip_errors: list[str] = field(default_factory=list)
+    weights: dict[str, str] = field(default_factory=dict)
+    """The weights the mined videos were made with: name -> their notice (empty when none)."""
 
     @property
     def csv_path(self) -> Path:
@@ -85,7 +88,7 @@ class MineResult:
         kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(self.skipped_kinds.items()))
         skipped = f"{self.skipped} skipped ({kinds})" if self.skipped else "0 skipped"
         clips = f", {self.clips} clips" if self.clips or self.clip_errors else ""
-        return (f"{self.videos} videos mined, {skipped}; {self.ranked} of {self.events} events ranked, "
+        return (f"{plural(self.videos, 'video')} mined, {skipped}; {self.ranked} of {self.events} events ranked, "
                 f"top {len(self.top)}{clips} -> {self.html_path}")
 
 
@@ -193,6 +196,7 @@ def mine(out_root: str | os.PathLike, report_dir: str | os.PathLike | None = Non
                                                  thumbnail=thumb))
                     kept += 1
                 extra_keys.update(item.extra)
+                result.weights.setdefault(str(item.attrs.get("weights", "?")), str(item.attrs.get("weights_note", "")))
                 videos_html.write(video_row_html(item, result.videos, len(events), kept, report))
                 result.videos += 1
                 result.ranked += kept
@@ -223,7 +227,8 @@ def mine(out_root: str | os.PathLike, report_dir: str | os.PathLike | None = Non
             write_report_html(report / REPORT_HTML, out_root=out_root,
                               counts={"videos": result.videos, "skipped": result.skipped, "events": result.events,
                                       "kept": result.ranked},
-                              top=result.top, videos_fragment=videos_html, skipped_fragment=skipped_html,
+                              top=result.top, weights=result.weights, videos_fragment=videos_html,
+                              skipped_fragment=skipped_html,
                               filters=f" ({filters[2:]})" if filters else "")
         except OSError as err:
             raise MineError(f"{report}: cannot write the report ({err.strerror or err})") from None

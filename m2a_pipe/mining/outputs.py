@@ -40,7 +40,7 @@ OUTPUT_FILES = (SCORES_FILE, SUMMARY_FILE, EVENTS_FILE, OVERLAY_FILE, TRACKS_FIL
 REQUIRED_FILES = (SCORES_FILE, SUMMARY_FILE, EVENTS_FILE)
 
 ROOT_ATTRS = ("source", "source_fingerprint", "fps", "width", "height", "n_frames", "status", "error", "weights",
-              "threshold", "extra")
+              "weights_note", "threshold", "extra")
 EXTRA_ATTR_PREFIX = "extra_"
 EVENT_REQUIRED_FIELDS = ("event_id", "start_frame", "end_frame", "start_s", "end_s", "duration_s", "peak_score")
 MAX_REASON_CHARS = 200

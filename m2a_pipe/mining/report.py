@@ -10,7 +10,11 @@
   ``overlay.mp4``; these, and the clips, are **relative links** (to OUT_ROOT's folders and to
   ``clips/`` next to the report), so they work while the report stays where it was written
   relative to OUT_ROOT (the default ``OUT_ROOT/report`` moves with OUT_ROOT);
-* the skipped folders with their reasons, and the ranking rule.
+* the skipped folders with their reasons, the weights the videos were made with (and their
+  notice: the demo weights know only a synthetic world), and the ranking rule.
+
+Scores are printed with :func:`score_text`: three decimals, more near 1 where three would
+print ties (0.99987, not 1.000), so the printed order is the ranked one.
 
 The first card's thumbnail is drawn at a fixed place, :data:`FIRST_THUMB_BOX` (CSS pixels from
 the top-left of the page), which the headless-browser test checks.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +51,7 @@ TAIL_COLUMNS = ("thumbnail", "clip")
 STANDARD_COLUMNS = HEAD_COLUMNS + EVENT_COLUMNS + BBOX_COLUMNS + TAIL_COLUMNS
 
 # Page geometry (CSS px): fixed-height header, then the cards; see FIRST_THUMB_BOX.
-HEADER_PX = 72
+HEADER_PX = 92
 GRID_PAD_PX = 16
 CARD_PAD_PX = 12
 THUMB_W_PX, THUMB_H_PX = 256, 192
@@ -197,7 +202,7 @@ def write_contact_sheet(path: Path, top: Sequence[TopEvent]) -> None:
         else:
             sheet.paste(thumb, (x + (cell_w - thumb.width) // 2, y + (cell_h - thumb.height) // 2))
         ev = item.event
-        line1 = f"#{item.rank}  score {float(ev['peak_score']):.3f}  {float(ev['duration_s']):.1f} s"
+        line1 = f"#{item.rank}  score {score_text(ev['peak_score'])}  {float(ev['duration_s']):.1f} s"
         line2 = f"{item.video.rel}  event {ev['event_id']}"
         draw.text((x, y + cell_h + 3), _fit_text(draw, line1, font, cell_w), fill=SHEET_TEXT, font=font)
         draw.text((x, y + cell_h + 20), _fit_text(draw, line2, font, cell_w), fill=SHEET_TEXT, font=font)
@@ -212,6 +217,7 @@ body {{ margin: 0; background: #f3f4f6; color: #111; font: 14px/1.35 system-ui, 
 header {{ height: {HEADER_PX}px; box-sizing: border-box; padding: 10px {GRID_PAD_PX}px; overflow: hidden;
   background: #1f2933; color: #fff; }}
 header h1 {{ margin: 0; font-size: 20px; }} header p {{ margin: 4px 0 0; color: #cbd2d9; }}
+header p.note {{ color: #fbbf24; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }}
 #top {{ display: flex; flex-wrap: wrap; align-items: flex-start; gap: {GRID_PAD_PX}px;
   padding: {GRID_PAD_PX}px; margin: 0; }}
 .card {{ width: {THUMB_W_PX + 2 * CARD_PAD_PX}px; box-sizing: border-box; padding: {CARD_PAD_PX}px; margin: 0;
@@ -228,6 +234,11 @@ td, th {{ border: 1px solid #d9dde2; padding: 4px 6px; vertical-align: top; text
 td img {{ display: block; width: 600px; max-width: 60vw; }}
 code {{ font-size: 12px; }}
 """
+
+
+def plural(n: int, noun: str) -> str:
+    """``"1 video"``, ``"2 videos"``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def href(target: Path, report_dir: Path) -> str:
@@ -253,6 +264,16 @@ def _extras(extra: Mapping[str, str]) -> str:
     return " · ".join(f"{_esc(k)}={_esc(v)}" for k, v in sorted(extra.items()))
 
 
+def score_text(score: Any) -> str:
+    """A peak score with the decimals that keep distinct scores apart: three, or up to seven
+    when the score is within 0.001 of 1 (``0.99987``), where three would print ``1.000``."""
+    value = float(score)
+    digits = 3
+    if 0.999 <= value < 1.0:
+        digits = min(7, 1 - math.floor(math.log10(1.0 - value)))
+    return f"{value:.{digits}f}"
+
+
 def _num(value: Any, digits: int = 2) -> str:
     return "–" if value is None else f"{float(value):.{digits}f}"
 
@@ -275,7 +296,7 @@ def card_html(item: TopEvent, report_dir: Path) -> str:
     if isinstance(bbox, (list, tuple)) and len(bbox) == 4:
         size += " · box " + ", ".join(f"{float(v):.0f}" for v in bbox)
     parts = [f'<div class="card" id="rank-{item.rank}">', picture,
-             f'<div class="title"><span class="rank">#{item.rank}</span> score {float(ev["peak_score"]):.3f}'
+             f'<div class="title"><span class="rank">#{item.rank}</span> score {score_text(ev["peak_score"])}'
              f' · {float(ev["duration_s"]):.2f} s</div>',
              f'<div class="meta">{_esc(video.rel)} · event {_esc(ev["event_id"])} · {_esc(track)}</div>',
              f'<div class="meta">{_num(ev["start_s"])}–{_num(ev["end_s"])} s · frames {_esc(ev["start_frame"])}–'
@@ -315,17 +336,23 @@ def skipped_item_html(skipped: Skipped) -> str:
 
 
 def write_report_html(path: Path, *, out_root: Path, counts: Mapping[str, int], top: Sequence[TopEvent],
-                      videos_fragment: IO[str], skipped_fragment: IO[str], filters: str) -> None:
+                      videos_fragment: IO[str], skipped_fragment: IO[str], filters: str,
+                      weights: Mapping[str, str] | None = None) -> None:
     """Assemble ``report.html`` from the top events and the spooled video and skipped rows
-    (the two fragments are text files positioned anywhere; they are read from their start)."""
+    (the two fragments are text files positioned anywhere; they are read from their start);
+    ``weights``: the weights' names the videos were made with -> their notice (or "")."""
+    weights = dict(weights or {})
     report_dir = path.parent
     title = f"m2a-pipe mine: {out_root}"
-    summary = (f"{counts['videos']} videos mined, {counts['skipped']} folders skipped · "
-               f"{counts['kept']} events ranked of {counts['events']}{filters} · top {len(top)} shown")
+    summary = (f"{plural(counts['videos'], 'video')} mined, {plural(counts['skipped'], 'folder')} skipped · "
+               f"{counts['kept']} events ranked of {counts['events']}{filters} · top {len(top)} shown"
+               f" · weights {', '.join(sorted(weights)) or '?'}")
+    notes = [f"{name}: {note}" for name, note in sorted(weights.items()) if note]
     with written_atomically(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n<title>{_esc(title)}</title>\n'
                 f"<style>{_CSS}</style></head>\n<body>\n")
-        f.write(f"<header><h1>Anomalous events: {_esc(out_root)}</h1><p>{_esc(summary)}</p></header>\n")
+        f.write(f"<header><h1>Anomalous events: {_esc(out_root)}</h1><p>{_esc(summary)}</p>"
+                + "".join(f'<p class="note" title="{_esc(n)}">{_esc(n)}</p>' for n in notes[:1]) + "</header>\n")
         f.write('<div id="top">\n')
         for item in top:
             f.write(card_html(item, report_dir) + "\n")
@@ -333,7 +360,7 @@ def write_report_html(path: Path, *, out_root: Path, counts: Mapping[str, int], 
             f.write('<div class="card"><div class="thumb nothumb">no events</div></div>\n')
         f.write("</div>\n")
         f.write('<section><h2>Videos</h2>\n<table><tr><th>video (overlay) / source</th><th>events ranked / all</th>'
-                "<th>frames</th><th>fps</th><th>size</th><th>manifest</th><th>timeline</th></tr>\n")
+                "<th>frames</th><th>video fps</th><th>size</th><th>manifest</th><th>timeline</th></tr>\n")
         videos_fragment.seek(0)
         for line in videos_fragment:
             f.write(line)
@@ -343,6 +370,9 @@ def write_report_html(path: Path, *, out_root: Path, counts: Mapping[str, int], 
         for line in skipped_fragment:
             f.write(line)
         f.write("</ul></section>\n")
+        f.write("<section><h2>Weights</h2><ul>\n" + "".join(
+            f"<li><code>{_esc(name)}</code>{': ' + _esc(note) if note else ''}</li>\n"
+            for name, note in sorted(weights.items())) + "</ul></section>\n")
         f.write(f"<section><h2>Ranking</h2><p>Events are ranked by {_esc(RANKING_RULE)}. "
                 f"The full table is <a href=\"{EVENTS_CSV}\">{EVENTS_CSV}</a>; the thumbnails above are embedded, "
                 "timelines, overlays and clips are linked relative to this file.</p></section>\n")

@@ -1,5 +1,5 @@
 """Weights to a model: build a network and load a weights file into it, convert official
-checkpoints, describe a file.
+checkpoints, add a checkpoint to the user weights folder under a name, describe a file.
 
 The one module that knows both the file formats (:mod:`.checkpoint`) and the names
 (:mod:`.registry`); neither of those imports the other's callers, so there is no circle.
@@ -8,6 +8,7 @@ The one module that knows both the file formats (:mod:`.checkpoint`) and the nam
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -37,8 +38,9 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
         cfg = cfg or registry.registered_config(path_or_name)
         if cfg is None:
             raise checkpoint.CheckpointError(
-                f"{path}: a {path.suffix} checkpoint carries no config; name its preset or config (--config, "
-                f"or cfg= in Python), or convert it once with m2a-pipe weights convert")
+                f"{path}: a {path.suffix} checkpoint carries no config; add it once with its preset or "
+                f"config.json: m2a-pipe weights add {path} --name NAME --config PRESET|config.json, "
+                "then use --weights NAME")
         state_dict = checkpoint.read_state_dict(path)
     model = build_model(cfg)
     checkpoint.load_into(model, state_dict, source=str(path))
@@ -84,7 +86,7 @@ def describe(name_or_path: str | os.PathLike, cfg: ModelConfig | None = None) ->
     metadata (stored in the file, else the entry's).
     """
     text = os.fspath(name_or_path)
-    entry = registry.REGISTRY.get(text)
+    entry = registry.lookup(text)
     path = registry.resolve(text)
     suffix = path.suffix.lower()
     metadata: dict[str, Any] = dict(entry.metadata) if entry else {}
@@ -116,3 +118,55 @@ def describe(name_or_path: str | os.PathLike, cfg: ModelConfig | None = None) ->
         "num_parameters": count_parameters(cfg) if cfg is not None else None,
         "metadata": metadata,
     }
+
+
+def add_weights(src: str | os.PathLike, name: str, config: str | os.PathLike | ModelConfig | None = None, *,
+                source: str | None = None, source_file: str | None = None,
+                overwrite: bool = False) -> registry.WeightsEntry:
+    """Register the checkpoint ``src`` as ``name`` in the user weights folder
+    (:func:`m2a_pipe.model.registry.user_weights_dir`).
+
+    A ``.pth``/``.pkl`` is converted with ``config`` (a preset, a config.json or a
+    ModelConfig; default: the preset of an official entry of that name), a ``.safetensors``
+    of this project is copied (it carries its config). Either way the result is loaded
+    strictly into a freshly built model before it is registered, and it is written under a
+    temporary name and renamed, so a failed add leaves no file and no entry. ``source`` (a
+    URL or path) and ``source_file`` (its file name, default ``src``'s) are recorded.
+    Raises WeightsError / CheckpointError / ConfigError.
+    """
+    src = Path(src)
+    source_file = source_file or src.name
+    package = registry.REGISTRY.get(registry.check_name(name))
+    if package is not None and package.built:
+        raise registry.WeightsError(f"{name}: the name of the package's own weights; choose another --name")
+    if not overwrite and name in registry.user_entries():
+        raise registry.WeightsError(f"{name}: already added ({registry.lookup(name).path}); "
+                                    "pass --overwrite to replace it")
+    if config is None and package is not None and package.config:
+        config = package.config
+    folder = registry.user_weights_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{name}.safetensors"
+    tmp = folder / f".{name}.partial-{os.getpid()}.safetensors"
+    try:
+        if src.suffix.lower() in checkpoint.SAFETENSORS_SUFFIXES:
+            stored, _ = checkpoint.read_metadata(src)
+            if config is not None and registry.resolve_config(config) != stored:
+                raise checkpoint.CheckpointError(f"{src}: the config given differs from the one stored in the file")
+            shutil.copyfile(src, tmp)
+            load_model(tmp)  # strict: every tensor matches the stored config
+        else:
+            if config is None:
+                raise checkpoint.CheckpointError(
+                    f"{src}: a {src.suffix} checkpoint carries no config; give --config PRESET|config.json")
+            convert_checkpoint(src, registry.resolve_config(config), tmp,
+                               metadata={"source_file": source_file, **({"source": source} if source else {})})
+        digest = checkpoint.sha256_file(tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    description = package.description if package is not None else f"added from {source or src.name}"
+    return registry.add_user_entry(registry.WeightsEntry(
+        name=name, file=str(target), sha256=digest, description=description,
+        metadata={"source_sha256": checkpoint.sha256_file(src)}, source=source or str(src.resolve()),
+        source_file=source_file))

@@ -7,23 +7,37 @@ hash. Relative files live in the weights folder: ``<repo root>/weights`` (the pa
 the installed ``m2a_pipe`` package source), or ``$M2A_WEIGHTS_DIR`` when set.
 
 ``demo`` is the small demo model trained on the synthetic world (``weights/demo.safetensors``,
-its model card in ``weights/README.md``); an entry whose sha256 is ``None`` is reserved, not
-built yet, and resolving it raises a :class:`WeightsError` saying so.
+its model card in ``weights/README.md``); its :attr:`WeightsEntry.note` says so wherever it
+runs. An entry whose sha256 is ``None`` is not on this machine: a released checkpoint the
+user adds (the official Mask2Anomaly ones: ``source`` names the page that publishes them,
+``source_file`` the file name there), or one not built yet; resolving it raises a
+:class:`WeightsError` that says how to get it.
+
+Weights a user adds (``m2a-pipe weights add`` / ``weights fetch``) live in the user weights
+folder, :func:`user_weights_dir` (``$M2A_CACHE/weights``, default
+``~/.cache/m2a-pipe/weights``), converted to safetensors, with an index ``registry.json``
+(name -> file, sha256, description, source); a user entry of an official name makes that
+entry present.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from m2a_pipe.config import PRESETS, ConfigError, ModelConfig, preset
-from m2a_pipe.errors import M2AError
+from m2a_pipe.errors import EXIT_USAGE, M2AError
 from m2a_pipe.model.checkpoint import sha256_file
 
 WEIGHTS_DIR_ENV = "M2A_WEIGHTS_DIR"
+CACHE_ENV = "M2A_CACHE"
+USER_INDEX = "registry.json"
+OFFICIAL_PAGE = "https://github.com/shyam671/Mask2Anomaly-Unmasking-Anomalies-in-Road-Scene-Segmentation"
+"""The official Mask2Anomaly repository: its README links the shared folder of the checkpoints."""
 
 
 class WeightsError(M2AError):
@@ -31,6 +45,19 @@ class WeightsError(M2AError):
 
     def __str__(self) -> str:  # LookupError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class WeightsNotFound(WeightsError):
+    """The weights asked for are not here: an unknown name, a missing file, an entry not
+    added or not built yet. A bad option like any other (exit code 2): nothing was run."""
+
+    exit_code = EXIT_USAGE
+
+
+class BadWeightsName(WeightsError):
+    """A name that cannot name weights (it becomes a file name): a bad option, exit code 2."""
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True)
@@ -49,6 +76,12 @@ class WeightsEntry:
     description: str
     config: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    note: str | None = None
+    """One line shown wherever these weights run (``process``, ``evaluate``) and stored with the outputs."""
+    source: str | None = None
+    """Where the file is published (a page or URL), for entries a user adds."""
+    source_file: str | None = None
+    """The file name the publisher uses (e.g. ``model_final.pth``)."""
 
     def __post_init__(self) -> None:
         if not self.name or os.sep in self.name or "/" in self.name:
@@ -74,7 +107,13 @@ class WeightsEntry:
 
     @property
     def present(self) -> bool:
-        return self.path.is_file()
+        return self.built and self.path.is_file()
+
+    def how_to_add(self) -> str:
+        """The command that makes this entry present (for entries a user adds)."""
+        file = self.source_file or "FILE"
+        config = self.config or "config.json"
+        return f"m2a-pipe weights add {file} --name {self.name} --config {config}"
 
 
 def weights_dir() -> Path:
@@ -85,8 +124,77 @@ def weights_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "weights"
 
 
+def cache_dir() -> Path:
+    """``$M2A_CACHE``, else ``$XDG_CACHE_HOME/m2a-pipe``, else ``~/.cache/m2a-pipe``."""
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        return Path(override).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "m2a-pipe"
+
+
+def check_name(name: str) -> str:
+    """``name`` when it can name weights a user adds (letters, digits, ``.``, ``_``, ``-``; not
+    starting with ``.`` or ``-``: it becomes a file name); raises :class:`BadWeightsName`
+    otherwise."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name or ""):
+        raise BadWeightsName(f"--name {name!r}: use letters, digits, '.', '_' and '-' (it names a file)")
+    return name
+
+
+def user_weights_dir() -> Path:
+    """The folder of the weights a user adds: ``cache_dir() / "weights"``."""
+    return cache_dir() / "weights"
+
+
 REGISTRY: dict[str, WeightsEntry] = {}
-"""Known weights by name. Add with :func:`register`."""
+"""Weights the package knows by name (demo, official checkpoints). Add with :func:`register`;
+the user's own are in :func:`user_entries`."""
+
+
+def user_entries() -> dict[str, WeightsEntry]:
+    """The entries of the user weights folder's index (empty when there is none).
+
+    Raises :class:`WeightsError` when the index exists but cannot be read.
+    """
+    index = user_weights_dir() / USER_INDEX
+    if not index.is_file():
+        return {}
+    try:
+        data = json.loads(index.read_text())
+        return {name: WeightsEntry(name=name, file=str(user_weights_dir() / item["file"]), sha256=item["sha256"],
+                                   description=item.get("description", ""), metadata=item.get("metadata", {}),
+                                   source=item.get("source"), source_file=item.get("source_file"))
+                for name, item in data.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise WeightsError(f"{index}: unreadable weights index ({type(err).__name__}: {err}); "
+                           "remove it and add the weights again") from None
+
+
+def add_user_entry(entry: WeightsEntry) -> WeightsEntry:
+    """Record ``entry`` (its file already in :func:`user_weights_dir`) in the index, atomically."""
+    folder = user_weights_dir()
+    index = folder / USER_INDEX
+    data = json.loads(index.read_text()) if index.is_file() else {}
+    data[entry.name] = {"file": Path(entry.file).name, "sha256": entry.sha256, "description": entry.description,
+                        "metadata": dict(entry.metadata), "source": entry.source, "source_file": entry.source_file}
+    tmp = index.with_name(f".{USER_INDEX}.{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, index)
+    return entry
+
+
+def lookup(name: str | os.PathLike) -> WeightsEntry | None:
+    """The entry of a name: the user's (added or fetched) first, then the package's; None if unknown."""
+    text = os.fspath(name)
+    user = user_entries().get(text)
+    if user is None:
+        return REGISTRY.get(text)
+    package = REGISTRY.get(text)
+    if package is not None:  # an official name the user added: keep its preset, source and note
+        return WeightsEntry(**{**asdict(package), "file": user.file, "sha256": user.sha256,
+                               "metadata": {**package.metadata, **user.metadata}})
+    return user
 
 
 def register(entry: WeightsEntry, *, overwrite: bool = False) -> WeightsEntry:
@@ -102,15 +210,26 @@ def unregister(name: str) -> None:
 
 
 def list_entries() -> list[WeightsEntry]:
-    """Registered entries, sorted by name."""
-    return [REGISTRY[name] for name in sorted(REGISTRY)]
+    """Registered entries (the package's and the user's), sorted by name."""
+    return [lookup(name) for name in sorted({*REGISTRY, *user_entries()})]
+
+
+def known_names() -> list[str]:
+    return sorted({*REGISTRY, *user_entries()})
 
 
 def get(name: str) -> WeightsEntry:
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise WeightsError(f"unknown weights {name!r}; known: {', '.join(sorted(REGISTRY)) or 'none'}") from None
+    entry = lookup(name)
+    if entry is None:
+        raise WeightsNotFound(f"unknown weights {name!r}; known: {', '.join(known_names()) or 'none'}")
+    return entry
+
+
+def unknown_weights_hint(name: str) -> str:
+    """How to give weights a name: the commands that add, fetch or convert a file."""
+    return (f"add a checkpoint under this name with: m2a-pipe weights add FILE --name {name} --config PRESET, "
+            f"or m2a-pipe weights fetch URL --sha256 HEX --name {name} --config PRESET "
+            "(m2a-pipe weights list shows the known names)")
 
 
 def resolve(name_or_path: str | os.PathLike) -> Path:
@@ -120,34 +239,46 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     an entry not built yet (no sha256, e.g. ``demo`` before it is trained).
     """
     text = os.fspath(name_or_path)
-    if text in REGISTRY:
-        entry = REGISTRY[text]
+    entry = lookup(text)
+    if entry is not None:
+        if not entry.built and entry.source:
+            raise WeightsNotFound(
+                f"{entry.name}: these weights are not on this machine yet: "
+                f"download {entry.source_file or 'the checkpoint'} "
+                f"from {entry.source}, then run: {entry.how_to_add()}")
         if not entry.built:
-            raise WeightsError(
+            raise WeightsNotFound(
                 f"the {entry.name} weights are not built yet: no sha256 is registered for "
                 f"{entry.path} (train them, or pass a weights file path instead)")
         if not entry.present:
-            raise WeightsError(f"weights {entry.name!r}: file {entry.path} is missing")
+            raise WeightsNotFound(f"{entry.name}: its file {entry.path} is missing")
         return entry.path
     path = Path(text).expanduser()
     if path.is_file():
         return path
     if path.exists():
-        raise WeightsError(f"{path} is not a file")
-    known = ", ".join(sorted(REGISTRY)) or "none"
-    raise WeightsError(f"unknown weights name or missing file {text!r} (registered names: {known})")
+        raise WeightsNotFound(f"{path} is not a file")
+    if path.suffix or os.sep in text or "/" in text:
+        raise WeightsNotFound(f"{text}: no such weights file")
+    raise WeightsNotFound(f"{text}: unknown weights name; {unknown_weights_hint(text)}")
 
 
 def registered_config(name: str | os.PathLike) -> ModelConfig | None:
     """The preset config a registered name declares (``None`` for paths and entries without)."""
-    entry = REGISTRY.get(os.fspath(name))
+    entry = lookup(name)
     return preset(entry.config) if entry is not None and entry.config else None
 
 
 def expected_sha256(name_or_path: str | os.PathLike) -> str | None:
     """The registered sha256 of a name, ``None`` for a path."""
-    entry = REGISTRY.get(os.fspath(name_or_path))
+    entry = lookup(name_or_path)
     return entry.sha256 if entry else None
+
+
+def weights_note(name_or_path: str | os.PathLike) -> str:
+    """The entry's :attr:`~WeightsEntry.note` (empty for paths and entries without one)."""
+    entry = lookup(name_or_path)
+    return (entry.note or "") if entry else ""
 
 
 @dataclass(frozen=True)
@@ -227,4 +358,27 @@ register(WeightsEntry(
     config="small",
     metadata={"status": "v5", "classes": "cityscapes-19",
               "recipes": "train/demo/01_stage1.json ... train/demo/09_stage2_v6g.json (in order)"},
+    note="the demo weights were trained on a synthetic world only: on real footage they box trees, grass and "
+         "ordinary cars; for real video add real weights (m2a-pipe weights list shows how) and pass --weights NAME",
+))
+
+register(WeightsEntry(
+    name="cityscapes-r50",
+    file="cityscapes-r50.safetensors",
+    sha256=None,
+    description="official Mask2Anomaly, ResNet-50, trained on Cityscapes with COCO outliers: road anomalies "
+                "(SMIYC, Fishyscapes, Road Anomaly, Lost & Found)",
+    config="cityscapes-r50",
+    source=OFFICIAL_PAGE,
+    source_file="model_final.pth",
+))
+
+register(WeightsEntry(
+    name="streethazards",
+    file="streethazards.safetensors",
+    sha256=None,
+    description="official Mask2Anomaly, ResNet-50, trained on StreetHazards (12 classes, CARLA scenes); "
+                "no preset: its config.json exported from the official streethazard config",
+    source=OFFICIAL_PAGE,
+    source_file="model_final.pth",
 ))

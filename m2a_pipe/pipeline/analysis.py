@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+import cv2
 import numpy as np
 
 from m2a_pipe.inference.instances import anomaly_instances, scored_instance, weak_instances
@@ -106,6 +107,7 @@ class VideoAnalysis:
                           s.source_size[0] / s.input_size[0] * s.map_stride)
         self.to_input = (s.map_stride, s.map_stride)
         self.upsample = max(1, min(INSTANCE_MAX_UPSAMPLE, math.ceil(max(self.to_source))))
+        self.to_frame = self.to_source  # map -> pixels of the frames events see (the input's without source frames)
         self.scores = ScoresWriter(
             self.workdir / SCORES_FILE, attrs,
             map_shape=s.map_shape if config.save_maps else None, bounded=s.bounded, semantic=config.save_semantic,
@@ -118,7 +120,7 @@ class VideoAnalysis:
                                                min_peak_score=min_score, frame_threshold=s.threshold,
                                                max_width_fraction=widest))
         self.tracks_csv = TracksCsvWriter(self.workdir / TRACKS_FILE)
-        h, w = s.input_size
+        h, w = s.source_size if config.overlay_size == "source" else s.input_size
         self.video = (VideoWriter(self.workdir / OVERLAY_FILE, w, h, s.fps, crf=config.overlay_crf,
                                   threads=config.overlay_threads)
                       if config.overlay else None)
@@ -136,9 +138,12 @@ class VideoAnalysis:
 
     # -- per frame -------------------------------------------------------------------
 
-    def add(self, index: int, pts_s: float, image: np.ndarray, maps: FrameMaps) -> None:
+    def add(self, index: int, pts_s: float, image: np.ndarray, maps: FrameMaps,
+            source: np.ndarray | None = None) -> None:
         """One frame in processing order: source ``index``, ``pts_s``, the (h, w, 3) uint8
-        network-input image, and its maps."""
+        network-input image, its maps, and the (H, W, 3) uint8 decoded frame at the source size
+        (thumbnails are cut from it, and a ``source``-size overlay drawn on it; None: the
+        network-input image serves both)."""
         s = self.settings
         weak = []
         if maps.unknown is None:
@@ -153,13 +158,15 @@ class VideoAnalysis:
                 weak += weak_instances(maps.anomaly, low, s.threshold, s.min_area)
         else:
             instances = [scored_instance(u, maps.anomaly) for u in maps.unknown]
-        self._pending.append((self._counter, index, pts_s, image, maps))
+        if source is None:
+            self.to_frame = self.to_input
+        self._pending.append((self._counter, index, pts_s, image, source, maps))
         for final in self.tracker.update(self._counter, instances, weak):
             self._emit(final)
         self._counter += 1
 
     def _emit(self, final: FrameTracks) -> None:
-        counter, index, pts_s, image, maps = self._pending.popleft()
+        counter, index, pts_s, image, source, maps = self._pending.popleft()
         if counter != final.frame:
             raise RuntimeError(f"tracker returned frame {final.frame}, expected {counter}")
         s, detections = self.settings, final.detections
@@ -169,13 +176,18 @@ class VideoAnalysis:
                               anomaly=maps.anomaly if self.config.save_maps else None,
                               semantic=maps.semantic if self.config.save_semantic else None)
         self._write_boxes(counter, index, detections)
+        frame = image if source is None else source
         self.events.add(frame=counter, source_index=index, pts_s=pts_s, detections=detections,
-                        frame_score=score_p99, image=image, scale=self.to_input)
+                        frame_score=score_p99, image=frame, scale=self.to_frame)
         self._pts.append(pts_s)
         self._frame_score.append(score_p99)
         self._track_peaks.append(track_peaks(detections))
         if self.video is not None:
-            picture = overlay(image, maps.anomaly, detections=detections, timecode=timecode(pts_s, index),
+            base = image
+            if self.config.overlay_size == "source":
+                base = frame if frame.shape[:2] == tuple(s.source_size) else cv2.resize(
+                    frame, s.source_size[::-1], interpolation=cv2.INTER_LINEAR)
+            picture = overlay(base, maps.anomaly, detections=detections, timecode=timecode(pts_s, index),
                               threshold=s.threshold)
             out_pts = pts_s if self._last_pts is None else max(pts_s, self._last_pts + 1e-3)
             self.video.write(picture, out_pts)
@@ -238,8 +250,9 @@ class VideoAnalysis:
 
     def _in_source_pixels(self, event: Event) -> Event:
         """The event's box and area in source pixels, as /instances and tracks.csv (the builder
-        works in network-input pixels, where the thumbnails are cut, and areas in map pixels)."""
-        (mx, my), (ix, iy) = self.to_source, self.to_input
+        works in the pixels of the frames it was given, where the thumbnails are cut, and areas
+        in map pixels)."""
+        (mx, my), (ix, iy) = self.to_source, self.to_frame
         area = int(round(event.max_area_px * mx * my))
         if event.bbox_at_peak is None:
             return replace(event, max_area_px=area)

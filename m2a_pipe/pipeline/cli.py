@@ -12,7 +12,7 @@ import sys
 import click
 
 from m2a_pipe.pipeline.config import ProcessConfig
-from m2a_pipe.settings import EVENT_MODES, INSTANCE_MODES, MAP_STRIDES, SCORE_NAMES
+from m2a_pipe.settings import EVENT_MODES, INSTANCE_MODES, MAP_STRIDES, OVERLAY_SIZES, SCORE_NAMES
 
 
 @click.command("process")
@@ -20,49 +20,57 @@ from m2a_pipe.settings import EVENT_MODES, INSTANCE_MODES, MAP_STRIDES, SCORE_NA
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output root OUT.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="JSON file of ProcessConfig defaults.")
-@click.option("-w", "--weights", help="Registry name or weights file [demo].")
-@click.option("--device", help="auto, cpu, cuda or cuda:N [auto].")
-@click.option("--batch-size", type=int, help="Frames per model batch [1 on CPU, 8 on CUDA].")
-@click.option("--short-side", type=int, help="Network input short side [the weights' test size].")
-@click.option("--score", type=click.Choice(SCORE_NAMES), help="Anomaly score [official: Eq. 5 + Eq. 13].")
-@click.option("--refine/--no-refine", default=None, help="Eq. 13 refinement of the official score [on].")
-@click.option("--flip/--no-flip", default=None, help="Horizontal-flip test-time averaging [off].")
+@click.option("-w", "--weights", metavar="NAME|PATH", help="Registry name or weights file.  [default: demo]")
+@click.option("--device", help="auto, cpu, cuda or cuda:N.  [default: auto]")
+@click.option("--batch-size", type=int, help="Frames per model batch.  [default: 1 on CPU, 8 on CUDA]")
+@click.option("--short-side", type=int, help="Network input short side.  [default: the weights' test size]")
+@click.option("--score", type=click.Choice(SCORE_NAMES), help="Anomaly score.  [default: official: Eq. 5 + Eq. 13]")
+@click.option("--refine/--no-refine", default=None, help="Eq. 13 refinement of the official score.  [default: on]")
+@click.option("--flip/--no-flip", default=None,
+              help="Horizontal-flip test-time averaging: twice the model time for a little accuracy (evaluate "
+                   "turns it on, as the official evaluation).  [default: off]")
 @click.option("--map-stride", type=click.Choice([str(s) for s in MAP_STRIDES]),
-              help="Maps at 1/N of the network input [4].")
-@click.option("--threads", type=int, help="Torch CPU threads [torch default].")
+              help="Maps at 1/N of the network input.  [default: 4]")
+@click.option("--threads", type=int, help="Torch CPU threads.  [default: torch default]")
 @click.option("--sample-fps", type=float, help="Process frames at this rate (evenly in time).")
-@click.option("--stride", type=int, help="Process every N-th frame [1].")
-@click.option("--max-decode-errors", type=int, help="Consecutive decode errors that declare a file broken [25].")
-@click.option("--threshold", type=float, help="Anomalous-pixel threshold [the weights' metadata, else 0.5].")
-@click.option("--min-area-fraction", type=float, help="Smallest instance, fraction of the frame [0.0005].")
+@click.option("--stride", type=int, help="Process every N-th frame.  [default: 1]")
+@click.option("--max-decode-errors", type=int,
+              help="Consecutive decode errors that declare a file broken.  [default: 25]")
+@click.option("--threshold", type=float, help="Anomalous-pixel threshold.  [default: the weights' metadata, else 0.5]")
+@click.option("--min-area-fraction", type=float, help="Smallest instance, fraction of the frame.  [default: 0.0005]")
 @click.option("--instances", type=click.Choice(INSTANCE_MODES),
-              help="Instances: components of the thresholded map, or open-set panoptic unknowns [components].")
-@click.option("--min-hits", type=int, help="Detections before a track is confirmed [3].")
-@click.option("--max-misses", type=int, help="Missed frames before a track ends [5].")
+              help="Instances: components of the thresholded map, or open-set panoptic unknowns.  "
+                   "[default: components]")
+@click.option("--min-hits", type=int, help="Detections before a track is confirmed.  [default: 3]")
+@click.option("--max-misses", type=int, help="Missed frames before a track ends.  [default: 5]")
 @click.option("--events", "event_mode", type=click.Choice(EVENT_MODES), help="Events from tracks or frame runs.")
-@click.option("--event-min-duration", "event_min_duration_s", type=float, help="Shortest event, seconds [0.5].")
-@click.option("--event-min-score", type=float, help="Smallest peak score of an event [the threshold].")
-@click.option("--overlay/--no-overlay", default=None, help="Write overlay.mp4 [on].")
-@click.option("--overlay-crf", type=int, help="H.264 quality of the overlay (0-51, lower = better) [23].")
+@click.option("--event-min-duration", "event_min_duration_s", type=float,
+              help="Shortest event, seconds.  [default: 0.5]")
+@click.option("--event-min-score", type=float, help="Smallest peak score of an event.  [default: the threshold]")
+@click.option("--overlay/--no-overlay", default=None, help="Write overlay.mp4.  [default: on]")
+@click.option("--overlay-size", type=click.Choice(OVERLAY_SIZES),
+              help="overlay.mp4 at the network input size or at the video's own size.  [default: input]")
+@click.option("--overlay-crf", type=int, help="H.264 quality of the overlay (0-51, lower = better).  [default: 23]")
 @click.option("--overlay-threads", type=int,
-              help="H.264 encoder threads, 0 = automatic (1 when the model runs on the CPU) [0].")
-@click.option("--save-maps/--no-save-maps", default=None, help="Store /maps/anomaly in scores.h5 [on].")
-@click.option("--save-semantic/--no-save-semantic", default=None, help="Store /maps/semantic [off].")
+              help="H.264 encoder threads, 0 = automatic (1 when the model runs on the CPU).  [default: 0]")
+@click.option("--save-maps/--no-save-maps", default=None, help="Store /maps/anomaly in scores.h5.  [default: on]")
+@click.option("--save-semantic/--no-save-semantic", default=None, help="Store /maps/semantic.  [default: off]")
 @click.option("--overwrite", is_flag=True, default=None, help="Redo videos whose outputs are complete.")
-@click.option("--queue-size", type=int, help="Frames held between threads, per queue [8].")
+@click.option("--queue-size", type=int, help="Frames held between threads, per queue.  [default: 8]")
 @click.option("--ray", "use_ray", is_flag=True, help="Run on Ray: a pool of inference workers, one job per video.")
 @click.option("--address", "ray_address",
-              help="With --ray: 'auto' or HOST:PORT joins a running cluster [start a local one].")
-@click.option("--workers", "ray_workers", type=int, help="With --ray: inference workers [one per GPU, else per CPU].")
+              help="With --ray: 'auto' or HOST:PORT joins a running cluster.  [default: start a local one]")
+@click.option("--workers", "ray_workers", type=int,
+              help="With --ray: inference workers.  [default: one per GPU, else per CPU]")
 @click.option("--gpus-per-worker", "ray_gpus_per_worker", type=float,
-              help="With --ray: GPUs per worker [1 when the cluster has GPUs, else 0].")
+              help="With --ray: GPUs per worker.  [default: 1 when the cluster has GPUs, else 0]")
 @click.option("--cpus-per-worker", "ray_cpus_per_worker", type=float,
-              help="With --ray: CPUs per worker, also its torch threads on the CPU [1].")
-@click.option("--jobs", "ray_jobs", type=int, help="With --ray: videos in progress at once [the workers].")
+              help="With --ray: CPUs per worker, also its torch threads on the CPU.  [default: 1]")
+@click.option("--jobs", "ray_jobs", type=int, help="With --ray: videos in progress at once.  [default: the workers]")
 @click.option("--in-flight", "ray_in_flight", type=int,
-              help="With --ray: batches a video keeps on the pool [2 per worker over the running videos].")
+              help="With --ray: batches a video keeps on the pool.  [default: 2 per worker over the running videos]")
 @click.option("--cpus-per-job", "ray_cpus_per_job", type=float,
-              help="With --ray: CPUs a video job reserves for decoding and writing [0].")
+              help="With --ray: CPUs a video job reserves for decoding and writing.  [default: 0]")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the summary as JSON.")
 def process_cmd(inputs, output, config_file, quiet, json_path, use_ray, **options):
@@ -74,6 +82,11 @@ def process_cmd(inputs, output, config_file, quiet, json_path, use_ray, **option
     OUTPUT/failures.jsonl. Exit code 0 only when every input is complete.
     With --ray, a pool of inference workers (one model replica each) serves one job per
     video, locally or on a cluster; the outputs are the same as without.
+
+    \b
+    Example:
+      m2a-pipe process examples/drive.mp4 -o out
+      m2a-pipe process /fleet/2026-11-27/ -o out --weights cityscapes-r50 --sample-fps 5
     """
     from m2a_pipe.pipeline.config import RayConfig
     from m2a_pipe.pipeline.process import process

@@ -25,6 +25,7 @@ from m2a_pipe.settings import (
     EVENT_MODES,
     INSTANCE_MODES,
     MAP_STRIDES,
+    OVERLAY_SIZES,
     SCORE_NAMES,
     check_track_lifetimes,
 )
@@ -90,7 +91,8 @@ class ProcessConfig:
     segmentation, mined from the background region, Eq. 15 and Sec. 6.3), tracker ``min_hits`` / ``max_misses``, events
     (``event_mode``, ``event_min_duration_s``, ``event_min_score``).
 
-    Outputs: ``overlay`` (write overlay.mp4), ``overlay_crf``, ``overlay_threads`` (H.264
+    Outputs: ``overlay`` (write overlay.mp4), ``overlay_size`` (``input``: the network input
+    size, ``source``: the video's own size), ``overlay_crf``, ``overlay_threads`` (H.264
     encoder threads; 0: one when the model runs on the CPU, so that the encoder does not
     compete with it for the cores, else FFmpeg's choice), ``save_maps`` (/maps/anomaly),
     ``save_semantic`` (/maps/semantic), ``overwrite`` (redo complete videos), ``queue_size``
@@ -118,6 +120,7 @@ class ProcessConfig:
     event_min_duration_s: float = 0.5
     event_min_score: float | None = None
     overlay: bool = True
+    overlay_size: str = "input"
     overlay_crf: int = 23
     overlay_threads: int = 0
     save_maps: bool = True
@@ -159,6 +162,8 @@ class ProcessConfig:
         check_track_lifetimes(self.min_hits, self.max_misses)
         if self.queue_size < 1:
             raise bad("queue_size", f"must be >= 1, got {self.queue_size}")
+        if self.overlay_size not in OVERLAY_SIZES:
+            raise bad("overlay_size", f"must be one of {OVERLAY_SIZES}, got {self.overlay_size!r}")
         if not 0 <= self.overlay_crf <= 51:
             raise bad("overlay_crf", f"must be in [0, 51], got {self.overlay_crf}")
         if self.overlay_threads < 0:

@@ -50,6 +50,8 @@ class ModelInfo:
     sha256: str
     config: ModelConfig
     threshold: float
+    note: str = ""
+    """The weights' notice (the demo weights: trained on a synthetic world only), stored with the outputs."""
 
 
 @dataclass
@@ -123,6 +125,7 @@ class VideoJob:
         self.reader: VideoReader | None = None
         self.analysis: VideoAnalysis | None = None
         self.started = time.perf_counter()
+        self._source_frames: dict[int, np.ndarray] = {}  # decoded frames on their way to add(), by index
 
     def open(self) -> "VideoJob":
         """Open the video and the output files. Raises VideoError / OSError (one-line messages)."""
@@ -152,6 +155,7 @@ class VideoJob:
                  "source_fingerprint": source_fingerprint(self.video.source),
                  "fps": info.fps, "width": info.width, "height": info.height, "rotation": info.rotation,
                  "codec": info.codec, "weights": model.weights, "weights_sha256": model.sha256,
+                 "weights_note": model.note,
                  "config": cfg.to_json(), "model_config": model.config.to_json(), "m2a_pipe_version": __version__,
                  "score": cfg.effective_score, "threshold": model.threshold, "input_height": input_size[0],
                  "input_width": input_size[1], "extra": json.dumps(dict(self.video.extra), sort_keys=True),
@@ -160,12 +164,16 @@ class VideoJob:
         return self
 
     def frames(self) -> Iterator[tuple[int, float, np.ndarray]]:
-        """(source index, pts in s, (h, w, 3) uint8 network-input image) in decoding order."""
+        """(source index, pts in s, (h, w, 3) uint8 network-input image) in decoding order.
+
+        The decoded frame itself waits in the job (not in the model's batches) until
+        :meth:`add` hands it to the analysis, for thumbnails and a source-size overlay."""
         for frame in self.reader:
+            self._source_frames[frame.index] = frame.image
             yield frame.index, frame.pts_s, prepare_frame(frame.image, self.input_size)
 
     def add(self, index: int, pts_s: float, image: np.ndarray, maps: FrameMaps) -> None:
-        self.analysis.add(index, pts_s, image, maps)
+        self.analysis.add(index, pts_s, image, maps, source=self._source_frames.pop(index, None))
 
     def commit(self) -> VideoResult:
         """Finish the outputs and rename them into place; partial when decoding lost frames."""

@@ -40,7 +40,7 @@ def load_checked_model(config: ProcessConfig) -> tuple[Any, ModelInfo]:
     """
     from m2a_pipe.model.checkpoint import CheckpointError, read_metadata, sha256_file
     from m2a_pipe.model.loading import load_model
-    from m2a_pipe.model.registry import WeightsError, expected_sha256, resolve
+    from m2a_pipe.model.registry import WeightsError, expected_sha256, resolve, weights_note
 
     try:
         path = resolve(config.weights)
@@ -54,7 +54,11 @@ def load_checked_model(config: ProcessConfig) -> tuple[Any, ModelInfo]:
             _, meta = read_metadata(path)
         model = load_model(path if expected is None else config.weights)
     except (WeightsError, CheckpointError, ConfigError, OSError) as err:
-        raise ProcessError(f"weights {config.weights}: {first_line(err)}") from None
+        message = first_line(err)  # most name the weights already
+        failed = ProcessError(message if message.startswith(str(config.weights)) else
+                              f"weights {config.weights}: {message}")
+        failed.exit_code = getattr(err, "exit_code", failed.exit_code)  # a bad --weights is a usage error
+        raise failed from None
     threshold = config.threshold
     if threshold is None:
         stored = meta.get("anomaly_threshold", DEFAULT_THRESHOLD)
@@ -65,7 +69,8 @@ def load_checked_model(config: ProcessConfig) -> tuple[Any, ModelInfo]:
         if not math.isfinite(threshold):
             raise ProcessError(f"weights {config.weights}: metadata anomaly_threshold must be a finite number, "
                                f"got {stored!r} (give --threshold)")
-    return model, ModelInfo(weights=str(config.weights), sha256=sha, config=model.config, threshold=threshold)
+    return model, ModelInfo(weights=str(config.weights), sha256=sha, config=model.config, threshold=threshold,
+                            note=weights_note(config.weights))
 
 
 def make_stage(model: Any, config: ProcessConfig, device: torch.device | str) -> ModelStage:

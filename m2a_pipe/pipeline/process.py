@@ -29,10 +29,13 @@ from tqdm import tqdm
 from m2a_pipe.inference.stage import ModelStage
 from m2a_pipe.io.inputs import InputError, VideoInput, discover, display_path
 from m2a_pipe.io.layout import FAILURES_FILE, written_atomically
+from m2a_pipe.model.registry import weights_note
 from m2a_pipe.pipeline.config import ProcessConfig, ProcessError, RayConfig
 from m2a_pipe.pipeline.job import ModelInfo, VideoJob, VideoResult, is_complete
 from m2a_pipe.pipeline.model import load_checked_model, load_stage, prepare_runtime
 from m2a_pipe.settings import default_batch_size
+
+SKIP_REASON = "already complete; --overwrite redoes it"
 
 
 @dataclass
@@ -59,16 +62,20 @@ class RunSummary:
         return out
 
     def table(self) -> str:
-        """A plain-text summary table: video, frames, fps, events, status."""
-        rows = [("video", "frames", "fps", "events", "status")]
+        """A plain-text summary table: video, frames processed, processing speed (frames per
+        second of wall time, not the video's rate), events, status (with the reason of a skip)."""
+        rows = [("video", "frames", "processed/s", "events", "status")]
         for v in self.videos:
-            rows.append((display_path(v.rel or v.source), str(v.frames), f"{v.fps:.2f}" if v.frames else "-",
-                         str(v.events) if v.status in ("complete", "partial") else "-", v.status))
+            status = f"{v.status} ({SKIP_REASON})" if v.status == "skipped" else v.status
+            rows.append((display_path(v.rel or v.source), str(v.frames) if v.frames else "-",
+                         f"{v.fps:.2f}" if v.frames else "-",
+                         str(v.events) if v.status in ("complete", "partial") else "-", status))
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
         lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
                  for r in rows]
         counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts().items()))
-        lines.append(f"{len(self.videos)} input(s): {counts}; {self.seconds:.1f} s; outputs in {self.output}")
+        inputs = "1 input" if len(self.videos) == 1 else f"{len(self.videos)} inputs"
+        lines.append(f"{inputs}: {counts}; {self.seconds:.1f} s; outputs in {self.output}")
         return "\n".join(lines)
 
 
@@ -131,6 +138,8 @@ def process(inputs: str | os.PathLike | Iterable[str | os.PathLike], output: str
         else:
             todo.append(video)
     write_failures(output, summary.videos, log)
+    if todo and weights_note(config.weights):
+        log(f"note: {weights_note(config.weights)}")
     overall = tqdm(total=len(todo), desc="videos", unit="video", disable=quiet or len(todo) < 2, position=1)
 
     def finished(result: VideoResult) -> None:

@@ -10,16 +10,21 @@ import click
 
 @click.group()
 def train() -> None:
-    """Train Mask2Anomaly: stage 1 (closed set) and stage 2 (outlier fine-tuning)."""
+    """Train Mask2Anomaly: stage 1 (closed set) and stage 2 (outlier fine-tuning).
+
+    \b
+    Example:
+      m2a-pipe train run train/demo/01_stage1.json --data data/train -o runs/stage1
+    """
 
 
 @train.command("run")
 @click.argument("recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--data", "data", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Training data folder (replaces the recipe's data.root).")
-@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output folder (default: runs/<recipe name>).")
-@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --out.")
+@click.option("-o", "--output", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder.  [default: runs/<recipe name>]")
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --output.")
 @click.option("--device", default="auto", show_default=True,
               type=click.Choice(["auto", "cpu", "cuda"]), help="Training device.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
@@ -38,6 +43,10 @@ def run(recipe: Path, data: Path | None, out: Path | None, resume: bool, device:
 
     The run folder gets recipe.json: the recipe as run, itself a recipe (extends resolved;
     --set, --init, --val and --data applied; --max-steps and --resume are not recipe values).
+
+    \b
+    Example:
+      m2a-pipe train run train/demo/01_stage1.json --data data/train -o runs/stage1 --resume
     """
     from m2a_pipe.training.recipes import Recipe, parse_override
     from m2a_pipe.training.trainer import Trainer

@@ -1,0 +1,38 @@
+"""`--overlay-size source`: overlay.mp4 at the video's own size; nothing else changes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import av
+import h5py
+import numpy as np
+from conftest import assert_error_line, run_cli
+
+sys.path.insert(0, str(Path(__file__).parent))
+import video_fixtures as vf  # noqa: E402
+
+
+def video_size(path: Path) -> tuple[int, int, int]:
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    return frames[0].shape[1], frames[0].shape[0], len(frames)
+
+
+def test_overlay_at_the_input_or_the_source_size(weights, tmp_path):
+    clip = vf.make_video(tmp_path / "drive.mp4", n=6, size=(160, 96), fps=10)
+    runs = {}
+    for size in ("input", "source"):
+        out = tmp_path / size
+        result = run_cli("process", clip, "-o", out, "-w", weights, "--short-side", "48", "--overlay-size", size, "-q")
+        assert result.exit_code == 0, result.output
+        runs[size] = out / "drive.m2a"
+    assert video_size(runs["input"] / "overlay.mp4") == (80, 48, 6)  # the network input: short side 48
+    assert video_size(runs["source"] / "overlay.mp4") == (160, 96, 6)
+    with h5py.File(runs["input"] / "scores.h5", "r") as a, h5py.File(runs["source"] / "scores.h5", "r") as b:
+        np.testing.assert_array_equal(a["maps/anomaly"][:], b["maps/anomaly"][:])
+        assert a.attrs["width"] == b.attrs["width"] == 160
+    assert (runs["input"] / "events.jsonl").read_text() == (runs["source"] / "events.jsonl").read_text()
+    assert_error_line(run_cli("process", clip, "-o", tmp_path / "x", "--overlay-size", "huge"),
+                      "'huge' is not one of 'input', 'source'", exit_code=2)
