@@ -315,11 +315,17 @@ def panoptic(pred_json, pred_dir, gt_json, gt_dir, unknown_id, unknown_split, da
 @click.option("--gt", "gt_path", type=click.Path(path_type=Path), required=True,
               help="Ground truth: CLIP.tracks.json (m2a-pipe synth video) or a MOTChallenge gt.txt.")
 @click.option("--min-area-fraction", type=float,
-              help="Visible-box rule: ground-truth boxes smaller than this fraction of the frame are ignored "
-                   "[the run's own min_area_fraction].")
+              help="Visible-box rule: ground-truth boxes smaller than this fraction of the frame are ignored.  "
+                   "[default: the run's own min_area_fraction]")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report here.")
 def tracks(video_out, gt_path, min_area_fraction, json_path) -> None:
-    """MOTA, IDF1, ID switches, fragmentations and event recall of one video's output folder."""
+    """MOTA, IDF1, ID switches, fragmentations and event recall of one video's output folder.
+
+    \b
+    Example:
+      m2a-pipe process examples/drive.mp4 -o out
+      m2a-pipe evaluate tracks out/drive.m2a --gt examples/drive.tracks.json --json tracks.json
+    """
     from m2a_pipe.evaluation.tracks import evaluate_tracks
 
     _emit(evaluate_tracks(video_out, gt_path, min_area_fraction=min_area_fraction), json_path)
