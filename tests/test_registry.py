@@ -159,3 +159,34 @@ def test_resolve_config_reference_json():
     assert resolve_config(ref) == ModelConfig.from_reference_json(ref)
     stated = json.loads(ref.read_text())["architecture"]["transformer_decoder"]["num_queries"]
     assert resolve_config(ref).decoder.num_queries == stated
+
+
+def _add_many(cache: str, prefix: str, count: int) -> None:
+    """Run in a child process: register ``count`` user entries named ``prefix-i``."""
+    import os
+
+    from m2a_pipe.model.registry import WeightsEntry, add_user_entry, user_weights_dir
+
+    os.environ["M2A_CACHE"] = cache
+    user_weights_dir().mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        add_user_entry(WeightsEntry(name=f"{prefix}-{i}", file=f"{prefix}-{i}.safetensors", sha256="0" * 64,
+                                   description="a test entry"))
+
+
+def test_concurrent_adds_into_one_cache_lose_no_entry(tmp_path, monkeypatch):
+    """Two processes adding weights into one shared cache at once (cluster jobs running
+    `weights fetch`): every entry of both ends up in the index."""
+    import multiprocessing
+
+    from m2a_pipe.model.registry import user_entries
+
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_add_many, args=(str(tmp_path), prefix, 40)) for prefix in ("a", "b")]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+        assert w.exitcode == 0
+    monkeypatch.setenv("M2A_CACHE", str(tmp_path))
+    assert set(user_entries()) == {f"{p}-{i}" for p in ("a", "b") for i in range(40)}
