@@ -149,6 +149,7 @@ def run_oracle(clip: Path, out: Path, config: ProcessConfig) -> Path:
     """The pipeline's sink on one clip with :class:`OracleStage` maps; returns the output folder."""
     from m2a_pipe.inference.stage import map_size
     from m2a_pipe.io.inputs import VideoInput
+    from m2a_pipe.io.layout import output_name
     from m2a_pipe.model.checkpoint import read_metadata
     from m2a_pipe.model.registry import resolve
     from m2a_pipe.pipeline.job import ModelInfo, VideoJob
@@ -156,7 +157,7 @@ def run_oracle(clip: Path, out: Path, config: ProcessConfig) -> Path:
 
     model_config, _ = read_metadata(resolve(config.weights))
     info = ModelInfo(weights="oracle", sha256="", config=model_config, threshold=0.5)
-    job = VideoJob(VideoInput(source=clip.resolve(), rel=clip.stem), out, config.updated(overwrite=True), info).open()
+    job = VideoJob(VideoInput(source=clip.resolve(), rel=output_name(clip.stem, video=True)), out, config.updated(overwrite=True), info).open()
     stage = OracleStage(ground_truth_masks(clip, out), map_size(job.input_size, config.map_stride))
     result = run_job(job, stage, batch_size=1, queue_size=config.queue_size)
     return Path(result.out_dir)

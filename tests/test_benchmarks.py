@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from m2a_pipe.io.layout import output_name
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO_ROOT / "benchmarks"
 NUMBER = r"(nan|-?\d+(?:\.\d+)?)"
@@ -220,7 +222,7 @@ def check_tracking_report(report: dict) -> None:
 def test_tracking_quality_oracle(oracle_run):
     report, out = oracle_run
     check_tracking_report(report)
-    assert (out / "clips" / CLIP_NAME).is_file() and (out / Path(CLIP_NAME).stem / "tracks.csv").is_file()
+    assert (out / "clips" / CLIP_NAME).is_file() and (out / output_name(Path(CLIP_NAME).stem, video=True) / "tracks.csv").is_file()
     pooled = report["pooled"]
     visible = pooled["mot_visible"]
     # a perfect detector: every visible box found, with one identity per anomaly
@@ -240,8 +242,9 @@ def test_tracking_quality_model(oracle_run, tmp_path):
     report = json.loads(run_script("tracking_quality.py", *args))
     assert_command(report["command"], "tracking_quality.py", args)
     check_tracking_report(report)
-    assert (tmp_path / clip.stem / "scores.h5").is_file()
-    with open(tmp_path / clip.stem / "summary.json") as f:
+    folder = tmp_path / output_name(clip.stem, video=True)
+    assert (folder / "scores.h5").is_file()
+    with open(folder / "summary.json") as f:
         assert json.load(f)["status"] == "complete"
 
 
