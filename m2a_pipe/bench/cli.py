@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
 from pathlib import Path
 
 import click
@@ -37,8 +36,25 @@ def _precisions(ctx: click.Context, param: click.Parameter, value: str) -> tuple
 
 
 def _command_line() -> str:
-    """The command as typed (for the JSON, so that a figure can be re-measured)."""
-    return " ".join(["m2a-pipe", *(shlex.quote(a) for a in sys.argv[1:])])
+    """The running command with every option that was given (for the JSON, so that a figure
+    can be re-measured): ``m2a-pipe bench NAME --option value ...``."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    parts = ["m2a-pipe", "bench", ctx.info_name]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if ctx.get_parameter_source(param.name) is ParameterSource.DEFAULT or value is None:
+            continue
+        if isinstance(value, tuple):
+            value = "x".join(map(str, value)) if all(isinstance(v, int) for v in value) else ",".join(value)
+        if isinstance(param, click.Argument):
+            parts.append(shlex.quote(str(value)))
+        elif getattr(param, "is_flag", False) and isinstance(value, bool):
+            parts.append(param.opts[-1] if value else param.secondary_opts[-1])
+        else:
+            parts += [param.opts[-1], shlex.quote(str(value))]
+    return " ".join(parts)
 
 
 def _write_json(json_path: str, payload: dict) -> None:

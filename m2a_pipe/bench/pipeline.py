@@ -34,7 +34,7 @@ from m2a_pipe.io.video_reader import VideoReader
 from m2a_pipe.pipeline.config import ProcessConfig
 from m2a_pipe.settings import default_batch_size
 
-DEFAULT_VIDEO = Path(__file__).resolve().parent.parent / "examples" / "drive.mp4"
+DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "examples" / "drive.mp4"
 
 
 @dataclass
