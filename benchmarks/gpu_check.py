@@ -19,7 +19,7 @@ pipeline end to end, peak GPU memory; everything in one JSON.
    (1024x2048 network input), batch 8: decode, model and end-to-end frames/s, efficiency.
 
 ``--quick`` shrinks everything for a dry run (64x128 and 128x256, batches 1 and 2, short side
-128, every 15th frame). The first line printed is the command line; the JSON holds it too.
+128, every 15th frame, one timed run per size and batch). The first line printed is the command line; the JSON holds it too.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def parity(golden: Path, device: torch.device, precision: str) -> dict:
             "passed": all(errors[k] <= tol[k] for k in errors)}
 
 
-def model_speed(device: torch.device, sizes, batches, precision: str) -> list[dict]:
+def model_speed(device: torch.device, sizes, batches, precision: str, warmup: int = 2, repeats: int = 5) -> list[dict]:
     """bench model (R50, random weights) per size and batch; an out-of-memory is recorded."""
     rows = []
     for height, width in sizes:
@@ -92,7 +92,8 @@ def model_speed(device: torch.device, sizes, batches, precision: str) -> list[di
             row = {"height": height, "width": width, "batch": batch}
             try:
                 r = bench_model(preset("cityscapes-r50"), preset="cityscapes-r50", height=height, width=width,
-                                device=str(device), batch=batch, warmup=2, repeats=5, precisions=(precision,))[0]
+                                device=str(device), batch=batch, warmup=warmup, repeats=repeats,
+                                precisions=(precision,))[0]
                 row.update(precision=r.precision, ms_per_frame=round(r.total_median_s * 1000, 2),
                            frames_per_s=round(1 / r.total_median_s, 2), peak_memory_mb=round(r.peak_memory_mb, 1),
                            stage_ms={k: round(v * 1000, 2) for k, v in r.stage_median_s.items()})
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in report["parity"]:
         print(f"parity {p['precision']}: {'ok' if p['passed'] else 'FAILED'} "
               + ", ".join(f"{k} {v:.2e} (<= {p['tolerances'][k]:.0e})" for k, v in p["errors"].items()), flush=True)
-    report["model"] = model_speed(device, sizes, batches, reduced)
+    report["model"] = model_speed(device, sizes, batches, reduced, *((0, 1) if args.quick else (2, 5)))
     report["pipeline"] = pipeline_speed(device, args.video, short_side, batch, reduced, stride)
     if device.type == "cuda":
         report["peak_gpu_memory_mb"] = max([r.get("peak_memory_mb", 0.0) for r in report["model"]]
