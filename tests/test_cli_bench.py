@@ -38,8 +38,10 @@ def test_bench_model_two_precisions_interleaved_json_to_stdout():
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)  # --json without FILE: the JSON alone on stdout
     assert [r["precision"] for r in payload["results"]] == ["fp32", "bf16"]
-    ratio = payload["speed_ratios"]["bf16/fp32"]
-    assert ratio > 0 and all(len(r["totals_s"]) == 2 for r in payload["results"])
+    ratio, cpu_ratio = payload["speed_ratios"]["bf16/fp32"], payload["cpu_time_speed_ratios"]["bf16/fp32"]
+    assert ratio > 0 and cpu_ratio > 0
+    assert all(len(r["totals_s"]) == len(r["cpu_totals_s"]) == 2 for r in payload["results"])
+    assert all(0 < cpu for r in payload["results"] for cpu in r["cpu_totals_s"])
 
 
 def test_bench_model_unoptimised_and_bad_precision():

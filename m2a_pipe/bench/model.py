@@ -7,7 +7,8 @@ one or more precisions (``fp32``, ``bf16``, ``fp16``, ``auto``; see
 :func:`m2a_pipe.inference.forward.precision_for`). Several precisions are measured
 interleaved in one process (run 1 of each, then run 2 of each, ...), so that a machine's
 changing load falls on all of them alike and their ratio is meaningful even when the
-absolute times are not. Reports medians over the repeats after warm-up, the peak memory
+absolute times are not; the process CPU time of each run is recorded too (with one thread
+it is the figure least disturbed by other processes). Reports medians over the repeats after warm-up, the peak memory
 (resident set size of the process on CPU, ``max_memory_allocated`` on CUDA), and what is
 needed to re-measure: the CPU, its bfloat16 instructions, torch's version, the threads and
 the load average before and after.
@@ -61,6 +62,7 @@ class BenchResult:
     total_min_s: float = 0.0
     total_max_s: float = 0.0
     totals_s: list[float] = field(default_factory=list)
+    cpu_totals_s: list[float] = field(default_factory=list)
     peak_memory_mb: float = 0.0
     parameters: int = 0
 
@@ -76,7 +78,8 @@ class BenchResult:
             lines.append(f"  {stage:22s} {t * 1000:9.1f} ms/frame  {100 * t / self.total_median_s:5.1f} %")
         lines.append(f"  {'total':22s} {self.total_median_s * 1000:9.1f} ms/frame  "
                      f"(min {self.total_min_s * 1000:.1f}, max {self.total_max_s * 1000:.1f}); "
-                     f"{1 / self.total_median_s:.2f} frames/s")
+                     f"{1 / self.total_median_s:.2f} frames/s; CPU time "
+                     f"{statistics.median(self.cpu_totals_s) * 1000:.1f} ms/frame (all threads)")
         lines.append(f"  peak memory {self.peak_memory_mb:.0f} MB "
                      f"({'max allocated' if self.device.startswith('cuda') else 'process RSS, all precisions so far'})")
         return "\n".join(lines)
@@ -123,6 +126,7 @@ class Runner:
             if self.core:
                 x = x.contiguous(memory_format=torch.channels_last)
             sync()
+            cpu0 = time.process_time()
             t0 = time.perf_counter()
             feats = self.model.backbone(x)
             sync()
@@ -141,7 +145,9 @@ class Runner:
                     full_resolution_semantic(logits, masks, cfg.refine_ids, cfg.keep_threshold)
             sync()
             t4 = time.perf_counter()
-        return {stage: (b - a) / batch for stage, (a, b) in zip(STAGES, ((t0, t1), (t1, t2), (t2, t3), (t3, t4)))}
+            cpu = time.process_time() - cpu0
+        times = {stage: (b - a) / batch for stage, (a, b) in zip(STAGES, ((t0, t1), (t1, t2), (t2, t3), (t3, t4)))}
+        return {**times, "cpu": cpu / batch}
 
 
 def bench_model(cfg: ModelConfig, *, preset: str = "custom", height: int = 512, width: int = 1024,
@@ -185,20 +191,24 @@ def bench_model(cfg: ModelConfig, *, preset: str = "custom", height: int = 512, 
     peak = (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else peak_rss_mb())
     results = []
     for r, rr in zip(runners, runs):
-        totals = [sum(x.values()) for x in rr]
+        totals = [sum(x[s] for s in STAGES) for x in rr]
         results.append(BenchResult(
             preset=preset, device=str(dev), height=height, width=width, batch=batch,
             threads=torch.get_num_threads(), unoptimised=unoptimised, precision=r.name, repeats=repeats,
             stage_median_s={s: statistics.median(x[s] for x in rr) for s in STAGES},
             total_median_s=statistics.median(totals), total_min_s=min(totals), total_max_s=max(totals),
-            totals_s=[round(t, 4) for t in totals], peak_memory_mb=peak,
+            totals_s=[round(t, 4) for t in totals], cpu_totals_s=[round(x["cpu"], 4) for x in rr],
+            peak_memory_mb=peak,
             parameters=sum(p.numel() for p in r.model.parameters())))
     return results
 
 
-def speed_ratios(results: Sequence[BenchResult]) -> dict[str, float]:
+def speed_ratios(results: Sequence[BenchResult], cpu: bool = False) -> dict[str, float]:
     """Median speed-up of each precision over the first one, from the paired runs
-    (``"bf16/fp32": 2.1`` means bf16 took 1/2.1 of fp32's time, median of per-run ratios)."""
+    (``"bf16/fp32": 2.1`` means bf16 took 1/2.1 of fp32's time, median of per-run ratios);
+    ``cpu``: of the process CPU time instead of the wall time (with one thread, the figure
+    least disturbed by other processes on a busy machine)."""
     first = results[0]
+    key = "cpu_totals_s" if cpu else "totals_s"
     return {f"{r.precision}/{first.precision}": round(statistics.median(
-        a / b for a, b in zip(first.totals_s, r.totals_s)), 3) for r in results[1:]}
+        a / b for a, b in zip(getattr(first, key), getattr(r, key))), 3) for r in results[1:]}

@@ -67,9 +67,10 @@ class Precision:
     device_type: ``"cuda"``, ``"cpu"``, ...
     name: ``fp32``, ``bf16`` or ``fp16`` (resolved; never ``auto``).
     On CUDA a reduced precision is autocast (float32 weights, matrix products in the reduced
-    type); on the CPU ``bf16`` converts the weights and activations to bfloat16 once
-    (:meth:`prepare`), which avoids autocast's per-call weight casts. Either way the parts that
-    need float32 stay float32 (see :meth:`prepare`) and the outputs are cast back to float32.
+    type); on the CPU ``bf16`` converts the backbone's and pixel decoder's weights (and so
+    their activations) to bfloat16 once (:meth:`prepare`), which avoids autocast's per-call
+    weight casts. Either way the parts that need float32 stay float32 (see :meth:`prepare`)
+    and the outputs are cast back to float32.
     """
 
     device_type: str
