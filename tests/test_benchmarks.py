@@ -142,18 +142,17 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     """The GPU script's dry run: golden parity in fp32 and bf16, R50 timings, the pipeline."""
     out = tmp_path / "gpu.json"
     args = ["--device", "cpu", "--quick", "--json", str(out)]
-    lines = run_script("gpu_check.py", *args, timeout=900).splitlines()
+    lines = run_script("gpu_check.py", *args, timeout=1200).splitlines()
     assert_command(lines[0], "gpu_check.py", args)
     assert lines[1].startswith("parity fp32: ok") and lines[2].startswith("parity bf16: ok"), lines[1:3]
     report = json.loads(out.read_text())
     assert report["device"] == "cpu" and report["machine"]["torch"]
     assert [p["precision"] for p in report["parity"]] == ["fp32", "bf16"] and all(p["passed"] for p in report["parity"])
     assert report["parity"][0]["errors"]["pred_logits"] < 1e-3 < report["parity"][1]["errors"]["pred_masks"] + 1e-3
-    assert [(r["height"], r["width"], r["batch"]) for r in report["model"]] == \
-        [(64, 128, 1), (64, 128, 2), (128, 256, 1), (128, 256, 2)]
+    assert [(r["height"], r["width"], r["batch"]) for r in report["model"]] == [(64, 128, 1), (64, 128, 2)]
     assert all(r["precision"] == "bf16" and r["frames_per_s"] > 0 and r["peak_memory_mb"] > 0 for r in report["model"])
     pipe = report["pipeline"]
-    assert pipe["precision"] == "bf16" and pipe["frames"] == 10 and pipe["input_size"] == [128, 256]
+    assert pipe["precision"] == "bf16" and pipe["frames"] == 5 and pipe["input_size"] == [64, 128]
     assert pipe["end_to_end_fps"] > 0 and pipe["efficiency"] > 0 and pipe["batch_size"] == 2
     assert lines[-1].startswith("done in ") and lines[-1].endswith("parity ok")
 
