@@ -8,9 +8,7 @@ pipeline end to end, peak GPU memory; everything in one JSON.
    the repository, as the tests find it) runs through the inference core in float32 and in
    the device's reduced precision (fp16 on CUDA, bf16 on a CPU); its class logits, mask
    logits and model-level anomaly map (Eq. 5 refined by Eq. 13) are compared with the CPU
-   float32 golden outputs of the official code. Tolerances (|got - ref| relative to max|ref|
-   for logits, absolute for the anomaly map, whose values lie in [0, 1]):
-   :data:`TOLERANCES`.
+   float32 golden outputs of the official code, within :data:`TOLERANCES`.
 2. **Model speed**: ``m2a-pipe bench model`` (R50 Cityscapes preset, random weights) at
    1024x2048 and 512x1024, batch 1 / 4 / 8 / 16, in fp16 (``--precision``), frames/s and
    peak ``max_memory_allocated``.
@@ -48,13 +46,14 @@ from m2a_pipe.pipeline.config import ProcessConfig
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_GOLDEN = REPO_ROOT.parent / "shared" / "golden" / "golden_a"
 TOLERANCES = {
-    "fp32": {"pred_logits": 1e-3, "pred_masks": 1e-3, "anomaly": 2e-3},
-    "fp16": {"pred_logits": 3e-2, "pred_masks": 3e-2, "anomaly": 3e-2},
-    "bf16": {"pred_logits": 6e-2, "pred_masks": 6e-2, "anomaly": 6e-2},
+    "fp32": {"pred_logits": 1e-3, "pred_masks": 1e-3, "anomaly_mean_abs": 1e-4},
+    "bf16": {"pred_logits": 0.25, "pred_masks": 0.15, "anomaly_mean_abs": 0.08},
+    "fp16": {"pred_logits": 0.03, "pred_masks": 0.02, "anomaly_mean_abs": 0.01},
 }
-"""Largest error allowed per precision: logits relative to max|ref|, the anomaly map absolute
-(on at least 99 % of its pixels: the refinement's threshold may flip a few)."""
-ANOMALY_QUANTILE = 0.99
+"""Largest error allowed per precision: logits max|got - ref| / max|ref|, the anomaly map's
+mean absolute error. bf16's are tests/test_parity_bf16.py's (the golden network has random
+weights, ill-conditioned in its deep backbone layers); fp16 has 3 more bits of mantissa, so
+its bounds are bf16's over 8."""
 
 
 def parity(golden: Path, device: torch.device, precision: str) -> dict:
@@ -77,8 +76,7 @@ def parity(golden: Path, device: torch.device, precision: str) -> dict:
                              / np.abs(outputs["decoder.pred_logits"]).max()),
         "pred_masks": float(np.abs(masks.numpy() - outputs["decoder.pred_masks"]).max()
                             / np.abs(outputs["decoder.pred_masks"]).max()),
-        "anomaly": float(np.quantile(np.abs(anomaly - outputs["anomaly.model.na"].reshape(anomaly.shape)),
-                                     ANOMALY_QUANTILE)),
+        "anomaly_mean_abs": float(np.abs(anomaly - outputs["anomaly.model.na"].reshape(anomaly.shape)).mean()),
     }
     return {"precision": name, "errors": errors, "tolerances": tol,
             "passed": all(errors[k] <= tol[k] for k in errors)}

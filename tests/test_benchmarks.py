@@ -148,7 +148,8 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     report = json.loads(out.read_text())
     assert report["device"] == "cpu" and report["machine"]["torch"]
     assert [p["precision"] for p in report["parity"]] == ["fp32", "bf16"] and all(p["passed"] for p in report["parity"])
-    assert report["parity"][0]["errors"]["pred_logits"] < 1e-3 < report["parity"][1]["errors"]["pred_masks"] + 1e-3
+    fp32, bf16 = (p["errors"] for p in report["parity"])
+    assert fp32["pred_logits"] < 1e-4 and fp32["pred_masks"] < bf16["pred_masks"]  # bf16 really ran
     assert [(r["height"], r["width"], r["batch"]) for r in report["model"]] == [(64, 128, 1), (64, 128, 2)]
     assert all(r["precision"] == "bf16" and r["frames_per_s"] > 0 and r["peak_memory_mb"] > 0 for r in report["model"])
     pipe = report["pipeline"]
