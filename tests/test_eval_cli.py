@@ -141,7 +141,7 @@ def test_dataset_run_refuses_outputs_of_other_settings(tmp_path, weights, monkey
     for args, needle in (([tmp_path / "other.safetensors", "--no-flip"], "weights"), ([weights, "--flip"], "flip"),
                          ([weights, "--no-flip", "--score", "msp"], "score"),
                          ([weights, "--no-flip", "--map-stride", "4"], "map_stride"),
-                         ([weights, "--no-flip", "--precision", "bf16"], "precision bf16")):
+                         ([weights, "--no-flip", "--precision", "bf16"], "precision fp32")):
         res = _run(["anomaly", "--dataset", root, "--out", out, "--precision", "fp32", "--weights", *args])
         assert res.exit_code == 1 and str(out) in res.output and needle in res.output, res.output
         assert len(res.output.strip().splitlines()) == 1
