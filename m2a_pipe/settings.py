@@ -31,6 +31,11 @@ DEFAULT_THRESHOLD = 0.5
 # -- devices and batches -----------------------------------------------------------------
 
 DEVICE_HELP = "auto, cpu, cuda or cuda:N"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+"""Values of ``--precision``: ``auto`` = float16 autocast on CUDA, bfloat16 on a CPU with
+bfloat16 matrix instructions (AMX-BF16 / AVX512-BF16), float32 elsewhere; or one forced
+(``fp32`` for exact parity with the official code; ``fp16`` needs CUDA)."""
+DEFAULT_PRECISION = "auto"
 BATCH_SIZE_CPU = 1
 BATCH_SIZE_CUDA = 8
 """Frames per model batch when the option is not given: 1 on a CPU (nothing to gain, more

@@ -96,7 +96,7 @@ def ray_scaling_run(request, tmp_path_factory):
             script.proc.communicate()
 
 
-SCRIPTS = ["eval_memory.py", "fuzz_inputs.py", "mine_scale.py", "ray_scaling.py", "tracking_quality.py"]
+SCRIPTS = ["eval_memory.py", "fuzz_inputs.py", "gpu_check.py", "mine_scale.py", "ray_scaling.py", "tracking_quality.py"]
 
 
 def test_every_script_is_tested():
@@ -154,6 +154,27 @@ def test_fuzz_inputs(weights, tmp_path):
                   rf"(\d+) files in {NUMBER} s$")
     assert (crashes, hangs, good, n_good, missing, n) == (0, 0, 1, 1, 0, 4)
     assert failed == listed and failed + partial + complete == 3
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_on_the_cpu(tmp_path):
+    """The GPU script's dry run: golden parity in fp32 and bf16, R50 timings, the pipeline."""
+    out = tmp_path / "gpu.json"
+    args = ["--device", "cpu", "--quick", "--json", str(out)]
+    lines = run_script("gpu_check.py", *args, timeout=1200).splitlines()
+    assert_command(lines[0], "gpu_check.py", args)
+    assert lines[1].startswith("parity fp32: ok") and lines[2].startswith("parity bf16: ok"), lines[1:3]
+    report = json.loads(out.read_text())
+    assert report["device"] == "cpu" and report["machine"]["torch"]
+    assert [p["precision"] for p in report["parity"]] == ["fp32", "bf16"] and all(p["passed"] for p in report["parity"])
+    fp32, bf16 = (p["errors"] for p in report["parity"])
+    assert fp32["pred_logits"] < 1e-4 and fp32["pred_masks"] < bf16["pred_masks"]  # bf16 really ran
+    assert [(r["height"], r["width"], r["batch"]) for r in report["model"]] == [(64, 128, 1), (64, 128, 2)]
+    assert all(r["precision"] == "bf16" and r["frames_per_s"] > 0 and r["peak_memory_mb"] > 0 for r in report["model"])
+    pipe = report["pipeline"]
+    assert pipe["precision"] == "bf16" and pipe["frames"] == 5 and pipe["input_size"] == [64, 128]
+    assert pipe["end_to_end_fps"] > 0 and pipe["efficiency"] > 0 and pipe["batch_size"] == 2
+    assert lines[-1].startswith("done in ") and lines[-1].endswith("parity ok")
 
 
 def test_mine_scale():
@@ -222,7 +243,8 @@ def check_tracking_report(report: dict) -> None:
 def test_tracking_quality_oracle(oracle_run):
     report, out = oracle_run
     check_tracking_report(report)
-    assert (out / "clips" / CLIP_NAME).is_file() and (out / output_name(Path(CLIP_NAME).stem, video=True) / "tracks.csv").is_file()
+    assert (out / "clips" / CLIP_NAME).is_file()
+    assert (out / output_name(Path(CLIP_NAME).stem, video=True) / "tracks.csv").is_file()
     pooled = report["pooled"]
     visible = pooled["mot_visible"]
     # a perfect detector: every visible box found, with one identity per anomaly

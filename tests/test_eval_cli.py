@@ -126,12 +126,14 @@ def test_dataset_run_refuses_outputs_of_other_settings(tmp_path, weights, monkey
 
     root, out = _smiyc(tmp_path), tmp_path / "out"
     first = _run(["anomaly", "--dataset", root, "--weights", weights, "--output", out, "--no-flip",
+                   "--precision", "fp32",
                   "--json", tmp_path / "first.json"])
     assert first.exit_code == 0, first.output
     run = json.loads((out / "run.json").read_text())
     assert run == {"weights": weights, "weights_sha256": sha256_file(weights), "score": "official", "flip": False,
-                   "map_stride": 1}
+                   "map_stride": 1, "precision": "fp32"}
     again = _run(["anomaly", "--dataset", root, "--weights", weights, "--output", out, "--no-flip",
+                   "--precision", "fp32",
                   "--json", tmp_path / "again.json"])
     assert again.exit_code == 0 and "running the model" not in again.output
     assert (tmp_path / "again.json").read_text() == (tmp_path / "first.json").read_text()
@@ -140,23 +142,27 @@ def test_dataset_run_refuses_outputs_of_other_settings(tmp_path, weights, monkey
     save_weights(other, other.config, tmp_path / "other.safetensors")
     for args, needle in (([tmp_path / "other.safetensors", "--no-flip"], "weights"), ([weights, "--flip"], "flip"),
                          ([weights, "--no-flip", "--score", "msp"], "score"),
-                         ([weights, "--no-flip", "--map-stride", "4"], "map_stride")):
-        res = _run(["anomaly", "--dataset", root, "--output", out, "--weights", *args])
+                         ([weights, "--no-flip", "--map-stride", "4"], "map_stride"),
+                         ([weights, "--no-flip", "--precision", "bf16"], "precision fp32")):
+        res = _run(["anomaly", "--dataset", root, "--output", out, "--precision", "fp32", "--weights", *args])
         assert res.exit_code == 1 and str(out) in res.output and needle in res.output, res.output
         assert len(res.output.strip().splitlines()) == 1
     # without --output every score and flip setting has its own folder
     monkeypatch.chdir(tmp_path)
-    msp = _run(["anomaly", "--dataset", root, "--weights", weights, "--no-flip", "--score", "msp"])
+    msp = _run(["anomaly", "--dataset", root, "--weights", weights, "--no-flip", "--score", "msp",
+                "--precision", "fp32"])
     assert msp.exit_code == 0, msp.output
     assert json.loads((tmp_path / "m2a-eval" / "smiyc-msp-noflip" / "run.json").read_text())["score"] == "msp"
     assert len(list((tmp_path / "m2a-eval" / "smiyc-msp-noflip" / "scores").glob("*.npy"))) == 2
-    coarse = _run(["anomaly", "--dataset", root, "--weights", weights, "--no-flip", "--map-stride", "4"])
+    coarse = _run(["anomaly", "--dataset", root, "--weights", weights, "--no-flip", "--map-stride", "4",
+                   "--precision", "bf16"])
     assert coarse.exit_code == 0, coarse.output
-    assert json.loads((tmp_path / "m2a-eval" / "smiyc-noflip-stride4" / "run.json").read_text())["map_stride"] == 4
-    # a run.json written before map_stride existed holds stride 1
-    legacy = {k: v for k, v in run.items() if k != "map_stride"}
+    assert json.loads((tmp_path / "m2a-eval" / "smiyc-noflip-stride4-bf16" / "run.json").read_text())["map_stride"] == 4
+    # a run.json written before map_stride and precision existed holds stride 1, float32
+    legacy = {k: v for k, v in run.items() if k not in ("map_stride", "precision")}
     (out / "run.json").write_text(json.dumps(legacy))
-    assert _run(["anomaly", "--dataset", root, "--output", out, "--weights", weights, "--no-flip"]).exit_code == 0
+    assert _run(["anomaly", "--dataset", root, "--output", out, "--weights", weights, "--no-flip",
+                 "--precision", "fp32"]).exit_code == 0
 
 
 def _open_split(folder, name, scores, semantic, labels):

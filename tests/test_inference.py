@@ -128,7 +128,7 @@ def test_forward_is_the_shared_core_with_the_precision_rule(model):
     predictor = Predictor(model, resize=False)
     assert isinstance(predictor.core, ForwardCore)
     assert predictor.core.precision == precision_for("cpu") and not predictor.core.precision.autocast
-    assert Predictor(model, autocast=False).core.precision == precision_for("cpu", autocast=False)
+    assert Predictor(model, precision="fp32").core.precision == precision_for("cpu", "fp32")
     a = image(64, 96, 6)
     out = predictor.forward([a])
     logits, masks = predictor.core(predictor.core.batch([a]))

@@ -21,7 +21,7 @@ TOL_PRED_ANOMALY = dict(abs_tol=2e-3, allowed_frac=2e-3)
 
 def run(golden, variant: str | None, resize: bool) -> dict:
     """Everything the official evaluation computes for one variant at one level."""
-    predictor = Predictor(golden.model(variant), resize=resize)
+    predictor = Predictor(golden.model(variant), resize=resize, precision="fp32")
     image = golden.outputs["input_rgb_uint8"]
     size = image.shape[:2]
     out, out_lr = predictor.forward([image]), predictor.forward([np.ascontiguousarray(image[:, ::-1])])

@@ -10,13 +10,15 @@ On one video, with one loaded model (warmed up by one batch first):
 3. ``model_fps``: the model stage alone on the same frames and batches (decoding and resizing
    are done but not timed): network forward plus the maps, which is the ceiling of (1);
 
-``efficiency = end_to_end_fps / model_fps``. Run each video in a fresh process to compare
-peak memory between videos.
+``efficiency = end_to_end_fps / model_fps``. ``precision`` is the network's precision as it
+ran (``auto`` resolved, see :func:`m2a_pipe.inference.forward.precision_for`). Run each video
+in a fresh process to compare peak memory between videos.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -32,7 +34,7 @@ from m2a_pipe.io.video_reader import VideoReader
 from m2a_pipe.pipeline.config import ProcessConfig
 from m2a_pipe.settings import default_batch_size
 
-DEFAULT_VIDEO = Path(__file__).resolve().parent.parent / "examples" / "drive.mp4"
+DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "examples" / "drive.mp4"
 
 
 @dataclass
@@ -43,6 +45,7 @@ class PipelineBench:
     height: int
     input_size: list[int]
     device: str
+    precision: str
     threads: int
     batch_size: int
     decode_fps: float
@@ -112,7 +115,27 @@ def bench_pipeline(video: str | Path, config: ProcessConfig | None = None) -> Pi
     e2e_fps = frames / e2e_s
     model_fps = frames / model_s
     return PipelineBench(video=str(video), frames=frames, width=vinfo.width, height=vinfo.height,
-                         input_size=list(size), device=str(device), threads=torch.get_num_threads(),
+                         input_size=list(size), device=str(device), precision=stage.core.precision.name,
+                         threads=torch.get_num_threads(),
                          batch_size=batch, decode_fps=round(decoded / decode_s, 2), model_fps=round(model_fps, 3),
                          end_to_end_fps=round(e2e_fps, 3), efficiency=round(e2e_fps / model_fps, 3),
                          peak_rss_mb=round(peak, 1))
+
+
+def summarise(runs: list[list[PipelineBench]]) -> dict[str, Any]:
+    """Rounds of measurements (each a list with one :class:`PipelineBench` per precision, in
+    the same order) -> ``results`` (per precision: the median of each figure over the rounds,
+    and every round's ``end_to_end_fps``) and ``speed_ratios`` (``"bf16/fp32"``: median over
+    the rounds of the end-to-end fps ratio of each precision to the first one)."""
+    results = []
+    for i, first in enumerate(runs[0]):
+        mine = [r[i] for r in runs]
+        entry = first.to_dict()
+        for key in ("decode_fps", "model_fps", "end_to_end_fps", "efficiency", "peak_rss_mb"):
+            entry[key] = round(statistics.median(getattr(m, key) for m in mine), 3)
+        entry["rounds_end_to_end_fps"] = [m.end_to_end_fps for m in mine]
+        results.append(entry)
+    ratios = {f"{runs[0][i].precision}/{runs[0][0].precision}":
+              round(statistics.median(r[i].end_to_end_fps / r[0].end_to_end_fps for r in runs), 3)
+              for i in range(1, len(runs[0]))}
+    return {"results": results, "speed_ratios": ratios}

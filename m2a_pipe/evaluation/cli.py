@@ -12,7 +12,7 @@ import click
 from m2a_pipe.evaluation.components import PROFILES
 from m2a_pipe.evaluation.open_set import THRESHOLD_RULES
 from m2a_pipe.evaluation.pixel import AP_CONVENTIONS, DEFAULT_MAX_EXACT_PIXELS
-from m2a_pipe.settings import DEFAULT_SCORE, MAP_STRIDES, SCORE_NAMES
+from m2a_pipe.settings import DEFAULT_PRECISION, DEFAULT_SCORE, MAP_STRIDES, PRECISIONS, SCORE_NAMES
 
 
 def _emit(report: dict, json_path: Path | None) -> None:
@@ -28,6 +28,9 @@ def _model_options(f):
                      help="Horizontal-flip averaging (the official evaluation uses it).")(f)
     f = click.option("--device", default="auto", show_default=True,
                      help="Torch device for --dataset runs: auto, cpu, cuda or cuda:N.")(f)
+    f = click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULT_PRECISION, show_default=True,
+                     help="Network precision: auto = fp16 on CUDA, bf16 on a CPU with bf16 instructions, "
+                          "else fp32 (fp32: exact official parity).")(f)
     f = click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path),
                      help="Folder for the model's outputs; files already there are reused, so a rerun needs no "
                           "model.  [default: ./m2a-eval/<dataset name>]")(f)
@@ -37,12 +40,13 @@ def _model_options(f):
 
 
 def _out(out_dir: Path | None, dataset: Path, score: str = "official", flip: bool = True,
-         map_stride: int = 1) -> Path:
-    """--output, else ``m2a-eval/<dataset name>[-<score>][-noflip][-stride4]``."""
+         map_stride: int = 1, precision: str = "fp32") -> Path:
+    """--output, else ``m2a-eval/<dataset name>[-<score>][-noflip][-stride4][-bf16]`` (``precision``
+    resolved, as :func:`m2a_pipe.evaluation.predict.resolved_precision` gives it)."""
     if out_dir is not None:
         return out_dir
     name = (Path(dataset).resolve().name + ("" if score == "official" else f"-{score}") + ("" if flip else "-noflip")
-            + ("" if map_stride == 1 else f"-stride{map_stride}"))
+            + ("" if map_stride == 1 else f"-stride{map_stride}") + ("" if precision == "fp32" else f"-{precision}"))
     return Path("m2a-eval") / name
 
 
@@ -54,10 +58,11 @@ def _weights_notice(weights: str) -> None:
         click.echo(f"m2a-pipe: note: {weights_note(weights)}", err=True)
 
 
-def _prepare_run(out: Path, weights: str, flip: bool, score: str, missing: bool, map_stride: int = 1) -> None:
+def _prepare_run(out: Path, weights: str, flip: bool, score: str, missing: bool, map_stride: int = 1,
+                 precision: str = "fp32") -> None:
     from m2a_pipe.evaluation import predict
 
-    predict.claim_run_folder(out, predict.run_settings(weights, flip, score, map_stride), writing=missing)
+    predict.claim_run_folder(out, predict.run_settings(weights, flip, score, map_stride, precision), writing=missing)
 
 
 @click.group()
@@ -98,7 +103,7 @@ def evaluate() -> None:
                    "2 or 4 = the score on the 1/2 or 1/4 grid, then upsampled (what `process` computes).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report here.")
 @click.option("--plots", "plots_dir", type=click.Path(path_type=Path), help="Write pr.png and roc.png here.")
-def anomaly(scores, labels, dataset, dataset_type, weights, out_dir, device, flip, profile, ap_convention,
+def anomaly(scores, labels, dataset, dataset_type, weights, out_dir, device, precision, flip, profile, ap_convention,
             threshold, max_exact_pixels, score_name, map_stride, json_path, plots_dir) -> None:
     """Pixel AuPRC / FPR95 / AUROC and component sIoU / PPV / F1*.
 
@@ -115,11 +120,12 @@ def anomaly(scores, labels, dataset, dataset_type, weights, out_dir, device, fli
         if not data.samples:
             raise ds.DatasetError(f"{dataset}: no images found")
         stride = int(map_stride)
-        scores_dir = scores or _out(out_dir, dataset, score_name, flip, stride) / "scores"
+        precision = predict.resolved_precision(device, precision)
+        scores_dir = scores or _out(out_dir, dataset, score_name, flip, stride, precision) / "scores"
         missing = [s for s in data.samples if not (scores_dir / f"{predict.file_stem(s.stem)}.npy").is_file()]
-        _prepare_run(scores_dir.parent, weights, flip, score_name, bool(missing), stride)
+        _prepare_run(scores_dir.parent, weights, flip, score_name, bool(missing), stride, precision)
         if missing:
-            predictor = predict.load_predictor(weights, device, flip, score_name, stride)
+            predictor = predict.load_predictor(weights, device, flip, score_name, stride, precision)
             _weights_notice(weights)
             scores_dir = predict.write_anomaly_scores(predictor, data, scores_dir.parent, progress=_bar)
         pairs = [_npy_pair(inputs, s, scores_dir / f"{predict.file_stem(s.stem)}.npy") for s in data.samples]
@@ -189,7 +195,7 @@ def _open_items(scores_dir: Path, semantic_dir: Path, labels_dir: Path, lut) -> 
 @_model_options
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report here.")
 def open_set(scores, semantic, labels, num_known, anomaly_id, threshold, threshold_rule, calib_scores,
-             calib_semantic, calib_labels, dataset, weights, out_dir, device, flip, json_path) -> None:
+             calib_semantic, calib_labels, dataset, weights, out_dir, device, precision, flip, json_path) -> None:
     """Open-IoU per known class and its mean (Eq. 23-24), and closed-set mIoU.
 
     \b
@@ -204,13 +210,14 @@ def open_set(scores, semantic, labels, num_known, anomaly_id, threshold, thresho
         data = ds.read_streethazards(dataset)
         if not data.samples:
             raise ds.DatasetError(f"{dataset}: no images found")
-        out = _out(out_dir, dataset, flip=flip)
+        precision = predict.resolved_precision(device, precision)
+        out = _out(out_dir, dataset, flip=flip, precision=precision)
         names = [predict.file_stem(s.stem) for s in data.samples]
         missing = not all((out / "scores" / f"{n}.npy").is_file() and (out / "semantic" / f"{n}.npy").is_file()
                           for n in names)
-        _prepare_run(out, weights, flip, "official", missing)
+        _prepare_run(out, weights, flip, "official", missing, precision=precision)
         if missing:
-            predictor = predict.load_predictor(weights, device, flip)
+            predictor = predict.load_predictor(weights, device, flip, precision=precision)
             _weights_notice(weights)
             predict.write_anomaly_scores(predictor, data, out, semantic=True, progress=_bar)
         k = ds.STREETHAZARDS_NUM_KNOWN
@@ -270,7 +277,7 @@ def _panoptic_layout(root: Path) -> tuple[Path, Path, Path]:
 @_model_options
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report here.")
 def panoptic(pred_json, pred_dir, gt_json, gt_dir, unknown_id, unknown_split, dataset, weights, out_dir, device,
-             flip, json_path) -> None:
+             precision, flip, json_path) -> None:
     """PQ / SQ / RQ (Eq. 25) per category, and for the groups of two conventions:
     panopticapi's (all / things / stuff, the unknown category among the things when its
     isthing is 1) and the paper's (Table IV: known all / things / stuff, and unknown).
@@ -291,15 +298,16 @@ def panoptic(pred_json, pred_dir, gt_json, gt_dir, unknown_id, unknown_split, da
         layout_json, layout_dir, image_dir = _panoptic_layout(root)
         gt_json, gt_dir = gt_json or layout_json, gt_dir or layout_dir
         gt = ds.read_coco_panoptic(gt_json, gt_dir, image_dir, split, unknown)
-        out = _out(out_dir, dataset, "panoptic")
+        precision = predict.resolved_precision(device, precision)
+        out = _out(out_dir, dataset, "panoptic", precision=precision)
         pred_json, pred_dir = out / "panoptic.json", out / "panoptic"
         done = set(report.read_prediction_json(pred_json)) if pred_json.is_file() else set()
         if pred_json.is_file():
             predict.check_panoptic_ids(pred_json, gt)
         missing = any(im.stem not in done for im in gt.images)
-        _prepare_run(out, weights, False, "panoptic", missing)
+        _prepare_run(out, weights, False, "panoptic", missing, precision=precision)
         if missing:
-            predictor = predict.load_predictor(weights, device, flip=False)
+            predictor = predict.load_predictor(weights, device, flip=False, precision=precision)
             _weights_notice(weights)
             pred_json, pred_dir = predict.write_panoptic(predictor, gt, out, progress=_bar)
     elif pred_json and pred_dir and gt_json and gt_dir:

@@ -38,23 +38,32 @@ RUN_FILE = "run.json"
 
 
 def load_predictor(weights: str, device: str = "cpu", flip: bool = False, score: str = "official",
-                   map_stride: int = 1):
+                   map_stride: int = 1, precision: str = "fp32"):
     """``Predictor.from_weights(weights, ...)``; ``score`` official = Eq. 5 refined by Eq. 13."""
     from m2a_pipe.inference.device import resolve_device
     from m2a_pipe.inference.predictor import Predictor
 
     return Predictor.from_weights(weights, device=resolve_device(device), resize=True, flip=flip, score=score,
-                                  map_stride=map_stride)
+                                  map_stride=map_stride, precision=precision)
 
 
-RUN_DEFAULTS = {"map_stride": 1}
+def resolved_precision(device: str, precision: str) -> str:
+    """``--precision`` as the model will run on ``device``: fp32, bf16 or fp16 (``auto``
+    resolved by :func:`m2a_pipe.inference.forward.precision_for`)."""
+    from m2a_pipe.inference.device import resolve_device
+    from m2a_pipe.inference.forward import precision_for
+
+    return precision_for(resolve_device(device), precision).name
+
+
+RUN_DEFAULTS = {"map_stride": 1, "precision": "fp32"}
 """Settings a run.json written before they existed holds implicitly."""
 
 
-def run_settings(weights: str, flip: bool, score: str, map_stride: int = 1) -> dict:
+def run_settings(weights: str, flip: bool, score: str, map_stride: int = 1, precision: str = "fp32") -> dict:
     """What makes a model run's outputs: the weights as given and their file's sha256 (None
     when the weights cannot be found: outputs already written may still be reused), score,
-    flip and the score's map stride."""
+    flip, the score's map stride and the network's (resolved) precision."""
     from m2a_pipe.model.checkpoint import sha256_file
     from m2a_pipe.model.registry import WeightsError, resolve
 
@@ -63,7 +72,7 @@ def run_settings(weights: str, flip: bool, score: str, map_stride: int = 1) -> d
     except (WeightsError, OSError):
         sha = None
     return {"weights": str(weights), "weights_sha256": sha, "score": score, "flip": bool(flip),
-            "map_stride": int(map_stride)}
+            "map_stride": int(map_stride), "precision": precision}
 
 
 def claim_run_folder(out: Path, settings: dict, writing: bool) -> None:
@@ -82,7 +91,7 @@ def claim_run_folder(out: Path, settings: dict, writing: bool) -> None:
             recorded = json.loads(path.read_text())
         except ValueError:
             raise EvaluationInputError(f"{path}: not a JSON file; delete it or choose another --output") from None
-        for key in ("score", "flip", "map_stride", "weights_sha256"):
+        for key in ("score", "flip", "map_stride", "precision", "weights_sha256"):
             was, now = recorded.get(key, RUN_DEFAULTS.get(key)), settings.get(key, RUN_DEFAULTS.get(key))
             if key == "weights_sha256" and (was is None or now is None):
                 continue

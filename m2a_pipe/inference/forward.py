@@ -5,8 +5,9 @@ Both users run the network through :class:`ForwardCore` and nothing else:
 
 1. uint8 (B, 3, h, w) RGB -> normalise and zero-pad to /32
    (:func:`m2a_pipe.inference.preprocess.normalize_and_pad`) -> channels-last;
-2. the network under the one precision rule, :func:`precision_for` (float16 autocast on
-   CUDA, float32 elsewhere), outputs cast back to float32:
+2. the network under the one precision rule, :func:`precision_for` (``auto``: float16
+   autocast on CUDA, bfloat16 on a CPU with bfloat16 matrix instructions, float32
+   elsewhere; or one forced with ``precision``), outputs cast back to float32:
    ``pred_logits`` (B, Q, K+1) and ``pred_masks`` (B, Q, Hp/4, Wp/4);
 3. horizontal-flip test-time augmentation (:meth:`ForwardCore.average_with_mirror`): the
    mirrored batch's forward, its map, flipped back and averaged with
@@ -21,7 +22,9 @@ score on the mask grid, or on the mask logits upsampled to stride 2 or 1 first) 
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, ContextManager, NamedTuple, Sequence
 
 import numpy as np
@@ -29,14 +32,32 @@ import torch
 import torch.nn.functional as F
 
 from m2a_pipe.config import ModelConfig
+from m2a_pipe.errors import UsageError
 from m2a_pipe.inference.preprocess import normalize_and_pad
 from m2a_pipe.inference.scoring import crop_and_resize, flip_average, grid_anomaly, semantic_probs
 from m2a_pipe.model.mask2anomaly import Mask2Anomaly
-from m2a_pipe.settings import BOUNDED_SCORES, MAP_STRIDES, MASK_STRIDE
+from m2a_pipe.settings import BOUNDED_SCORES, DEFAULT_PRECISION, MAP_STRIDES, MASK_STRIDE, PRECISIONS
 
 # --------------------------------------------------------------------------------------
 # Precision
 # --------------------------------------------------------------------------------------
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """True when the CPU has bfloat16 matrix instructions (the ``amx_bf16`` or
+    ``avx512_bf16`` flag of ``/proc/cpuinfo``). Where the file cannot be read (not Linux)
+    the answer is False: bfloat16 is then emulated and slower than float32."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.partition(":")[2].split())
+            return bool(flags & {"amx_bf16", "avx512_bf16"})
+    return False
 
 
 @dataclass(frozen=True)
@@ -44,36 +65,81 @@ class Precision:
     """How the network runs on one device type.
 
     device_type: ``"cuda"``, ``"cpu"``, ...
-    autocast_dtype: the autocast compute dtype (``torch.float16``), or None for float32
-        throughout (no autocast context at all).
+    name: ``fp32``, ``bf16`` or ``fp16`` (resolved; never ``auto``).
+    On CUDA a reduced precision is autocast (float32 weights, matrix products in the reduced
+    type); on the CPU ``bf16`` converts the backbone's and pixel decoder's weights (and so
+    their activations) to bfloat16 once (:meth:`prepare`), which avoids autocast's per-call
+    weight casts. Either way the parts that need float32 stay float32 (see :meth:`prepare`)
+    and the outputs are cast back to float32.
     """
 
     device_type: str
-    autocast_dtype: torch.dtype | None = None
+    name: str = "fp32"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype of the network's matrix products."""
+        return _DTYPES[self.name]
 
     @property
     def autocast(self) -> bool:
-        """True when the network runs under autocast."""
-        return self.autocast_dtype is not None
+        """True when the network runs under autocast (a reduced precision on CUDA)."""
+        return self.name != "fp32" and self.device_type == "cuda"
+
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        """The dtype of the weights and the network input: bfloat16 for ``bf16`` on the CPU,
+        else float32."""
+        return self.dtype if self.name != "fp32" and not self.autocast else torch.float32
+
+    def prepare(self, model: Mask2Anomaly) -> Mask2Anomaly:
+        """``model`` (already prepared for inference) itself for float32 weights, else a copy
+        (the caller's model is left as it is) with the backbone and the pixel decoder in
+        :attr:`weights_dtype`; the transformer decoder stays float32 (on a CPU its small
+        products over 100 queries are slower in bfloat16, measured 2x, and its outputs, the
+        class and mask logits of Eq. 3 / 5 / 13, stay float32). Float32 islands inside the
+        pixel decoder do not depend on this: the deformable sampling locations, the attention
+        weights' softmax and the bilinear sampling with its weighted sum (ms_deform_attn),
+        and the reference points."""
+        if self.weights_dtype == torch.float32:
+            return model
+        model = copy.deepcopy(model)
+        model.backbone.to(self.weights_dtype)
+        model.sem_seg_head.pixel_decoder.to(self.weights_dtype)
+        return model
 
     def context(self) -> ContextManager:
-        """The context the network's forward runs in (a no-op for float32)."""
-        if self.autocast_dtype is None:
+        """The context the network's forward runs in (a no-op unless autocast)."""
+        if not self.autocast:
             return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.autocast_dtype)
+        return torch.autocast(self.device_type, dtype=self.dtype)
 
 
-def precision_for(device: str | torch.device, autocast: bool = True) -> Precision:
-    """The precision rule of every forward pass: float16 autocast on CUDA, float32 on any
-    other device (and everywhere with ``autocast=False``).
+def precision_for(device: str | torch.device, precision: str = DEFAULT_PRECISION) -> Precision:
+    """The precision rule of every forward pass.
 
-    The one place to change it (e.g. bfloat16 autocast on CPUs): :class:`ForwardCore` asks
-    this function, and both the Predictor and the model stage hold a ForwardCore.
+    ``auto``: float16 autocast on CUDA; bfloat16 on a CPU with native bfloat16 matrix
+    instructions (:func:`cpu_has_native_bf16`); float32 elsewhere. ``fp32`` (exact parity
+    with the official code), ``bf16`` and ``fp16`` force one; ``fp16`` needs CUDA.
+    Raises UsageError (one line) for anything else.
+
+    :class:`ForwardCore` asks this function, and both the Predictor and the model stage hold
+    a ForwardCore.
     """
     device_type = torch.device(device).type
-    if autocast and device_type == "cuda":
-        return Precision(device_type, torch.float16)
-    return Precision(device_type, None)
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision {precision!r}: not one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        if device_type == "cuda":
+            precision = "fp16"
+        elif device_type == "cpu" and cpu_has_native_bf16():
+            precision = "bf16"
+        else:
+            precision = "fp32"
+    if precision == "fp16" and device_type != "cuda":
+        raise UsageError(f"--precision fp16 needs a CUDA device (the model runs on {device_type}); "
+                         "use bf16 or fp32")
+    return Precision(device_type, precision)
 
 
 # --------------------------------------------------------------------------------------
@@ -94,18 +160,21 @@ class ForwardCore:
 
     Args:
         model: the network; moved to ``device``, put in eval mode, batch norm folded,
-            channels-last (``Mask2Anomaly.prepare_for_inference``).
+            channels-last (``Mask2Anomaly.prepare_for_inference``, in place); for ``bf16`` on
+            the CPU, a copy with the backbone and pixel decoder in bfloat16 is run
+            (:meth:`Precision.prepare`). The forward makes the last layer's masks only
+            (``final_masks_only``).
         device: torch device of the forward pass.
-        autocast: follow :func:`precision_for` (float16 autocast on CUDA); False keeps
-            float32 on every device.
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``, resolved by :func:`precision_for`.
     """
 
     def __init__(self, model: Mask2Anomaly, device: str | torch.device = "cpu", *,
-                 autocast: bool = True) -> None:
+                 precision: str = DEFAULT_PRECISION) -> None:
         self.device = torch.device(device)
-        self.model = model.to(self.device).prepare_for_inference(channels_last=True)
+        self.precision = precision_for(self.device, precision)
+        model = model.to(self.device).prepare_for_inference(channels_last=True)
+        self.model = self.precision.prepare(model)
         self.config: ModelConfig = model.config
-        self.precision = precision_for(self.device, autocast)
 
     def batch(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """B (h, w, 3) uint8 RGB arrays of one size -> (B, 3, h, w) uint8 tensor on the
@@ -124,9 +193,9 @@ class ForwardCore:
         """
         pre = self.config.preprocess
         x = normalize_and_pad(images, pre.pixel_mean, pre.pixel_std, pre.size_divisibility)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.to(self.precision.weights_dtype).contiguous(memory_format=torch.channels_last)
         with self.precision.context():
-            out = self.model(x)
+            out = self.model(x, final_masks_only=True)
         return NetworkOutput(out["pred_logits"].float(), out["pred_masks"].float())
 
     def average_with_mirror(self, anomaly: torch.Tensor, mirrored: torch.Tensor,

@@ -7,7 +7,8 @@ the official test-time path of Mask2Anomaly:
    what the official ``DefaultPredictor`` does), normalise, pad to /32;
 2. forward pass (batched when the images share a size) in the
    :class:`~m2a_pipe.inference.forward.ForwardCore` the video pipeline's model stage runs too:
-   float16 autocast on CUDA, float32 elsewhere (:func:`~m2a_pipe.inference.forward.precision_for`);
+   by default float16 autocast on CUDA, bfloat16 on a CPU with bfloat16 matrix instructions,
+   float32 elsewhere (:func:`~m2a_pipe.inference.forward.precision_for`);
 3. mask logits upsampled to the padded size, official semantic inference (Eq. 3 plus one
    channel per confident stuff query), crop the padding, resize to the image size;
 4. anomaly map: Eq. 5 refined by Eq. 13 (official rule) or another score of
@@ -53,7 +54,7 @@ from m2a_pipe.inference.scoring import (
     open_set_semantic,
 )
 from m2a_pipe.model.mask2anomaly import Mask2Anomaly
-from m2a_pipe.settings import SCORE_NAMES
+from m2a_pipe.settings import DEFAULT_PRECISION, SCORE_NAMES
 
 BAND_BYTES = 16 * 2**20
 """Size of one band of upsampled masks (Q x rows x Wp float32): about 16 MB keeps a band in
@@ -149,18 +150,19 @@ class Predictor(UsesForwardCore):
             1/``map_stride`` of the input (:func:`~m2a_pipe.inference.forward.grid_maps`),
             upsampled to the image; with ``flip`` the two upsampled maps are averaged at the
             image size. Semantic outputs are the official ones at every stride.
-        autocast: follow :func:`~m2a_pipe.inference.forward.precision_for` (float16 autocast
-            on CUDA, float32 elsewhere); False runs float32 everywhere.
+        precision: ``auto`` (:func:`~m2a_pipe.inference.forward.precision_for`: float16
+            autocast on CUDA, bfloat16 on a CPU with bfloat16 matrix instructions, float32
+            elsewhere), ``fp32`` (exact official parity), ``bf16`` or ``fp16``.
     """
 
     def __init__(self, model: Mask2Anomaly, device: str | torch.device = "cpu", *,
                  resize: bool = True, flip: bool = False, score: str = "official",
                  open_set_threshold: float | None = None, map_stride: int = 1,
-                 autocast: bool = True) -> None:
+                 precision: str = DEFAULT_PRECISION) -> None:
         if score not in SCORE_NAMES:
             raise ValueError(f"unknown score {score!r}; known: official, {', '.join(SCORES)}")
         self.map_stride = check_map_stride(map_stride)
-        self.core = ForwardCore(model, device, autocast=autocast)
+        self.core = ForwardCore(model, device, precision=precision)
         self.resize, self.flip, self.score = resize, flip, score
         self.open_set_threshold = open_set_threshold
 

@@ -35,7 +35,7 @@ from m2a_pipe.inference.forward import ForwardCore, UsesForwardCore, check_map_s
 from m2a_pipe.inference.panoptic import UnknownInstance, background_region, mine_unknown_instances
 from m2a_pipe.inference.preprocess import resize_uint8, shortest_edge_size
 from m2a_pipe.model.mask2anomaly import Mask2Anomaly
-from m2a_pipe.settings import MASK_STRIDE, SCORE_NAMES
+from m2a_pipe.settings import DEFAULT_PRECISION, MASK_STRIDE, SCORE_NAMES
 
 __all__ = ["FrameMaps", "ModelStage", "map_size", "network_input_size", "prepare_frame"]
 
@@ -80,19 +80,21 @@ class ModelStage(UsesForwardCore):
         score: one of :data:`SCORE_NAMES`.
         flip: average the maps of the image and its mirror image (official evaluation TTA).
         map_stride: 4 (mask resolution, default), 2 or 1 (full input resolution).
-        autocast: follow :func:`~m2a_pipe.inference.forward.precision_for` (float16 autocast
-            on CUDA, float32 elsewhere); False runs float32 everywhere.
+        precision: ``auto`` (:func:`~m2a_pipe.inference.forward.precision_for`: float16
+            autocast on CUDA, bfloat16 on a CPU with bfloat16 matrix instructions, float32
+            elsewhere), ``fp32``, ``bf16`` or ``fp16``.
         mine_unknown: also mine unknown instances (open-set panoptic, Sec. 6.3) with at
             least ``min_area_fraction`` of the map's pixels.
     """
 
     def __init__(self, model: Mask2Anomaly, device: str | torch.device = "cpu", *, score: str = "official",
-                 flip: bool = False, map_stride: int = MASK_STRIDE, autocast: bool = True,
+                 flip: bool = False, map_stride: int = MASK_STRIDE,
+                 precision: str = DEFAULT_PRECISION,
                  mine_unknown: bool = False, min_area_fraction: float = 0.0) -> None:
         if score not in SCORE_NAMES:
             raise ValueError(f"unknown score {score!r}; known: {', '.join(SCORE_NAMES)}")
         self.map_stride = check_map_stride(map_stride)
-        self.core = ForwardCore(model, device, autocast=autocast)
+        self.core = ForwardCore(model, device, precision=precision)
         self.score, self.flip = score, flip
         self.mine_unknown, self.min_area_fraction = mine_unknown, min_area_fraction
 

@@ -33,9 +33,9 @@ class MaskFormerHead(nn.Module):
             cfg.decoder, in_channels=cfg.pixel_decoder.conv_dim,
             mask_dim=cfg.pixel_decoder.mask_dim, num_classes=cfg.num_classes)
 
-    def forward(self, features: dict[str, torch.Tensor]) -> dict:
+    def forward(self, features: dict[str, torch.Tensor], final_masks_only: bool = False) -> dict:
         mask_features, _, multi_scale = self.pixel_decoder.forward_features(features)
-        return self.predictor(multi_scale, mask_features)
+        return self.predictor(multi_scale, mask_features, final_masks_only)
 
 
 class Criterion(nn.Module):
@@ -67,8 +67,10 @@ class Mask2Anomaly(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pre.pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pre.pixel_std).view(3, 1, 1), persistent=False)
 
-    def forward(self, images: torch.Tensor) -> dict:
-        return self.sem_seg_head(self.backbone(images))
+    def forward(self, images: torch.Tensor, final_masks_only: bool = False) -> dict:
+        """``final_masks_only``: in eval mode, no earlier-layer masks (``aux_outputs`` empty),
+        see :class:`~m2a_pipe.model.transformer_decoder.MultiScaleMaskedTransformerDecoder`."""
+        return self.sem_seg_head(self.backbone(images), final_masks_only)
 
     def prepare_for_inference(self, channels_last: bool = True) -> "Mask2Anomaly":
         """Eval mode, the backbone's frozen batch norms folded into their convolutions, and

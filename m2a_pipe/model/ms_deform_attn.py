@@ -10,6 +10,11 @@ bilinearly sampled values. The core has two implementations with the same result
   (no per-level transpose copy), samples one level at a time and accumulates the weighted
   sum in place, so the (B*heads, C/heads, queries, levels*points) tensor is never built.
 
+Precision: whatever the dtype of the values (bfloat16 or float16 in reduced precision), the
+sampling locations, the attention weights' softmax, the bilinear sampling and the weighted
+sum run in float32 (a bfloat16 location in [0, 1] is off by up to a quarter of a pixel on
+the finest level); the result is cast back to the values' dtype for the output projection.
+
 Which core a layer runs is a per-layer flag, ``MSDeformAttn.use_reference_core`` (False by
 default); :func:`use_reference_core` sets it on every layer of one model, leaving any other
 model in the process as it is.
@@ -56,22 +61,23 @@ def ms_deform_attn(value_t: torch.Tensor, shapes: list[tuple[int, int]],
     """Deformable attention core, lean form (same result as the reference).
 
     Args:
-        value_t: (B, M, D, S) values, channels first, levels flattened along S.
+        value_t: (B, M, D, S) values, channels first, levels flattened along S, any float dtype.
         shapes: [(H_l, W_l)] per level.
-        grids: (B, M, L, P, Q, 2) sampling locations in grid_sample coordinates [-1, 1].
-        weights: (B, M, L, P, Q) attention weights (softmax over L*P).
+        grids: (B, M, L, P, Q, 2) float32 sampling locations in grid_sample coordinates [-1, 1].
+        weights: (B, M, L, P, Q) float32 attention weights (softmax over L*P).
     Returns:
-        (B, M*D, Q): the attended values, channels first.
+        (B, M*D, Q) float32: the attended values, channels first (each level's values are
+        sampled in float32).
 
     Sampling with the points as rows and the queries as columns gives (B*M, D, P, Q), so
     the weighted sum over points is P fused multiply-adds over contiguous (B*M, D, Q) slices.
     """
     b, m, d, _ = value_t.shape
     _, _, _, p, q, _ = grids.shape
-    out = torch.zeros(b * m, d, q, dtype=value_t.dtype, device=value_t.device)
+    out = torch.zeros(b * m, d, q, dtype=torch.float32, device=value_t.device)
     start = 0
     for lvl, (h, w) in enumerate(shapes):
-        v = value_t[..., start:start + h * w].reshape(b * m, d, h, w)
+        v = value_t[..., start:start + h * w].reshape(b * m, d, h, w).float()
         start += h * w
         s = F.grid_sample(v, grids[:, :, lvl].reshape(b * m, p, q, 2), mode="bilinear",
                           padding_mode="zeros", align_corners=False)
@@ -135,22 +141,23 @@ class MSDeformAttn(nn.Module):
         b, q, _ = query.shape
         m, n_lvl, p = self.n_heads, self.n_levels, self.n_points
         d = self.d_model // m
-        offsets = self.sampling_offsets(query).view(b, q, m, n_lvl, p, 2)
-        weights = self.attention_weights(query).view(b, q, m, n_lvl * p).softmax(-1)
+        offsets = self.sampling_offsets(query).float().view(b, q, m, n_lvl, p, 2)
+        weights = self.attention_weights(query).float().view(b, q, m, n_lvl * p).softmax(-1)
         weights = weights.view(b, q, m, n_lvl, p)
-        normaliser = torch.tensor([[w, h] for h, w in shapes], dtype=query.dtype,
+        normaliser = torch.tensor([[w, h] for h, w in shapes], dtype=torch.float32,
                                   device=query.device)  # (L, 2) as (x, y)
-        locations = reference_points[None, :, None, None, None, :] + \
+        locations = reference_points.float()[None, :, None, None, None, :] + \
             offsets / normaliser[None, None, None, :, None, :]  # (B, Q, M, L, P, 2) in [0, 1]
         if self.use_reference_core:
             value = self.value_proj(value_in).view(b, -1, m, d)
-            return self.output_proj(ms_deform_attn_reference(value, shapes, locations, weights))
+            out = ms_deform_attn_reference(value.float(), shapes, locations, weights)
+            return self.output_proj(out.to(value.dtype))
         # Values channels-first (B, M, D, S) straight out of the projection (no copy later).
         value_t = torch.matmul(self.value_proj.weight, value_in.transpose(1, 2))
         value_t = (value_t + self.value_proj.bias[:, None]).view(b, m, d, -1)
         grids = (2 * locations - 1).permute(0, 2, 3, 4, 1, 5)  # (B, M, L, P, Q, 2)
         out = ms_deform_attn(value_t, shapes, grids, weights.permute(0, 2, 3, 4, 1))  # (B, C, Q)
-        return self.output_proj(out.transpose(1, 2))
+        return self.output_proj(out.transpose(1, 2).to(value_t.dtype))
 
 
 def use_reference_core(model: nn.Module, on: bool = True) -> int:

@@ -81,7 +81,7 @@ class DeformableTransformerEncoder(nn.Module):
         src = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
         lvl_pos = torch.cat([p.flatten(2).transpose(1, 2) + self.level_embed[i].view(1, 1, -1)
                              for i, p in enumerate(pos)], 1)
-        ref = reference_points(shapes, src.device, src.dtype)
+        ref = reference_points(shapes, src.device, torch.float32)  # float32 in any precision
         for layer in self.encoder.layers:
             src = layer(src, lvl_pos, ref, shapes)
         return src

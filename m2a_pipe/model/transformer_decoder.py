@@ -158,6 +158,16 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
 
     ``in_channels`` is the pixel decoder's ``conv_dim``; a 1x1 ``input_proj`` per level exists
     only when it differs from ``hidden_dim`` (or ``enforce_input_proj``).
+
+    ``final_masks_only`` (a forward argument, False): in eval mode, skip the earlier layers'
+    full-resolution masks, which inference never reads. Each attention mask is then computed
+    from the mask features downsampled to its size (bilinear interpolation is linear per
+    channel, so ``interpolate(einsum(e, F)) == einsum(e, interpolate(F))`` up to rounding),
+    a few thousand pixels instead of H/4 x W/4; ``aux_outputs`` is then empty.
+
+    Outside autocast the inputs are cast to the dtype of the decoder's weights, so a decoder
+    kept in float32 runs behind a bfloat16 pixel decoder (its products over 100 queries are
+    faster in float32 on a CPU, and its mask logits stay float32).
     """
 
     def __init__(self, cfg: DecoderConfig, in_channels: int, mask_dim: int, num_classes: int) -> None:
@@ -189,7 +199,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         self.class_embed = nn.Linear(d, num_classes + 1)
         self.mask_embed = MLP(d, d, mask_dim, 3)
 
-    def forward(self, x: list[torch.Tensor], mask_features: torch.Tensor) -> dict:
+    def forward(self, x: list[torch.Tensor], mask_features: torch.Tensor, final_masks_only: bool = False) -> dict:
         """Run the decoder.
 
         Args:
@@ -198,17 +208,15 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         Returns:
             ``pred_logits`` (B, Q, K+1) and ``pred_masks`` (B, Q, H/4, W/4) of the last
             layer, and ``aux_outputs``: the ``num_layers`` earlier predictions (index 0 from
-            the learnable queries alone), each a dict with the same two keys.
+            the learnable queries alone), each a dict with the same two keys (empty with
+            ``final_masks_only`` in eval mode).
         """
-        srcs, poss, sizes = [], [], []
-        for i in range(NUM_FEATURE_LEVELS):
-            b, _, h, w = x[i].shape
-            sizes.append((h, w))
-            pos = sine_position_encoding(b, h, w, self.cfg.hidden_dim // 2,
-                                         device=x[i].device, dtype=x[i].dtype)
-            poss.append(pos.flatten(2).transpose(1, 2))
-            src = self.input_proj[i](x[i]).flatten(2) + self.level_embed.weight[i][None, :, None]
-            srcs.append(src.transpose(1, 2))
+        dtype = self.query_feat.weight.dtype
+        if mask_features.dtype != dtype and not torch.is_autocast_enabled(mask_features.device.type):
+            x, mask_features = [f.to(dtype) for f in x], mask_features.to(dtype)
+        if final_masks_only and not self.training and self.num_layers > 0:
+            return self._forward_final_masks_only(x, mask_features)
+        srcs, poss, sizes = self._inputs(x)
         b = srcs[0].shape[0]
         query_pos = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)
         output = self.query_feat.weight.unsqueeze(0).expand(b, -1, -1)
@@ -234,6 +242,53 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                             for c, m in zip(logits[:-1], masks[:-1])],
         }
 
+    def _inputs(self, x: list[torch.Tensor]):
+        """Per level: (B, h*w, C) projected features with the level embedding, (B, h*w, C)
+        positional encodings, and (h, w)."""
+        srcs, poss, sizes = [], [], []
+        for i in range(NUM_FEATURE_LEVELS):
+            b, _, h, w = x[i].shape
+            sizes.append((h, w))
+            pos = sine_position_encoding(b, h, w, self.cfg.hidden_dim // 2,
+                                         device=x[i].device, dtype=x[i].dtype)
+            poss.append(pos.flatten(2).transpose(1, 2))
+            src = self.input_proj[i](x[i]).flatten(2) + self.level_embed.weight[i][None, :, None]
+            srcs.append(src.transpose(1, 2))
+        return srcs, poss, sizes
+
+    def _forward_final_masks_only(self, x: list[torch.Tensor], mask_features: torch.Tensor) -> dict:
+        """:meth:`forward` for inference: the same layers and attention masks, full-resolution
+        masks for the last prediction only (see the class docstring)."""
+        srcs, poss, sizes = self._inputs(x)
+        b = srcs[0].shape[0]
+        small = {size: F.interpolate(mask_features, size=size, mode="bilinear", align_corners=False)
+                 for size in set(sizes)}  # mask features at each attention-mask size
+        query_pos = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)
+        output = self.query_feat.weight.unsqueeze(0).expand(b, -1, -1)
+        for i in range(self.num_layers):
+            features = small[sizes[i % NUM_FEATURE_LEVELS]]
+            prob = torch.einsum("bqc,bchw->bqhw", self.mask_embed(self.decoder_norm(output)), features)
+            fg, bg = self._attention_masks(prob.sigmoid().flatten(2))
+            output = self.transformer_cross_attention_layers[i](
+                output, srcs[i % NUM_FEATURE_LEVELS], poss[i % NUM_FEATURE_LEVELS], query_pos, fg, bg)
+            output = self.transformer_self_attention_layers[i](output, query_pos)
+            output = self.transformer_ffn_layers[i](output)
+        decoder_output = self.decoder_norm(output)
+        masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(decoder_output), mask_features)
+        return {"pred_logits": self.class_embed(decoder_output), "pred_masks": masks, "aux_outputs": []}
+
+    def _attention_masks(self, prob: torch.Tensor):
+        """Foreground / background "allowed" masks, bool (B, heads, Q, N), of the mask
+        probabilities ``prob`` (B, Q, N): foreground where prob >= 0.5 (Eq. 7), background
+        where prob <= 0.5 (Eq. 9; both at exactly 0.5, as the official comparisons do); a
+        query with no allowed pixel in a mask may attend everywhere in it."""
+        fg = _allow_all_if_empty(prob >= 0.5)
+        bg = _allow_all_if_empty(prob <= 0.5) if self.cfg.attention == "global" else None
+        heads = self.num_heads
+        fg = fg.unsqueeze(1).expand(-1, heads, -1, -1)
+        bg = bg.unsqueeze(1).expand(-1, heads, -1, -1) if bg is not None else None
+        return fg, bg
+
     def forward_prediction_heads(self, output: torch.Tensor, mask_features: torch.Tensor,
                                  target_size: tuple[int, int]):
         """Class and mask logits from the queries, and the next layer's attention masks.
@@ -252,11 +307,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             return outputs_class, outputs_mask, None, None
         prob = F.interpolate(outputs_mask, size=target_size, mode="bilinear",
                              align_corners=False).sigmoid().flatten(2).detach()
-        fg = _allow_all_if_empty(prob >= 0.5)
-        bg = _allow_all_if_empty(prob <= 0.5) if self.cfg.attention == "global" else None
-        heads = self.num_heads
-        fg = fg.unsqueeze(1).expand(-1, heads, -1, -1)
-        bg = bg.unsqueeze(1).expand(-1, heads, -1, -1) if bg is not None else None
+        fg, bg = self._attention_masks(prob)
         return outputs_class, outputs_mask, fg, bg
 
 

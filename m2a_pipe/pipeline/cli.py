@@ -12,7 +12,7 @@ import sys
 import click
 
 from m2a_pipe.pipeline.config import ProcessConfig
-from m2a_pipe.settings import EVENT_MODES, INSTANCE_MODES, MAP_STRIDES, OVERLAY_SIZES, SCORE_NAMES
+from m2a_pipe.settings import EVENT_MODES, INSTANCE_MODES, MAP_STRIDES, OVERLAY_SIZES, PRECISIONS, SCORE_NAMES
 
 
 @click.command("process")
@@ -32,6 +32,9 @@ from m2a_pipe.settings import EVENT_MODES, INSTANCE_MODES, MAP_STRIDES, OVERLAY_
 @click.option("--map-stride", type=click.Choice([str(s) for s in MAP_STRIDES]),
               help="Maps at 1/N of the network input.  [default: 4]")
 @click.option("--threads", type=int, help="Torch CPU threads.  [default: torch default]")
+@click.option("--precision", type=click.Choice(PRECISIONS),
+              help="Network precision: auto = fp16 on CUDA, bf16 on a CPU with bf16 instructions, else fp32.  "
+                   "[default: auto]")
 @click.option("--sample-fps", type=float, help="Process frames at this rate (evenly in time).")
 @click.option("--stride", type=int, help="Process every N-th frame.  [default: 1]")
 @click.option("--max-decode-errors", type=int,

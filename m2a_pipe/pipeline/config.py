@@ -20,12 +20,14 @@ from m2a_pipe.settings import (
     DEFAULT_MAP_STRIDE,
     DEFAULT_MAX_MISSES,
     DEFAULT_MIN_HITS,
+    DEFAULT_PRECISION,
     DEFAULT_SCORE,
     DEVICE_HELP,
     EVENT_MODES,
     INSTANCE_MODES,
     MAP_STRIDES,
     OVERLAY_SIZES,
+    PRECISIONS,
     SCORE_NAMES,
     check_track_lifetimes,
 )
@@ -79,7 +81,8 @@ class ProcessConfig:
     ``batch_size`` (None: 1 on CPU, 8 on CUDA), ``short_side`` (None: the weights' test size),
     ``score``, ``refine`` (Eq. 13 on the official score; False turns ``official`` into ``msp``),
     ``flip`` (flip TTA), ``map_stride`` (maps at 1/4, 1/2 or full network input resolution),
-    ``threads`` (torch CPU threads, None = torch default).
+    ``threads`` (torch CPU threads, None = torch default), ``precision`` (auto, fp32, bf16,
+    fp16: the network's precision; auto = fp16 on CUDA, bf16 on a CPU with bf16 instructions).
 
     Decoding: ``sample_fps`` or ``stride``, ``max_decode_errors`` (consecutive errors after
     which a file is declared broken).
@@ -108,6 +111,7 @@ class ProcessConfig:
     flip: bool = False
     map_stride: int = DEFAULT_MAP_STRIDE
     threads: int | None = None
+    precision: str = DEFAULT_PRECISION
     sample_fps: float | None = None
     stride: int = 1
     max_decode_errors: int = 25
@@ -172,6 +176,8 @@ class ProcessConfig:
             raise bad("threads", f"must be >= 1, got {self.threads}")
         if self.event_min_duration_s < 0:
             raise bad("event_min_duration_s", f"must be >= 0, got {self.event_min_duration_s}")
+        if self.precision not in PRECISIONS:
+            raise bad("precision", f"must be one of {PRECISIONS}, got {self.precision!r}")
 
     @property
     def effective_score(self) -> str:

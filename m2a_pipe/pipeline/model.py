@@ -74,8 +74,9 @@ def load_checked_model(config: ProcessConfig) -> tuple[Any, ModelInfo]:
 
 
 def make_stage(model: Any, config: ProcessConfig, device: torch.device | str) -> ModelStage:
-    """The :class:`ModelStage` of ``config`` (score, flip, map stride, instance mode) around ``model``."""
+    """The :class:`ModelStage` of ``config`` (score, flip, map stride, precision, instance mode) around ``model``."""
     return ModelStage(model, device, score=config.effective_score, flip=config.flip, map_stride=config.map_stride,
+                      precision=config.precision,
                       mine_unknown=config.instances == "panoptic", min_area_fraction=config.min_area_fraction)
 
 
