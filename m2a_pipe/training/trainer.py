@@ -333,8 +333,9 @@ class Trainer:
         dataset = detect_dataset(root)
         samples = dataset.samples[: int(val.get("max_images", len(dataset.samples)))]
         model = copy.deepcopy(self.model).float()
+        # float32 unless the recipe says otherwise: held-out figures comparable across machines and runs
         predictor = Predictor(model, self.device, resize=bool(val.get("resize", True)),
-                              score=val.get("score", "official"))
+                              score=val.get("score", "official"), precision=val.get("precision", "fp32"))
         acc = PixelAccumulator()
         k = self.cfg.num_classes
         confusion = np.zeros((k, k), dtype=np.int64)
