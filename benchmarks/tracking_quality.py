@@ -157,7 +157,8 @@ def run_oracle(clip: Path, out: Path, config: ProcessConfig) -> Path:
 
     model_config, _ = read_metadata(resolve(config.weights))
     info = ModelInfo(weights="oracle", sha256="", config=model_config, threshold=0.5)
-    job = VideoJob(VideoInput(source=clip.resolve(), rel=output_name(clip.stem, video=True)), out, config.updated(overwrite=True), info).open()
+    video = VideoInput(source=clip.resolve(), rel=output_name(clip.stem, video=True))
+    job = VideoJob(video, out, config.updated(overwrite=True), info).open()
     stage = OracleStage(ground_truth_masks(clip, out), map_size(job.input_size, config.map_stride))
     result = run_job(job, stage, batch_size=1, queue_size=config.queue_size)
     return Path(result.out_dir)

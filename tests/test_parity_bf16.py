@@ -45,7 +45,8 @@ def bf16_core(golden):
 def test_bf16_pixel_decoder_and_float32_decoder(golden, bf16_core):
     model, out = bf16_core.model, golden.outputs
     assert model.backbone.stem.conv1.weight.dtype == torch.bfloat16
-    feats = {k: torch.from_numpy(out[f"backbone.{k}"])[None].to(torch.bfloat16) for k in ("res2", "res3", "res4", "res5")}
+    feats = {k: torch.from_numpy(out[f"backbone.{k}"])[None].to(torch.bfloat16)
+             for k in ("res2", "res3", "res4", "res5")}
     with torch.inference_mode():
         mask_features, _, multi_scale = model.sem_seg_head.pixel_decoder.forward_features(feats)
         errors = [rel_error(mask_features[0], out["pixel_decoder.mask_features"])]

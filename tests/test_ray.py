@@ -167,7 +167,7 @@ def test_killed_driver_then_rerun_skips_complete_and_redoes_the_rest(cluster, fl
         deadline = time.monotonic() + 120
         first = out / "v1" / "long.m2a" / "summary.json"
         while time.monotonic() < deadline and driver.poll() is None:
-            done = (out / "v1" / "short" / "summary.json").is_file() or first.is_file()
+            done = (out / "v1" / "short.m2a" / "summary.json").is_file() or first.is_file()
             if done and list(out.rglob(".*partial*")):
                 break
             time.sleep(0.02)
@@ -201,7 +201,7 @@ def test_ctrl_c_keeps_finished_videos_and_leaves_no_temporary_folder(cluster, fl
         deadline, long_running = time.monotonic() + 300, False
         while time.monotonic() < deadline and driver.poll() is None and not long_running:
             finished = [p for p in out.rglob("summary.json") if not p.parent.name.startswith(".")]
-            long_running = bool(finished and list(out.rglob(".long.partial*")))
+            long_running = bool(finished and list(out.rglob(".long.m2a.partial*")))
             time.sleep(0.02)
         assert long_running and driver.poll() is None, \
             f"never saw the short video finished and the long one running (driver exit {driver.poll()})"

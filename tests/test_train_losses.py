@@ -10,13 +10,13 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from m2a_pipe.training.losses import SetCriterion, dice_loss, sigmoid_bce_loss
+from m2a_pipe.training.matcher import HungarianMatcher, hungarian
 from m2a_pipe.training.outlier_loss import (
     mask_contrastive_loss,
     outlier_bce_loss,
     outlier_scores,
     pool_outlier_mask,
 )
-from m2a_pipe.training.matcher import HungarianMatcher, hungarian
 from m2a_pipe.training.points import importance_points, point_sample
 
 

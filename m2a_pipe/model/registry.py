@@ -174,18 +174,21 @@ def user_entries() -> dict[str, WeightsEntry]:
 
 def add_user_entry(entry: WeightsEntry) -> WeightsEntry:
     """Record ``entry`` (its file already in :func:`user_weights_dir`) in the index, atomically;
-    concurrent adds (two cluster jobs fetching into one shared cache) take turns on a lock file,
-    so neither entry is lost."""
+    concurrent adds (two cluster jobs fetching into one shared cache) take turns on a lock of
+    the folder, so neither entry is lost."""
     folder = user_weights_dir()
     index = folder / USER_INDEX
-    with open(folder / f".{USER_INDEX}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    lock = os.open(folder, os.O_RDONLY)  # the folder itself is the lock: nothing is left behind
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         data = json.loads(index.read_text()) if index.is_file() else {}
         data[entry.name] = {"file": Path(entry.file).name, "sha256": entry.sha256, "description": entry.description,
                             "metadata": dict(entry.metadata), "source": entry.source, "source_file": entry.source_file}
         tmp = index.with_name(f".{USER_INDEX}.{os.getpid()}")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         os.replace(tmp, index)
+    finally:
+        os.close(lock)  # releases the lock
     return entry
 
 

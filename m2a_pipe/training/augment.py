@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import cv2
+import numpy as np
 from PIL import Image
 
 from m2a_pipe.config import PIXEL_MEAN_RGB

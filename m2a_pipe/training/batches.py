@@ -3,8 +3,8 @@
 Batch ``n`` is fully determined by (seed, n): sample positions ``n*B .. n*B+B-1`` of an
 endless sequence of epochs, each epoch a permutation of the dataset drawn from
 (seed, epoch); each sample augmented with a generator drawn from (seed, epoch, index);
-the AnomalyMix decision and objects from (seed, n) -- or, with the official per-image placement, from (seed, epoch, index) before the
-augmentation. So resuming at step n needs no saved
+the AnomalyMix decision and objects from (seed, n) -- or, with the official per-image
+placement, from (seed, epoch, index) before the augmentation. So resuming at step n needs no saved
 loader state, and worker processes may build batches in any order.
 """
 
