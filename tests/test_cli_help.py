@@ -83,5 +83,5 @@ def test_sizes_are_width_by_height_everywhere(tmp_path):
     result = run_cli("bench", "model", "--preset", "small", "--size", "96x64", "--repeats", "1", "--warmup", "0",
                      "--quiet", "--json", out)
     assert result.exit_code == 0, result.output
-    figures = json.loads(out.read_text())
+    (figures,) = json.loads(out.read_text())["results"]
     assert (figures["width"], figures["height"]) == (96, 64)

@@ -39,7 +39,7 @@ def test_process_in_bf16_and_fp32_and_fp16_refused_on_the_cpu(tmp_path):
         result = run_cli("process", str(clip), "-o", str(out), "--device", "cpu", "--short-side", "64",
                          "--precision", precision, "--no-overlay", "-q")
         assert result.exit_code == 0, result.output
-        with h5py.File(out / "clip" / "scores.h5") as f:
+        with h5py.File(out / "clip.m2a" / "scores.h5") as f:
             assert json.loads(f.attrs["config"])["precision"] == precision
             maps[precision] = f["maps/anomaly"][:].astype(np.float32)
     assert maps["fp32"].shape == maps["bf16"].shape
@@ -47,6 +47,7 @@ def test_process_in_bf16_and_fp32_and_fp16_refused_on_the_cpu(tmp_path):
     assert 0 < difference < 0.02 * 255  # the same network in reduced precision: close, not equal
     refused = run_cli("process", str(clip), "-o", str(tmp_path / "fp16"), "--device", "cpu", "--precision", "fp16")
     assert_error_line(refused, "fp16 needs a CUDA device", exit_code=2)
+    assert not (tmp_path / "fp16").exists()  # refused before OUT was created
 
 
 def test_evaluation_run_folder_records_the_precision(tmp_path):

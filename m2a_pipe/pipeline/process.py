@@ -118,10 +118,11 @@ def process(inputs: str | os.PathLike | Iterable[str | os.PathLike], output: str
     output = Path(output)
     summary = RunSummary(output=str(output))
     errors: list[tuple[str, str]] = []
-    if ray is None:
+    if ray is None:  # a bad --device, or a precision it cannot run, is refused before OUT is created
         from m2a_pipe.inference.device import resolve_device
+        from m2a_pipe.inference.forward import precision_for
 
-        resolve_device(config.device)   # a bad --device is refused before OUT is created
+        precision_for(resolve_device(config.device), config.precision)
     try:
         videos = discover(inputs, errors, exclude=[output])
     except InputError as err:
