@@ -14,21 +14,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import video_fixtures as vf  # noqa: E402
 from conftest import assert_error_line, run_cli  # noqa: E402
+from test_inputs import rels, touch  # noqa: E402
 
 from m2a_pipe.io.inputs import InputError, discover  # noqa: E402
 from m2a_pipe.io.video_reader import VideoReader  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def touch(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"x")
-    return path
-
-
-def rels(videos):
-    return sorted(v.rel for v in videos)
 
 
 # -- discovery: links, FIFOs, names, folders ---------------------------------------------------------
