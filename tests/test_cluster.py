@@ -250,6 +250,9 @@ def cluster():
         else:  # a start that failed half-way
             for pid in processes_under(root):
                 os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10  # a SIGKILLed process leaves /proc a moment later
+        while processes_under(root) and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert not processes_under(root), "processes of the test cluster survived"
         shutil.rmtree(root, ignore_errors=True)
 
@@ -311,7 +314,7 @@ def test_job_submitted_as_the_readme_shows_gives_the_local_outputs(cluster, clip
     before = {a["name"] for a in cluster.actors()}
     result = run(args, cluster.env, timeout=400)
     assert result.returncode == 0 and "succeeded" in result.stdout, result.stdout[-4000:]
-    assert "2 input(s): 2 complete" in result.stdout, result.stdout[-4000:]
+    assert "2 inputs: 2 complete" in result.stdout, result.stdout[-4000:]
     assert vf.assert_same_outputs(out, local_out) == 2
     assert not list(out.rglob(".*partial*")) and not (out / "failures.jsonl").exists()
     new = [a for a in cluster.actors() if a["name"] not in before]
