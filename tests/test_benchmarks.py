@@ -49,6 +49,7 @@ class Script:
             self.proc.kill()
             self.proc.communicate()
             raise
+        self.stderr = err  # for a failing assertion on the output to show what the script said
         assert self.proc.returncode == 0, f"{shlex.join(self.cmd)} failed ({self.proc.returncode}):\n{out}\n{err}"
         return out
 
@@ -145,14 +146,15 @@ def test_fuzz_inputs(weights, tmp_path):
     clip = tmp_path / "clip.mp4"
     write_video(clip, seed=4, seconds=0.5, fps=10, size=(64, 64))
     args = [str(clip), "--files", "3", "--good", "1", "--batch", "10", "--weights", weights, "--timeout", "60"]
-    lines = run_script("fuzz_inputs.py", *args, timeout=300).splitlines()
+    script = Script("fuzz_inputs.py", *args)
+    lines = script.output(timeout=300).splitlines()
     assert_command(lines[0].removeprefix("command: "), "fuzz_inputs.py", args)
     assert lines[1] == "files: 1 flip, 1 good, 1 truncate, 1 zero-head"
     crashes, hangs, good, n_good, failed, listed, partial, complete, missing, n, _ = numbers(
         lines[2], r"^crashes (\d+), hangs (\d+), good clips complete (\d+)/(\d+), damaged: (\d+) failed "
                   r"\((\d+) listed in failures.jsonl\), (\d+) partial, (\d+) complete, (\d+) missing; "
                   rf"(\d+) files in {NUMBER} s$")
-    assert (crashes, hangs, good, n_good, missing, n) == (0, 0, 1, 1, 0, 4)
+    assert (crashes, hangs, good, n_good, missing, n) == (0, 0, 1, 1, 0, 4), script.stderr[-4000:]
     assert failed == listed and failed + partial + complete == 3
 
 
