@@ -102,14 +102,26 @@ def paste_outlier(image: np.ndarray, labels: dict[str, np.ndarray], ood: np.ndar
     rgb, obj = resize_cutout(rgb, mask, (h, w))
     if cfg.flip and rng.random() < 0.5:
         rgb, obj = rgb[:, ::-1], obj[:, ::-1]
+    return _place(image, labels, ood, rgb, obj, rng, label_void,
+                  tuple(cfg.edge_sigma) if cfg.edge_sigma[1] > 0 else None)
+
+
+def _place(image: np.ndarray, labels: dict[str, np.ndarray], ood: np.ndarray, rgb: np.ndarray,
+           mask: np.ndarray, rng: np.random.Generator, label_void: dict[str, int] | None,
+           edge_sigma: tuple[float, float] | None = None) -> np.ndarray:
+    """Put the (h, w) cut-out at a uniformly random place of ``image`` (its edge feathered with
+    a sigma drawn from the ``edge_sigma`` range after the place, else hard), mark it in ``ood``
+    and void it in ``labels``, in place; the (H, W) bool pasted pixels."""
+    big_h, big_w = image.shape[:2]
+    h, w = mask.shape
     y = int(rng.integers(0, big_h - h + 1))
     x = int(rng.integers(0, big_w - w + 1))
     pasted = np.zeros((big_h, big_w), dtype=bool)
-    pasted[y:y + h, x:x + w] = obj
-    if cfg.edge_sigma[1] > 0:
-        _feathered_paste(image, rgb, obj, y, x, float(rng.uniform(*cfg.edge_sigma)))
+    pasted[y:y + h, x:x + w] = mask
+    if edge_sigma is not None:
+        _feathered_paste(image, rgb, mask, y, x, float(rng.uniform(*edge_sigma)))
     else:
-        image[pasted] = rgb[obj]
+        image[pasted] = rgb[mask]
     ood[pasted] = 1
     voids = label_void or {}
     for name, label in labels.items():
@@ -131,17 +143,7 @@ def paste_native(image: np.ndarray, labels: dict[str, np.ndarray], ood: np.ndarr
     scale = min(1.0, big_h / rgb.shape[0], big_w / rgb.shape[1])
     if scale < 1.0:
         rgb, mask = resize_cutout(rgb, mask, (max(1, int(rgb.shape[0] * scale)), max(1, int(rgb.shape[1] * scale))))
-    h, w = mask.shape
-    y = int(rng.integers(0, big_h - h + 1))
-    x = int(rng.integers(0, big_w - w + 1))
-    pasted = np.zeros((big_h, big_w), dtype=bool)
-    pasted[y:y + h, x:x + w] = mask
-    image[pasted] = rgb[mask]
-    ood[pasted] = 1
-    voids = label_void or {}
-    for name, label in labels.items():
-        label[pasted] = voids.get(name, IGNORE)
-    return pasted
+    return _place(image, labels, ood, rgb, mask, rng, label_void)
 
 
 def _feathered_paste(image: np.ndarray, rgb: np.ndarray, obj: np.ndarray, y: int, x: int, sigma: float) -> None:
