@@ -36,6 +36,9 @@ from pathlib import Path
 
 import av
 
+from m2a_pipe.errors import M2AError
+from m2a_pipe.model.registry import resolve
+
 KINDS = ("flip", "truncate", "zero-head", "zero-block", "garbage", "splice")
 
 
@@ -135,6 +138,10 @@ def main() -> None:
                         help="Seconds per file a run may take before it is a hang [120].")
     parser.add_argument("--keep", type=Path, default=None, help="Keep the corpus and outputs in this folder.")
     args = parser.parse_args()
+    try:  # a run that cannot start is the benchmark's own mistake, not a crash of the pipeline
+        resolve(args.weights)
+    except M2AError as err:
+        parser.error(f"--weights {args.weights}: {err}")
     print("command: " + shlex.join(["python", "benchmarks/fuzz_inputs.py", *sys.argv[1:]]), flush=True)
 
     with tempfile.TemporaryDirectory(prefix="m2a-fuzz-") as tmp:

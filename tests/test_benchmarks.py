@@ -179,6 +179,13 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     assert lines[-1].startswith("done in ") and lines[-1].endswith("parity ok")
 
 
+def test_fuzz_inputs_refuses_weights_it_cannot_load(tmp_path):
+    """A run that could not start would count as a crash of the pipeline: refused up front."""
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "fuzz_inputs.py"), "--weights", str(tmp_path / "no.pt")],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "no such weights file" in done.stderr and "Traceback" not in done.stderr
+    assert done.stdout == ""  # nothing damaged, nothing run
+
 def test_mine_scale():
     # 210 folders: one in 100 partial (42, 142), one in 200 temporary (199)
     args = ["--videos", "210", "--events", "2", "--top", "5"]
