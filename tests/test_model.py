@@ -12,9 +12,23 @@ import m2a_pipe.model.ms_deform_attn as deform
 from m2a_pipe.config import BackboneConfig, ConfigError, DecoderConfig, preset
 from m2a_pipe.model.backbone import ResNet
 from m2a_pipe.model.mask2anomaly import build_model
-from m2a_pipe.model.ms_deform_attn import MSDeformAttn, ms_deform_attn, ms_deform_attn_reference, use_reference_core
+from m2a_pipe.model.ms_deform_attn import (MSDeformAttn, ms_deform_attn, ms_deform_attn_reference, sampling_grid,
+                                           softmax_last, use_reference_core)
+from m2a_pipe.model.pixel_decoder import upsample_bilinear
 from m2a_pipe.model.position_encoding import sine_position_encoding
 from m2a_pipe.model.transformer_decoder import _allow_all_if_empty
+
+
+def _lean(value, shapes, locations, weights, reference=None):
+    """The lean core on normalised ``locations`` (B, Q, M, L, P, 2), from ``reference``
+    points (Q, 2) (random when None)."""
+    b, q, m, n_lvl, p, _ = locations.shape
+    if reference is None:
+        reference = torch.rand(q, 2, dtype=locations.dtype)
+    size = torch.tensor([[w, h] for h, w in shapes], dtype=locations.dtype)
+    offsets = (locations - reference[None, :, None, None, None, :]) * size[:, None, :]
+    grid = sampling_grid(shapes, reference.float(), b, m, p)
+    return ms_deform_attn(value, grid, offsets, weights)
 
 
 def test_lean_deformable_core_equals_reference():
@@ -27,10 +41,56 @@ def test_lean_deformable_core_equals_reference():
     locations = torch.rand(b, q, m, len(shapes), p, 2) * 1.4 - 0.2  # some points fall outside
     weights = torch.rand(b, q, m, len(shapes), p)
     expected = ms_deform_attn_reference(value, shapes, locations, weights)  # (B, Q, M*D)
-    value_t = value.permute(0, 2, 3, 1)  # (B, M, D, S)
-    grids = (2 * locations - 1).permute(0, 2, 3, 4, 1, 5)
-    got = ms_deform_attn(value_t, shapes, grids, weights.permute(0, 2, 3, 4, 1))
-    torch.testing.assert_close(got.transpose(1, 2), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(_lean(value, shapes, locations, weights), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_lean_deformable_core_at_and_beyond_the_borders():
+    """Locations on the outermost pixel centres, on the map's edges, half a pixel and far
+    beyond them, in both axes: zeros outside the map exactly as grid_sample pads them."""
+    torch.manual_seed(3)
+    shapes = [(4, 6), (2, 3)]  # the narrower level is padded to the wider one's rows
+    s = sum(h * w for h, w in shapes)
+    value = torch.randn(1, s, 2, 3)
+    edges = torch.tensor([-3.0, -1.0 / 12, 0.0, 1.0 / 12, 0.5, 11.0 / 12, 1.0, 13.0 / 12, 1.5, 4.0])
+    xs, ys = torch.meshgrid(edges, edges, indexing="ij")
+    points = torch.stack([xs.flatten(), ys.flatten()], -1)  # (Q, 2)
+    q = points.shape[0]
+    locations = points[None, :, None, None, None, :].expand(1, q, 2, 2, 1, 2).contiguous()
+    weights = torch.rand(1, q, 2, 2, 1)
+    expected = ms_deform_attn_reference(value, shapes, locations, weights)
+    got = _lean(value, shapes, locations, weights, reference=torch.zeros(q, 2))
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    far = (locations.abs() > 1.5).any(-1)[0, :, 0, 0, 0]  # every corner outside: exactly zero
+    assert far.any() and got[0, far].abs().max() == 0
+
+
+def test_lean_deformable_core_gradients_match_reference():
+    torch.manual_seed(4)
+    shapes = [(3, 4), (2, 2)]
+    s = sum(h * w for h, w in shapes)
+    value = torch.randn(2, s, 2, 3, dtype=torch.float64)
+    locations = (torch.rand(2, 5, 2, 2, 3, 2, dtype=torch.float64) * 1.2 - 0.1)
+    weights = torch.rand(2, 5, 2, 2, 3, dtype=torch.float64)
+    reference = torch.rand(5, 2, dtype=torch.float64)
+    grads = []
+    for lean in (False, True):
+        v, loc, w = (t.clone().requires_grad_() for t in (value, locations, weights))
+        out = _lean(v, shapes, loc, w, reference) if lean else ms_deform_attn_reference(v, shapes, loc, w)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()
+        grads.append((v.grad, loc.grad, w.grad))
+    for expected, got in zip(*grads):
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_softmax_last_matches_torch_in_place_and_with_autograd():
+    x = torch.randn(3, 5, 12) * 30
+    expected = x.softmax(-1)
+    torch.testing.assert_close(softmax_last(x.clone()), expected)
+    y = x.clone().requires_grad_()
+    got = softmax_last(y)
+    torch.testing.assert_close(got, expected)
+    got[..., 0].sum().backward()
+    assert y.grad is not None and torch.isfinite(y.grad).all()
 
 
 def test_deformable_layer_cores_agree():
@@ -182,3 +242,17 @@ def test_folded_batch_norm_survives_device_moves_and_reloads():
     assert conv.folded_weight is None  # reloading weights drops the stale folded copy
     model.prepare_for_inference().train()
     assert conv.folded_weight is None
+
+
+@pytest.mark.parametrize("shape,size", [((2, 5, 3, 4), (6, 8)), ((1, 3, 2, 2), (4, 4)), ((1, 2, 3, 5), (7, 9))])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_upsample_bilinear_equals_interpolate(shape, size, channels_last):
+    torch.manual_seed(5)
+    x = torch.randn(*shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    expected = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        got = upsample_bilinear(x, size)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)

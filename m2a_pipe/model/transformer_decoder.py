@@ -35,7 +35,8 @@ def attend(mha: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor,
 
     Args:
         query: (B, Q, C); key, value: (B, N, C).
-        allowed: optional bool (B, heads, Q, N), True where a query may attend.
+        allowed: optional bool (B, heads, Q, N) or (B, 1, Q, N) (all heads alike), True where
+            a query may attend.
     Returns:
         (B, Q, C), equal to ``mha(query, key, value, attn_mask=~allowed)`` (batch-first).
     """
@@ -44,10 +45,19 @@ def attend(mha: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor,
     w_q, w_k, w_v = mha.in_proj_weight.chunk(3)
     b_q, b_k, b_v = mha.in_proj_bias.chunk(3)
     q = F.linear(query, w_q, b_q).view(b, q_len, heads, -1).transpose(1, 2)
-    k = F.linear(key, w_k, b_k).view(b, key.shape[1], heads, -1).transpose(1, 2)
-    v = F.linear(value, w_v, b_v).view(b, value.shape[1], heads, -1).transpose(1, 2)
+    k = _project(key, w_k, b_k, query.dtype).view(b, key.shape[1], heads, -1).transpose(1, 2)
+    v = _project(value, w_v, b_v, query.dtype).view(b, value.shape[1], heads, -1).transpose(1, 2)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
     return mha.out_proj(out.transpose(1, 2).reshape(b, q_len, c))
+
+
+def _project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` in ``x``'s dtype, returned in ``dtype``: pixel features
+    kept in bfloat16 are projected in bfloat16 (thousands of rows, where bfloat16 pays),
+    while the queries' products stay in the weights' dtype."""
+    if x.dtype == weight.dtype or torch.is_autocast_enabled(x.device.type):
+        return F.linear(x, weight, bias)
+    return F.linear(x, weight.to(x.dtype), bias.to(x.dtype)).to(dtype)
 
 
 class SelfAttentionLayer(nn.Module):
@@ -83,7 +93,7 @@ class CrossAttentionLayer(nn.Module):
                 background: torch.Tensor) -> torch.Tensor:
         """Eq. 6: softmax(M^F + Q K^T) V + X_in. ``background`` is unused here.
 
-        tgt, query_pos: (B, Q, C); memory, pos: (B, N, C); foreground: bool (B, heads, Q, N),
+        tgt, query_pos: (B, Q, C); memory, pos: (B, N, C); foreground: bool (B, 1, Q, N),
         True where attention is allowed (M^F = 0, Eq. 7).
         """
         x = self.norm(tgt) if self.pre_norm else tgt
@@ -110,7 +120,7 @@ class GlobalCrossAttentionLayer(nn.Module):
         """Eq. 8: X_out = softmax(M^F + QK^T) V + softmax(M^B + QK^T) V + X_in, then LayerNorm.
 
         tgt, query_pos: (B, Q, C); memory, pos: (B, N, C); foreground / background: bool
-        (B, heads, Q, N), True where attention is allowed (M^F = 0 of Eq. 7, M^B = 0 of Eq. 9).
+        (B, 1, Q, N), True where attention is allowed (M^F = 0 of Eq. 7, M^B = 0 of Eq. 9).
         """
         x = self.norm(tgt) if self.pre_norm else tgt
         q, k = x + query_pos, memory + pos
@@ -165,9 +175,11 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     channel, so ``interpolate(einsum(e, F)) == einsum(e, interpolate(F))`` up to rounding),
     a few thousand pixels instead of H/4 x W/4; ``aux_outputs`` is then empty.
 
-    Outside autocast the inputs are cast to the dtype of the decoder's weights, so a decoder
-    kept in float32 runs behind a bfloat16 pixel decoder (its products over 100 queries are
-    faster in float32 on a CPU, and its mask logits stay float32).
+    A decoder kept in float32 runs behind a bfloat16 pixel decoder (outside autocast): the
+    pixel features stay bfloat16 for the keys' and values' projections (thousands of rows,
+    where bfloat16 is faster), which are returned in float32; the products over the 100
+    queries, the attention itself and the mask features stay float32 (small products are
+    faster in float32 on a CPU, and the mask logits of Eq. 3 / 5 / 13 stay float32).
     """
 
     def __init__(self, cfg: DecoderConfig, in_channels: int, mask_dim: int, num_classes: int) -> None:
@@ -213,7 +225,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         """
         dtype = self.query_feat.weight.dtype
         if mask_features.dtype != dtype and not torch.is_autocast_enabled(mask_features.device.type):
-            x, mask_features = [f.to(dtype) for f in x], mask_features.to(dtype)
+            mask_features = mask_features.to(dtype)  # the mask logits (Eq. 3 / 5 / 13) in float32
         if final_masks_only and not self.training and self.num_layers > 0:
             return self._forward_final_masks_only(x, mask_features)
         srcs, poss, sizes = self._inputs(x)
@@ -249,10 +261,12 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         for i in range(NUM_FEATURE_LEVELS):
             b, _, h, w = x[i].shape
             sizes.append((h, w))
+            proj = self.input_proj[i]
+            feat = proj(x[i].to(proj.weight.dtype)) if isinstance(proj, nn.Conv2d) else x[i]
             pos = sine_position_encoding(b, h, w, self.cfg.hidden_dim // 2,
-                                         device=x[i].device, dtype=x[i].dtype)
+                                         device=feat.device, dtype=feat.dtype)
             poss.append(pos.flatten(2).transpose(1, 2))
-            src = self.input_proj[i](x[i]).flatten(2) + self.level_embed.weight[i][None, :, None]
+            src = feat.flatten(2) + self.level_embed.weight[i].to(feat.dtype)[None, :, None]
             srcs.append(src.transpose(1, 2))
         return srcs, poss, sizes
 
@@ -278,23 +292,22 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         return {"pred_logits": self.class_embed(decoder_output), "pred_masks": masks, "aux_outputs": []}
 
     def _attention_masks(self, prob: torch.Tensor):
-        """Foreground / background "allowed" masks, bool (B, heads, Q, N), of the mask
-        probabilities ``prob`` (B, Q, N): foreground where prob >= 0.5 (Eq. 7), background
-        where prob <= 0.5 (Eq. 9; both at exactly 0.5, as the official comparisons do); a
-        query with no allowed pixel in a mask may attend everywhere in it."""
+        """Foreground / background "allowed" masks, bool (B, 1, Q, N) (one for all heads), of
+        the mask probabilities ``prob`` (B, Q, N): foreground where prob >= 0.5 (Eq. 7),
+        background where prob <= 0.5 (Eq. 9; both at exactly 0.5, as the official comparisons
+        do); a query with no allowed pixel in a mask may attend everywhere in it. The heads
+        share the mask by broadcasting: the attention converts it to additive form once per
+        image instead of once per head (the official code repeats it per head; same result)."""
         fg = _allow_all_if_empty(prob >= 0.5)
         bg = _allow_all_if_empty(prob <= 0.5) if self.cfg.attention == "global" else None
-        heads = self.num_heads
-        fg = fg.unsqueeze(1).expand(-1, heads, -1, -1)
-        bg = bg.unsqueeze(1).expand(-1, heads, -1, -1) if bg is not None else None
-        return fg, bg
+        return fg.unsqueeze(1), (bg.unsqueeze(1) if bg is not None else None)
 
     def forward_prediction_heads(self, output: torch.Tensor, mask_features: torch.Tensor,
                                  target_size: tuple[int, int]):
         """Class and mask logits from the queries, and the next layer's attention masks.
 
         Returns class logits (B, Q, K+1), mask logits (B, Q, H/4, W/4) and the foreground /
-        background "allowed" masks, bool (B, heads, Q, h*w) at ``target_size``: foreground
+        background "allowed" masks, bool (B, 1, Q, h*w) at ``target_size``: foreground
         where sigmoid(mask) >= 0.5 (Eq. 7), background where sigmoid(mask) <= 0.5 (Eq. 9;
         both at exactly 0.5, as the official comparisons do); a query with no allowed pixel
         in a mask may attend everywhere in it. Only the masks the decoder needs are built.
