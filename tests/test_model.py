@@ -256,3 +256,22 @@ def test_upsample_bilinear_equals_interpolate(shape, size, channels_last):
         got = upsample_bilinear(x, size)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_sampling_grid_is_kept_for_the_next_frame_and_rebuilt_when_the_input_changes():
+    torch.manual_seed(6)
+    model = build_model(preset("small")).eval()
+    encoder = model.sem_seg_head.pixel_decoder.transformer
+    with torch.no_grad():
+        first = model(torch.randn(1, 3, 64, 96))
+        kept = encoder._sampling_cache
+        again = model(torch.randn(1, 3, 64, 96))
+        assert encoder._sampling_cache is kept  # same shapes and batch: not rebuilt
+        model(torch.randn(2, 3, 64, 128))
+        key, _, grid = encoder._sampling_cache
+        assert key[1] == 2 and grid.first.shape[0] == 2 and grid.row == 128 // 8 + 3
+        encoder._sampling_cache = None  # a fresh grid gives the same result as the kept one
+        fresh = model(torch.randn(1, 3, 64, 96) * 0 + 1)
+        encoder._sampling_cache = kept
+        torch.testing.assert_close(model(torch.randn(1, 3, 64, 96) * 0 + 1)["pred_masks"], fresh["pred_masks"])
+    assert first["pred_masks"].shape == again["pred_masks"].shape

@@ -75,6 +75,20 @@ class DeformableTransformerEncoder(nn.Module):
                 nn.init.xavier_uniform_(p)
         for layer in self.encoder.layers:
             layer.self_attn.reset_parameters()
+        self._sampling_cache: tuple | None = None
+
+    def _sampling(self, shapes: list[tuple[int, int]], batch: int, device: torch.device
+                  ) -> tuple[torch.Tensor, SamplingGrid | None]:
+        """The reference points (S, 2), float32 in any precision, and the layers' shared
+        :func:`~m2a_pipe.model.ms_deform_attn.sampling_grid`; both depend only on the shapes,
+        the batch and the device, so the last ones are kept for the next frame of a video."""
+        key = (tuple(shapes), batch, str(device))
+        if self._sampling_cache is None or self._sampling_cache[0] != key:
+            ref = reference_points(shapes, device, torch.float32)
+            attn = self.encoder.layers[0].self_attn if self.encoder.layers else None
+            grid = sampling_grid(shapes, ref, batch, attn.n_heads, attn.n_points) if attn else None
+            self._sampling_cache = (key, ref, grid)
+        return self._sampling_cache[1], self._sampling_cache[2]
 
     def forward(self, srcs: list[torch.Tensor], pos: list[torch.Tensor]) -> torch.Tensor:
         """srcs, pos: per level (B, C, H_l, W_l). Returns memory (B, sum H_l*W_l, C)."""
@@ -82,9 +96,7 @@ class DeformableTransformerEncoder(nn.Module):
         src = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
         lvl_pos = torch.cat([p.flatten(2).transpose(1, 2) + self.level_embed[i].view(1, 1, -1)
                              for i, p in enumerate(pos)], 1)
-        ref = reference_points(shapes, src.device, torch.float32)  # float32 in any precision
-        attn = self.encoder.layers[0].self_attn if self.encoder.layers else None
-        grid = sampling_grid(shapes, ref, src.shape[0], attn.n_heads, attn.n_points) if attn else None
+        ref, grid = self._sampling(shapes, src.shape[0], src.device)
         for layer in self.encoder.layers:
             src = layer(src, lvl_pos, ref, shapes, grid)
         return src
@@ -167,7 +179,7 @@ def upsample_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``F.interpolate(x, size, mode="bilinear", align_corners=False)`` of (B, C, h, w) to
     (B, C, H, W), the same up to rounding.
 
-    The FPN's exact 2x case without autograd runs channels-last: an encoder level is a
+    The FPN's exact 2x case on a CPU without autograd runs channels-last: an encoder level is a
     channels-last view, on which torch's CPU kernel is slow and returns a channels-first
     result (measured 159 ms against 27 ms at 1/4 of 512x1024 in float32, 49 against 3 in
     bfloat16, the sum with the lateral included). With align_corners=False each output row
@@ -175,7 +187,8 @@ def upsample_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     likewise along columns; the result is channels-last.
     """
     b, c, h, w = x.shape
-    if tuple(size) != (2 * h, 2 * w) or h < 2 or w < 2 or torch.is_grad_enabled():
+    if (tuple(size) != (2 * h, 2 * w) or h < 2 or w < 2 or torch.is_grad_enabled()
+            or x.device.type != "cpu"):
         return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
     src = x.permute(0, 2, 3, 1)  # (B, h, w, C); contiguous when x is channels-last
     rows = torch.empty(b, h, 2, w, c, dtype=x.dtype, device=x.device)
