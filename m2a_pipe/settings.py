@@ -56,6 +56,13 @@ EVENT_MODES = ("tracks", "frames")
 """Events from confirmed tracks, or from runs of frames whose score passes the threshold."""
 OVERLAY_SIZES = ("input", "source")
 """overlay.mp4 at the network input size (the frames the model saw) or at the video's own size."""
+OVERLAY_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+"""libx264 speed presets, fastest first."""
+DEFAULT_OVERLAY_PRESET = "superfast"
+"""The overlay's encoder preset: on the 768x384 example overlay, one thread of this 2-core CPU,
+about 5 ms a frame and a 27 % larger file than ``veryfast`` (10-12 ms): the encoder shares the
+cores with the model, so its time comes off the pipeline's speed
+(``python benchmarks/overlay_encoding.py``)."""
 DEFAULT_MIN_HITS = 3
 DEFAULT_MAX_MISSES = 5
 INSTANCE_GAP = 1

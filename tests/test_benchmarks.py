@@ -97,7 +97,8 @@ def ray_scaling_run(request, tmp_path_factory):
             script.proc.communicate()
 
 
-SCRIPTS = ["eval_memory.py", "fuzz_inputs.py", "gpu_check.py", "mine_scale.py", "ray_scaling.py", "tracking_quality.py"]
+SCRIPTS = ["eval_memory.py", "fuzz_inputs.py", "gpu_check.py", "mine_scale.py", "overlay_encoding.py", "ray_scaling.py",
+           "tracking_quality.py"]
 
 
 def test_every_script_is_tested():
@@ -185,6 +186,23 @@ def test_fuzz_inputs_refuses_weights_it_cannot_load(tmp_path):
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "no such weights file" in done.stderr and "Traceback" not in done.stderr
     assert done.stdout == ""  # nothing damaged, nothing run
+
+def test_overlay_encoding(tmp_path):
+    from m2a_pipe.synth.video import write_video
+
+    clip = tmp_path / "clip.mp4"
+    write_video(clip, seed=15, seconds=0.6, fps=10, size=(128, 64))
+    args = [str(clip), "--presets", "ultrafast,veryfast", "--size", "96x48", "--frames", "4", "--rounds", "2"]
+    lines = run_script("overlay_encoding.py", *args).splitlines()
+    assert_command(lines[0].removeprefix("command: "), "overlay_encoding.py", args)
+    assert lines[1] == "4 frames 96x48 from clip.mp4, crf 23, 1 encoder thread, 2 rounds"
+    assert lines[2].split() == ["preset", "CPU", "ms/frame", "(min-max)", "size", "kB", "PSNR", "dB"]
+    rows = {line.split()[0]: numbers(line, rf"^\w+ +{NUMBER} \({NUMBER}-{NUMBER}\) +{NUMBER} +{NUMBER}$")
+            for line in lines[3:]}
+    assert sorted(rows) == ["ultrafast", "veryfast"]
+    for median, low, high, size_kb, psnr_db in rows.values():
+        assert 0 < low <= median <= high and size_kb > 0 and 20 < psnr_db < 99
+
 
 def test_mine_scale():
     # 210 folders: one in 100 partial (42, 142), one in 200 temporary (199)

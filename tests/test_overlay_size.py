@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -36,3 +37,30 @@ def test_overlay_at_the_input_or_the_source_size(weights, tmp_path):
     assert (runs["input"] / "events.jsonl").read_text() == (runs["source"] / "events.jsonl").read_text()
     assert_error_line(run_cli("process", clip, "-o", tmp_path / "x", "--overlay-size", "huge"),
                       "'huge' is not one of 'input', 'source'", exit_code=2)
+
+
+def x264_options(path: Path) -> str:
+    """The encoder settings libx264 writes into its stream (an SEI message)."""
+    data = path.read_bytes()
+    start = data.index(b"options: ")
+    return data[start:data.index(b"\x00", start)].decode("ascii", "replace")
+
+
+def test_overlay_preset_reaches_the_encoder(weights, tmp_path):
+    """`--overlay-preset`: the encoder runs the preset asked (its settings are in the stream:
+    ultrafast turns CABAC off, the default superfast and veryfast keep it, with subpixel
+    refinement levels 1 and 2) and the config in scores.h5 records it; an unknown preset is a usage error."""
+    clip = vf.make_video(tmp_path / "drive.mp4", n=4, size=(96, 64), fps=10)
+    seen = {}
+    for preset in ("ultrafast", None, "veryfast"):
+        out = tmp_path / str(preset)
+        extra = ["--overlay-preset", preset] if preset else []
+        result = run_cli("process", clip, "-o", out, "-w", weights, "--short-side", "32", "-q", *extra)
+        assert result.exit_code == 0, result.output
+        seen[preset] = x264_options(out / "drive.m2a" / "overlay.mp4")
+        with h5py.File(out / "drive.m2a" / "scores.h5", "r") as f:
+            assert json.loads(f.attrs["config"])["overlay_preset"] == (preset or "superfast")
+    assert "cabac=0" in seen["ultrafast"] and "cabac=1" in seen[None] and "cabac=1" in seen["veryfast"]
+    assert " subme=1 " in seen[None] and " subme=2 " in seen["veryfast"]
+    assert_error_line(run_cli("process", clip, "-o", tmp_path / "x", "--overlay-preset", "quick"),
+                      "'quick' is not one of", exit_code=2)

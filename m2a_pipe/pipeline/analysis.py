@@ -122,7 +122,7 @@ class VideoAnalysis:
         self.tracks_csv = TracksCsvWriter(self.workdir / TRACKS_FILE)
         h, w = s.source_size if config.overlay_size == "source" else s.input_size
         self.video = (VideoWriter(self.workdir / OVERLAY_FILE, w, h, s.fps, crf=config.overlay_crf,
-                                  threads=config.overlay_threads)
+                                  preset=config.overlay_preset, threads=config.overlay_threads)
                       if config.overlay else None)
         self._pending: deque[tuple] = deque()  # frames waiting for the tracker's ids
         self._counter = 0

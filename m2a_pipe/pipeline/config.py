@@ -20,12 +20,14 @@ from m2a_pipe.settings import (
     DEFAULT_MAP_STRIDE,
     DEFAULT_MAX_MISSES,
     DEFAULT_MIN_HITS,
+    DEFAULT_OVERLAY_PRESET,
     DEFAULT_PRECISION,
     DEFAULT_SCORE,
     DEVICE_HELP,
     EVENT_MODES,
     INSTANCE_MODES,
     MAP_STRIDES,
+    OVERLAY_PRESETS,
     OVERLAY_SIZES,
     PRECISIONS,
     SCORE_NAMES,
@@ -95,7 +97,8 @@ class ProcessConfig:
     (``event_mode``, ``event_min_duration_s``, ``event_min_score``).
 
     Outputs: ``overlay`` (write overlay.mp4), ``overlay_size`` (``input``: the network input
-    size, ``source``: the video's own size), ``overlay_crf``, ``overlay_threads`` (H.264
+    size, ``source``: the video's own size), ``overlay_crf``, ``overlay_preset`` (libx264 speed
+    preset; the default trades a larger file for less CPU time), ``overlay_threads`` (H.264
     encoder threads; 0: one when the model runs on the CPU, so that the encoder does not
     compete with it for the cores, else FFmpeg's choice), ``save_maps`` (/maps/anomaly),
     ``save_semantic`` (/maps/semantic), ``overwrite`` (redo complete videos), ``queue_size``
@@ -126,6 +129,7 @@ class ProcessConfig:
     overlay: bool = True
     overlay_size: str = "input"
     overlay_crf: int = 23
+    overlay_preset: str = DEFAULT_OVERLAY_PRESET
     overlay_threads: int = 0
     save_maps: bool = True
     save_semantic: bool = False
@@ -168,6 +172,8 @@ class ProcessConfig:
             raise bad("queue_size", f"must be >= 1, got {self.queue_size}")
         if self.overlay_size not in OVERLAY_SIZES:
             raise bad("overlay_size", f"must be one of {OVERLAY_SIZES}, got {self.overlay_size!r}")
+        if self.overlay_preset not in OVERLAY_PRESETS:
+            raise bad("overlay_preset", f"must be one of {OVERLAY_PRESETS}, got {self.overlay_preset!r}")
         if not 0 <= self.overlay_crf <= 51:
             raise bad("overlay_crf", f"must be in [0, 51], got {self.overlay_crf}")
         if self.overlay_threads < 0:
