@@ -1,6 +1,7 @@
 """Tracking and event quality on synthetic clips with ground-truth tracks.
 
-    python benchmarks/tracking_quality.py [--oracle] [--weights demo] [--out runs/track_eval] [--json FILE]
+    python benchmarks/tracking_quality.py [--oracle] [--weights demo] [--precision auto] [--out runs/track_eval]
+        [--json FILE]
     python benchmarks/tracking_quality.py clips/*.mp4 --weights demo --out runs/track_eval
 
 With no clips it makes the default set first (under ``OUT/clips``, reused when there): four
@@ -246,10 +247,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="output folder [a temporary folder, removed at the end]")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:I [auto]")
     parser.add_argument("--short-side", type=int, help="network input short side [the weights' test size]")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="the network's precision, as process --precision [auto]")
     parser.add_argument("--oracle", action="store_true", help="ground-truth masks instead of the model")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args()
-    config = ProcessConfig(weights=args.weights, device=args.device, short_side=args.short_side)
+    config = ProcessConfig(weights=args.weights, device=args.device, short_side=args.short_side,
+                           precision=args.precision)
     with tempfile.TemporaryDirectory(prefix="m2a-track-eval-") as tmp:
         out = args.out or Path(tmp)
         clips = args.clips or synth_clips(out / "clips", args.seeds, args.seconds, args.fps, args.size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 from click.testing import CliRunner
 from conftest import assert_error_line
@@ -78,5 +79,8 @@ def test_bench_pipeline_precisions_alternating(tmp_path):
     assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
     for r in (fp32, bf16):
         assert r["frames"] == 5 and r["input_size"] == [64, 128] and len(r["rounds_end_to_end_fps"]) == 2
+        assert r["efficiency"] == round(statistics.median(r["rounds_efficiency"]), 3)
+        assert all(abs(e - a / b) < 2e-3  # each round's own end to end / model
+                   for e, a, b in zip(r["rounds_efficiency"], r["rounds_end_to_end_fps"], r["rounds_model_fps"]))
         assert 0 < r["end_to_end_fps"] and 0 < r["efficiency"] and r["model_fps"] > 0
     assert payload["speed_ratios"]["bf16/fp32"] > 0

@@ -125,7 +125,7 @@ def bench_pipeline(video: str | Path, config: ProcessConfig | None = None) -> Pi
 def summarise(runs: list[list[PipelineBench]]) -> dict[str, Any]:
     """Rounds of measurements (each a list with one :class:`PipelineBench` per precision, in
     the same order) -> ``results`` (per precision: the median of each figure over the rounds,
-    and every round's ``end_to_end_fps``) and ``speed_ratios`` (``"bf16/fp32"``: median over
+    and every round's ``end_to_end_fps``, ``model_fps`` and ``efficiency``) and ``speed_ratios`` (``"bf16/fp32"``: median over
     the rounds of the end-to-end fps ratio of each precision to the first one)."""
     results = []
     for i, first in enumerate(runs[0]):
@@ -134,6 +134,8 @@ def summarise(runs: list[list[PipelineBench]]) -> dict[str, Any]:
         for key in ("decode_fps", "model_fps", "end_to_end_fps", "efficiency", "peak_rss_mb"):
             entry[key] = round(statistics.median(getattr(m, key) for m in mine), 3)
         entry["rounds_end_to_end_fps"] = [m.end_to_end_fps for m in mine]
+        entry["rounds_model_fps"] = [m.model_fps for m in mine]
+        entry["rounds_efficiency"] = [m.efficiency for m in mine]
         results.append(entry)
     ratios = {f"{runs[0][i].precision}/{runs[0][0].precision}":
               round(statistics.median(r[i].end_to_end_fps / r[0].end_to_end_fps for r in runs), 3)
