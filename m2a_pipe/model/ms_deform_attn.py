@@ -67,8 +67,8 @@ class SamplingGrid:
     sit in the lookup table of the values, and the reference points in pixels.
 
     The table (:func:`padded_value_table`) holds each level with one zero row / column
-    before it and two after, every level padded to the same row length ``row`` (the widest
-    level + 3), so the four bilinear corners of a location are always ``+0``, ``+1``,
+    before it and at least two after, every level padded to the same row length ``row``
+    (the widest level + 3), so the four bilinear corners of a location are always ``+0``, ``+1``,
     ``+row`` and ``+row + 1`` pixels from its top-left one, and every corner of a location
     clamped to [-1, W_l] x [-1, H_l] lies on the level's pixels or on zeros.
 
