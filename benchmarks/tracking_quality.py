@@ -27,7 +27,8 @@ outputs). Then, from its outputs:
 
 * **Events** (``events``, per clip and pooled): ``gt_anomalies`` (ground-truth tracks with a
   visible box), ``found`` (those with at least one true tracked event), ``true_events``,
-  ``false_events``, ``false_per_minute``, as ``m2a-pipe evaluate tracks`` counts them
+  ``false_events``, ``ignored_events`` (events on ground-truth boxes too small to count),
+  ``false_per_minute``, as ``m2a-pipe evaluate tracks`` counts them
   (:func:`m2a_pipe.evaluation.tracks.event_figures`, visible boxes only).
 
 ``--oracle`` replaces the model by the ground truth: the anomaly map of each frame is the
@@ -193,7 +194,7 @@ def evaluate_clip(clip: Path, out: Path, config: ProcessConfig, oracle: bool = F
     return result
 
 
-EVENT_KEYS = ("gt_anomalies", "found", "true_events", "false_events", "false_per_minute")
+EVENT_KEYS = ("gt_anomalies", "found", "true_events", "false_events", "ignored_events", "false_per_minute")
 
 
 def pooled(results: list[dict]) -> dict:
@@ -209,7 +210,7 @@ def pooled(results: list[dict]) -> dict:
         total = sum(r["alarms"][name]["total"] for r in results)
         false = sum(r["alarms"][name]["false"] for r in results)
         out[name] = {"alarms": total, "false": false, "false_per_minute": round(false / minutes, 2)}
-    events = {k: sum(r["events"][k] for r in results) for k in EVENT_KEYS[:4]}
+    events = {k: sum(r["events"][k] for r in results) for k in EVENT_KEYS[:-1]}
     out["events"] = {**events, "false_per_minute": round(events["false_events"] / minutes, 3)}
     return out
 

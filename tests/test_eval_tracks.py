@@ -88,7 +88,7 @@ def test_evaluate_tracks_perfect_and_with_a_false_event(tmp_path, kind):
     assert mot["num_objects"] == N_FRAMES and mot["mota"] == 1.0 and mot["idf1"] == 1.0
     assert mot["num_switches"] == 0 and mot["num_fragmentations"] == 0 and mot["mean_iou"] > 0.9
     assert report["events"] == {"gt_anomalies": 1, "found": 1, "recall": 1.0, "true_events": 1, "false_events": 0,
-                                "false_per_minute": 0.0, "events_per_found": 1.0}
+                                "ignored_events": 0, "false_per_minute": 0.0, "events_per_found": 1.0}
     assert "102 px" not in report["visible_box_rule"] and "12 px" in report["visible_box_rule"]
 
     make_output(tmp_path / "noisy", blob_frames=range(2, 9))  # a second, false event of 0.7 s
@@ -114,3 +114,23 @@ def test_evaluate_tracks_bad_input(tmp_path):
     assert_error_line(run_cli("evaluate", "tracks", tmp_path / "out", "--gt", bad_json), "not a tracks.json")
     assert_error_line(run_cli("evaluate", "tracks", tmp_path / "out", "--gt", tmp_path / "missing.json"),
                       "missing.json: cannot read")
+
+
+def test_events_on_boxes_too_small_to_count_are_ignored_not_false():
+    """The visible-box rule for events: an event on an object whose boxes are all below the
+    minimum area is neither true nor false; one on no object is false."""
+    from m2a_pipe.evaluation.tracks import event_figures
+
+    small, large = np.array([10.0, 10, 20, 20]), np.array([100.0, 100, 150, 150])
+    gt = {f: [(1, small, 50)] for f in range(0, 10)}
+    gt.update({f: [(2, large, 2500)] for f in range(20, 30)})
+    def event(frames, box):
+        return {"start_frame": frames[0], "end_frame": frames[1], "peak_frame": frames[0] + 2, "bbox_at_peak": box}
+    events = [event((2, 8), [12, 12, 25, 25]), event((21, 28), [110, 110, 140, 140]),
+              event((21, 28), [300, 300, 320, 320])]
+    figures = event_figures(events, gt, minutes=1.0, min_gt_area=100)
+    assert (figures["gt_anomalies"], figures["found"], figures["true_events"]) == (1, 1, 1)
+    assert (figures["false_events"], figures["ignored_events"], figures["false_per_minute"]) == (1, 1, 1.0)
+    everything = event_figures(events, gt, minutes=1.0, min_gt_area=0)  # every box counts
+    assert (everything["gt_anomalies"], everything["found"], everything["true_events"]) == (2, 2, 2)
+    assert (everything["false_events"], everything["ignored_events"]) == (1, 0)

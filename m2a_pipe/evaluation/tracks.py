@@ -15,8 +15,10 @@ ignored: neither misses nor, through the predictions that only overlap them, fal
 Figures: MOTA, IDF1, ID switches, fragmentations (py-motmetrics, a match is IoU >= 0.5) of
 ``tracks.csv``, over the visible boxes; and event-level figures of ``events.jsonl``: an event is
 *true* when its box at the peak intersects the box of a ground-truth anomaly at the frame of its
-span nearest the peak where that anomaly is visible (:func:`event_anomaly`); an anomaly is
-*found* when at least one true event is its; recall = found / anomalies.
+span nearest the peak where that anomaly is visible (:func:`event_anomaly`); *ignored* when it
+intersects only boxes too small to count (an object the ground truth has, left out by the
+rule, as MOTA leaves out the predictions on it); *false* otherwise. An anomaly is *found* when
+at least one true event is its; recall = found / anomalies.
 """
 
 from __future__ import annotations
@@ -116,15 +118,18 @@ def event_anomaly(event: Event | Mapping[str, Any], gt: GtFrames, min_gt_area: i
 def event_figures(events: Sequence[Event | Mapping[str, Any]], gt: GtFrames, minutes: float,
                   min_gt_area: int = 0) -> dict[str, Any]:
     """``gt_anomalies`` (tracks with a visible box), ``found`` (those with a true event),
-    ``recall``, ``true_events``, ``false_events``, ``false_per_minute`` and
-    ``events_per_found`` (true events / found)."""
+    ``recall``, ``true_events``, ``false_events``, ``ignored_events`` (events that meet only
+    ground-truth boxes too small to count: the visible-box rule ignores them, as MOTA does the
+    predictions on such boxes), ``false_per_minute`` and ``events_per_found`` (true events /
+    found)."""
     anomalies = {gid for boxes in gt.values() for gid, _, area in boxes if area >= min_gt_area}
     owners = [event_anomaly(ev, gt, min_gt_area) for ev in events]
     found = {gid for gid in owners if gid is not None}
-    true, false = sum(o is not None for o in owners), sum(o is None for o in owners)
+    ignored = sum(o is None and event_anomaly(ev, gt) is not None for o, ev in zip(owners, events))
+    true, false = sum(o is not None for o in owners), sum(o is None for o in owners) - ignored
     return {"gt_anomalies": len(anomalies), "found": len(found & anomalies),
             "recall": round(len(found & anomalies) / len(anomalies), 4) if anomalies else None,
-            "true_events": true, "false_events": false,
+            "true_events": true, "false_events": false, "ignored_events": ignored,
             "false_per_minute": round(false / minutes, 3) if minutes > 0 else None,
             "events_per_found": round(true / len(found), 3) if found else None}
 
