@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     report["seconds"] = round(time.perf_counter() - t0, 1)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
-    parity = "ok" if all(p["passed"] for p in report["parity"]) else "FAILED"
-    print(f"done in {report['seconds']:.0f} s; parity {parity}")
+    verdict = "ok" if all(p["passed"] for p in report["parity"]) else "FAILED"
+    print(f"done in {report['seconds']:.0f} s; parity {verdict}")
     return 0 if all(p["passed"] for p in report["parity"]) else 1
 
 

@@ -159,11 +159,13 @@ def test_fuzz_inputs(weights, tmp_path):
     assert failed == listed and failed + partial + complete == 3
 
 
-@pytest.mark.slow
 def test_gpu_check_dry_run_on_the_cpu(tmp_path):
-    """The GPU script's dry run: golden parity in fp32 and bf16, R50 timings, the pipeline."""
+    """The GPU script's dry run (a few seconds, so it runs by default: the script must be
+    ready the day a GPU is lent): golden parity in fp32 and bf16, R50 timings, the pipeline."""
+    from conftest import golden_dir
+
     out = tmp_path / "gpu.json"
-    args = ["--device", "cpu", "--quick", "--json", str(out)]
+    args = ["--device", "cpu", "--quick", "--golden", str(golden_dir()), "--json", str(out)]
     lines = run_script("gpu_check.py", *args, timeout=1200).splitlines()
     assert_command(lines[0], "gpu_check.py", args)
     assert lines[1].startswith("parity fp32: ok") and lines[2].startswith("parity bf16: ok"), lines[1:3]
