@@ -54,7 +54,6 @@ def _run_cli_subprocess(*args, timeout=900):
                           timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
-@pytest.mark.slow
 def test_a_full_disk_fails_videos_one_by_one_and_loses_nothing(weights, tmp_path, small_disk):
     clips = [vf.make_video(tmp_path / "in" / f"c{i}.mp4", n=10, size=(128, 64), fps=10) for i in range(4)]
     done = _run_cli_subprocess("process", tmp_path / "in", "-o", small_disk, "--weights", weights, *CLI_FAST)
@@ -75,7 +74,6 @@ def test_a_full_disk_fails_videos_one_by_one_and_loses_nothing(weights, tmp_path
             n[:-4] for n in complete}
 
 
-@pytest.mark.slow
 def test_no_space_at_all_is_one_line_per_video(weights, tmp_path, small_disk):
     vf.make_video(tmp_path / "in" / "a.mp4", n=6, size=(96, 64), fps=10)
     vf.make_video(tmp_path / "in" / "b.mp4", n=6, size=(96, 64), fps=10)

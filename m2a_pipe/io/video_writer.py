@@ -63,6 +63,7 @@ class VideoWriter:
         if self.time_base <= 0:
             raise ValueError(f"time_base must be positive, got {time_base!r}")
         self.frames_written = 0
+        self._broken = False
         self._last_pts: int | None = None
         self.encoder = _h264_encoder()
         options = {"crf": str(int(crf)), "preset": str(preset)} if self.encoder == PREFERRED_ENCODER else {}
@@ -111,18 +112,24 @@ class VideoWriter:
         yuv = cv2.cvtColor(_pad_to_even(image), cv2.COLOR_RGB2YUV_I420)
         frame = av.VideoFrame.from_ndarray(yuv, format=PIXEL_FORMAT)
         frame.pts, frame.time_base = pts, self.time_base
-        self._container.mux(self._stream.encode(frame))
+        try:
+            self._container.mux(self._stream.encode(frame))
+        except BaseException:
+            self._broken = True  # FFmpeg crashes if a failed output is written to again
+            raise
         self._last_pts = pts
         self.frames_written += 1
 
     def close(self) -> None:
         """Flush the encoder and finish the file (the index is moved to the front). Safe to
-        call more than once. A writer closed without frames leaves no valid video."""
+        call more than once. A writer closed without frames leaves no valid video; one whose
+        write failed (a full disk) is closed without flushing: FFmpeg's encoder flush into an
+        output that already failed ends the process with a segmentation fault."""
         container, self._container = self._container, None
         if container is None:
             return
         try:
-            if self.frames_written:
+            if self.frames_written and not self._broken:
                 container.mux(self._stream.encode())
         finally:
             container.close()
