@@ -211,12 +211,16 @@ class PoolClient:
 
 def _video_task(video: VideoInput, output: str, config: ProcessConfig, model: ModelInfo, workers: list[Any],
                 batch_size: int, in_flight: int, retries: int) -> VideoResult:
-    """One video in a Ray worker process: the shared loop with the pool as its model."""
+    """One video in a Ray worker process: the shared loop with the pool as its model. The
+    job's own work (decoding, the overlay's drawing) runs on one thread of torch and of
+    OpenCV, so that it stays on the CPU the job reserved and off the model workers' cores."""
+    import cv2
     import torch
 
     from m2a_pipe.pipeline.local import run_video
 
     torch.set_num_threads(1)
+    cv2.setNumThreads(1)
     return run_video(video, output, config, model, PoolClient(workers, in_flight, retries), batch_size)
 
 
