@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +147,29 @@ def weights(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
     save_weights(model, model.config, path, metadata={"anomaly_threshold": 0.6})
     return str(path)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 160 KiB tmpfs (room for one or two small outputs, not four), unmounted
+    afterwards (skipped where mounting is not allowed)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode})")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill_disk(folder: Path) -> Path:
+    """Fill the file system of ``folder`` to its last block with one file; returns it."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler

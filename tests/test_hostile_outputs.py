@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import video_fixtures as vf  # noqa: E402
-from conftest import assert_error_line, run_cli  # noqa: E402
+from conftest import assert_error_line, fill_disk, run_cli  # noqa: E402
 
 from m2a_pipe.mining import ClipError, cut_clip, mine  # noqa: E402
 from m2a_pipe.pipeline.process import process  # noqa: E402
@@ -32,20 +32,6 @@ def leftovers(root: Path) -> list[Path]:
 
 
 # -- a full disk ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 160 KiB tmpfs (room for one or two small outputs, not four), unmounted
-    afterwards (skipped where mounting is not allowed)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode})")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _run_cli_subprocess(*args, timeout=900):
@@ -77,13 +63,7 @@ def test_a_full_disk_fails_videos_one_by_one_and_loses_nothing(weights, tmp_path
 def test_no_space_at_all_is_one_line_per_video(weights, tmp_path, small_disk):
     vf.make_video(tmp_path / "in" / "a.mp4", n=6, size=(96, 64), fps=10)
     vf.make_video(tmp_path / "in" / "b.mp4", n=6, size=(96, 64), fps=10)
-    filler = small_disk / "filler"
-    with open(filler, "wb", buffering=0) as f:   # fill the disk to the last block
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-        except OSError:
-            pass
+    fill_disk(small_disk)
     done = _run_cli_subprocess("process", tmp_path / "in", "-o", small_disk, "--weights", weights, *CLI_FAST)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("m2a-pipe: error:")]

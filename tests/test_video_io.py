@@ -408,30 +408,20 @@ def test_writer_rejects_non_increasing_timestamps_and_bad_frames(tmp_path):
 
 
 @pytest.mark.parametrize("preset", ["ultrafast", "superfast", "veryfast"])
-def test_writer_on_a_full_disk_fails_with_oserror_and_closes_without_crashing(tmp_path, preset):
+def test_writer_on_a_full_disk_fails_with_oserror_and_closes_without_crashing(small_disk, preset):
     """On a real tmpfs with no space left, a write raises OSError and close() returns: no
     encoder flush into the failed output (FFmpeg ends the process with a segmentation fault
     there, which the fast presets reach because they emit packets from the first frames).
     Run in a child process, so that a crash shows as its exit status."""
     import subprocess
 
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True,
-                             text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or mounted.returncode})")
-    try:
-        with open(disk / "filler", "wb", buffering=0) as f:   # fill it to the last block
-            try:
-                while True:
-                    f.write(b"\0" * 4096)
-            except OSError:
-                pass
-        script = f"""
+    from conftest import fill_disk
+
+    fill_disk(small_disk)
+    script = f"""
 import numpy as np
 from m2a_pipe.io.video_writer import VideoWriter
-writer = VideoWriter({str(disk / "x.mp4")!r}, 96, 64, 10.0, preset={preset!r}, threads=1)
+writer = VideoWriter({str(small_disk / "x.mp4")!r}, 96, 64, 10.0, preset={preset!r}, threads=1)
 image = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
 try:
     for i in range(12):
@@ -442,10 +432,8 @@ except OSError as err:
 writer.close()
 print("closed")
 """
-        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
-        assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
-        lines = done.stdout.split("\n")
-        assert lines[-2] == "closed" and lines[0] in ("write failed: 28", "written"), done.stdout
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    lines = done.stdout.split("\n")
+    assert lines[-2] == "closed" and lines[0] in ("write failed: 28", "written"), done.stdout
