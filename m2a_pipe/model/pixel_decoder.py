@@ -83,12 +83,13 @@ class DeformableTransformerEncoder(nn.Module):
         :func:`~m2a_pipe.model.ms_deform_attn.sampling_grid`; both depend only on the shapes,
         the batch and the device, so the last ones are kept for the next frame of a video."""
         key = (tuple(shapes), batch, str(device))
-        if self._sampling_cache is None or self._sampling_cache[0] != key:
+        cached = self._sampling_cache  # one read: another thread may replace it meanwhile
+        if cached is None or cached[0] != key:
             ref = reference_points(shapes, device, torch.float32)
             attn = self.encoder.layers[0].self_attn if self.encoder.layers else None
             grid = sampling_grid(shapes, ref, batch, attn.n_heads, attn.n_points) if attn else None
-            self._sampling_cache = (key, ref, grid)
-        return self._sampling_cache[1], self._sampling_cache[2]
+            cached = self._sampling_cache = (key, ref, grid)
+        return cached[1], cached[2]
 
     def forward(self, srcs: list[torch.Tensor], pos: list[torch.Tensor]) -> torch.Tensor:
         """srcs, pos: per level (B, C, H_l, W_l). Returns memory (B, sum H_l*W_l, C)."""
