@@ -202,13 +202,21 @@ def weights_verify(weights_ref: str, expected: str | None) -> None:
     click.echo(f"OK {result.path} sha256 {result.actual}")
 
 
+def _registration_options(command):
+    """--name, --config and --overwrite, shared by ``weights add`` and ``weights fetch``."""
+    for option in reversed((
+            click.option("--name", required=True, metavar="NAME", help="The name --weights will know it by."),
+            click.option("--config", "config_spec", default=None, metavar="PRESET|config.json",
+                         help="Preset name or config.json of a .pth/.pkl checkpoint.  "
+                              "[default: the preset of an official name; a .safetensors carries its own]"),
+            click.option("--overwrite", is_flag=True, help="Replace weights already added under NAME."))):
+        command = option(command)
+    return command
+
+
 @weights.command("add")
 @click.argument("file", metavar="FILE", type=click.Path(exists=True, dir_okay=False))
-@click.option("--name", required=True, metavar="NAME", help="The name --weights will know it by.")
-@click.option("--config", "config_spec", default=None, metavar="PRESET|config.json",
-              help="Preset name or config.json of a .pth/.pkl checkpoint.  "
-                   "[default: the preset of an official name; a .safetensors carries its own]")
-@click.option("--overwrite", is_flag=True, help="Replace weights already added under NAME.")
+@_registration_options
 def weights_add(file: str, name: str, config_spec: str | None, overwrite: bool) -> None:
     """Convert a checkpoint, verify it loads, and register it as NAME in the user weights folder.
 
@@ -231,11 +239,7 @@ def weights_add(file: str, name: str, config_spec: str | None, overwrite: bool) 
 @click.argument("url", metavar="URL")
 @click.option("--sha256", "sha256", required=True, metavar="HEX",
               help="The sha256 the downloaded file must have (checked before anything is converted).")
-@click.option("--name", required=True, metavar="NAME", help="The name --weights will know it by.")
-@click.option("--config", "config_spec", default=None, metavar="PRESET|config.json",
-              help="Preset name or config.json of a .pth/.pkl checkpoint.  "
-                   "[default: the preset of an official name; a .safetensors carries its own]")
-@click.option("--overwrite", is_flag=True, help="Replace weights already added under NAME.")
+@_registration_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar (there is none when stderr is not a terminal).")
 def weights_fetch(url: str, sha256: str, name: str, config_spec: str | None, overwrite: bool, quiet: bool) -> None:
     """Download a checkpoint (http, https or file URL), check its sha256, then add it as NAME.
