@@ -347,3 +347,19 @@ def test_discover_without_an_error_list_raises_the_first(tmp_path):
     os.symlink("loop.mp4", tmp_path / "loop.mp4")
     with pytest.raises(InputError, match="symbolic link loop"):
         discover([tmp_path / "loop.mp4"])
+
+
+def test_a_codec_ffmpeg_cannot_name_is_one_line(tmp_path):
+    """An MP4 whose sample entry names no codec FFmpeg knows (the 'avc1' fourcc overwritten):
+    PyAV opens the stream without a codec context; one error line, no traceback. (A damaged
+    file of the fuzz benchmark reached this once, as an AttributeError.)"""
+    clip = vf.make_video(tmp_path / "ok.mp4", n=4, size=(64, 48), fps=10)
+    data = clip.read_bytes()
+    entry = data.index(b"avc1", data.index(b"stsd"))
+    bad = tmp_path / "fourcc.mp4"
+    bad.write_bytes(data[:entry] + b"zzzz" + data[entry + 4:])
+    result = run_cli("process", bad, "-o", tmp_path / "out", "--short-side", "64", "-q")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("m2a-pipe: error:")]
+    assert errors == [f"m2a-pipe: error: {bad}: unknown or unsupported video codec (no decoder in this FFmpeg build)"]
+    assert not list((tmp_path / "out").glob("*.m2a"))  # nothing committed for it

@@ -472,9 +472,8 @@ def _video_stream(path: str, container: av.container.InputContainer) -> av.video
             found = "only a cover picture"
         raise VideoError(path, f"not a video (no video stream; {found})")
     stream = video[0]
-    if stream.codec_context is None:
-        raise VideoError(path, f"unsupported video codec '{stream.codec.name if stream.codec else '?'}' "
-                               "(no decoder in this FFmpeg build)")
+    if stream.codec_context is None:  # PyAV then knows nothing of the codec, not even its name
+        raise VideoError(path, "unknown or unsupported video codec (no decoder in this FFmpeg build)")
     return stream
 
 
