@@ -1,12 +1,13 @@
-"""Time the overlay's H.264 encoding at each libx264 preset and print CPU time, size and quality.
+"""Time the overlay's H.264 encoding at each encoder preset and print CPU time, size and quality.
 
-    python benchmarks/overlay_encoding.py VIDEO [--presets veryfast,superfast,ultrafast]
+    python benchmarks/overlay_encoding.py VIDEO [--presets veryfast,superfast,lean,ultrafast]
         [--crf 23] [--size 768x384] [--frames 150] [--rounds 3]
 
 The frames of VIDEO (an overlay.mp4 that ``process`` wrote is the most faithful input) are
 decoded once, resized to ``--size``, and encoded by the project's VideoWriter (libx264 through
 PyAV, one encoder thread, as ``process`` runs it beside a model on the CPU) once per preset and
-round, the presets interleaved so that a changing load falls on all of them alike. Printed per
+round (libx264's presets, and the project's ``lean``: see ``OVERLAY_X264_PARAMS`` in
+m2a_pipe/settings.py), the presets interleaved so that a changing load falls on all of them alike. Printed per
 preset: the encoder's CPU time per frame (median, min-max over the rounds; the process's CPU
 time, all threads, which other processes disturb little), the file size, and the PSNR of
 the decoded result against the frames given (RGB, all frames). The first line printed is the
@@ -89,8 +90,8 @@ def parse_presets(text: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="overlay_encoding.py", description=__doc__.splitlines()[0])
     parser.add_argument("video", type=Path, help="Frames to encode (an overlay.mp4 is the most faithful).")
-    parser.add_argument("--presets", type=parse_presets, default=["veryfast", "superfast", "ultrafast"],
-                        help="Comma-separated libx264 presets.  [default: veryfast,superfast,ultrafast]")
+    parser.add_argument("--presets", type=parse_presets, default=["veryfast", "superfast", "lean", "ultrafast"],
+                        help="Comma-separated encoder presets.  [default: veryfast,superfast,lean,ultrafast]")
     parser.add_argument("--crf", type=int, default=23, help="Constant rate factor.  [default: 23]")
     parser.add_argument("--size", type=parse_size, default=(768, 384),
                         help="WIDTHxHEIGHT of the encoded frames.  [default: 768x384, the demo's overlay]")

@@ -56,13 +56,21 @@ EVENT_MODES = ("tracks", "frames")
 """Events from confirmed tracks, or from runs of frames whose score passes the threshold."""
 OVERLAY_SIZES = ("input", "source")
 """overlay.mp4 at the network input size (the frames the model saw) or at the video's own size."""
-OVERLAY_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
-"""libx264 speed presets, fastest first."""
-DEFAULT_OVERLAY_PRESET = "superfast"
-"""The overlay's encoder preset: on the 768x384 example overlay, one thread of this 2-core CPU,
-about 5 ms a frame and a 27 % larger file than ``veryfast`` (10-12 ms): the encoder shares the
-cores with the model, so its time comes off the pipeline's speed
+OVERLAY_X264_PARAMS = {"lean": ("ultrafast", "cabac=1:bframes=3:b-adapt=0:deblock=0,0:8x8dct=1:partitions=i8x8,i4x4")}
+"""The project's own encoder presets: (libx264 preset, x264 parameters over it). ``lean`` is
+``ultrafast``'s motion search and decisions (no subpixel refinement, no adaptive B-frame
+placement, no adaptive quantisation) with the coding tools that cost little time put back: CABAC,
+3 B-frames, the deblocking filter and the 8x8 transform. On the 768x384 example overlay it takes
+about 0.65x ``superfast``'s encoder time for a file about 4 % larger at the same PSNR
 (``python benchmarks/overlay_encoding.py``)."""
+OVERLAY_PRESETS = ("lean", "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+                   "veryslow")
+"""The overlay's encoder presets: the project's (:data:`OVERLAY_X264_PARAMS`), then libx264's, fastest
+first."""
+DEFAULT_OVERLAY_PRESET = "lean"
+"""The overlay's encoder preset. The encoder shares the cores with a CPU model, so its time comes
+off the pipeline's speed: on the 768x384 example overlay, one thread of this 2-core CPU, ``lean``
+takes about 3 ms a frame, ``superfast`` 4.6-5 ms and ``veryfast`` 10 ms."""
 DEFAULT_MIN_HITS = 3
 DEFAULT_MAX_MISSES = 5
 INSTANCE_GAP = 1

@@ -407,7 +407,7 @@ def test_writer_rejects_non_increasing_timestamps_and_bad_frames(tmp_path):
     np.testing.assert_allclose([f.pts_s for f in frames], [0.5, 0.6], atol=1e-3)
 
 
-@pytest.mark.parametrize("preset", ["ultrafast", "superfast", "veryfast"])
+@pytest.mark.parametrize("preset", ["lean", "ultrafast", "superfast", "veryfast"])
 def test_writer_on_a_full_disk_fails_with_oserror_and_closes_without_crashing(small_disk, preset):
     """On a real tmpfs with no space left, a write raises OSError and close() returns: no
     encoder flush into the failed output (FFmpeg ends the process with a segmentation fault

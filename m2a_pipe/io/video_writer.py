@@ -21,6 +21,8 @@ import av
 import cv2
 import numpy as np
 
+from m2a_pipe.settings import OVERLAY_X264_PARAMS
+
 DEFAULT_TIME_BASE = Fraction(1, 90_000)   # 90 kHz ticks, ~11 us: exact for 24/25/30/50/60 fps and ms times
 PREFERRED_ENCODER = "libx264"
 FALLBACK_ENCODER = "h264"                 # FFmpeg's default H.264 encoder of the build, whatever it is
@@ -38,7 +40,8 @@ class VideoWriter:
         fps: nominal frame rate (rate control and the stream's announced rate); the real
             timing comes from each frame's ``pts_s``.
         crf: libx264 constant rate factor (0 lossless ... 51 worst; 23 is x264's default).
-        preset: libx264 speed preset ("ultrafast" ... "veryslow").
+        preset: libx264 speed preset ("ultrafast" ... "veryslow"), or one of the project's
+            (:data:`~m2a_pipe.settings.OVERLAY_X264_PARAMS`, e.g. "lean").
         threads: encoder threads, 0 for FFmpeg's automatic choice (one per core and more);
             1 keeps the encoder off the cores a CPU model is using.
         time_base: timestamp unit in seconds, default 1/90000.
@@ -66,7 +69,7 @@ class VideoWriter:
         self._broken = False
         self._last_pts: int | None = None
         self.encoder = _h264_encoder()
-        options = {"crf": str(int(crf)), "preset": str(preset)} if self.encoder == PREFERRED_ENCODER else {}
+        options = {"crf": str(int(crf)), **x264_preset_options(preset)} if self.encoder == PREFERRED_ENCODER else {}
         if threads:
             options["threads"] = str(int(threads))
         self._container = av.open(self.path, mode="w", format="mp4", options={"movflags": "+faststart"})
@@ -139,6 +142,15 @@ class VideoWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def x264_preset_options(preset: str) -> dict[str, str]:
+    """The libx264 options of ``preset``: ``{"preset": preset}`` for one of libx264's, the base
+    preset and its ``x264-params`` for one of the project's (:data:`OVERLAY_X264_PARAMS`)."""
+    if preset in OVERLAY_X264_PARAMS:
+        base, params = OVERLAY_X264_PARAMS[preset]
+        return {"preset": base, "x264-params": params}
+    return {"preset": str(preset)}
 
 
 def _pad_to_even(image: np.ndarray) -> np.ndarray:

@@ -56,8 +56,9 @@ from m2a_pipe.settings import (DEFAULT_OVERLAY_PRESET, EVENT_MODES, INSTANCE_MOD
               help="overlay.mp4 at the network input size or at the video's own size.  [default: input]")
 @click.option("--overlay-crf", type=int, help="H.264 quality of the overlay (0-51, lower = better).  [default: 23]")
 @click.option("--overlay-preset", type=click.Choice(OVERLAY_PRESETS),
-              help="libx264 speed preset of the overlay (faster = more CPU left to the model, "
-                   f"larger file).  [default: {DEFAULT_OVERLAY_PRESET}]")
+              help="Encoder preset of the overlay: lean (the project's: ultrafast's search with CABAC, "
+                   "B-frames, deblocking and the 8x8 transform) or a libx264 preset (faster = more CPU left "
+                   f"to the model, larger file).  [default: {DEFAULT_OVERLAY_PRESET}]")
 @click.option("--overlay-threads", type=int,
               help="H.264 encoder threads, 0 = automatic (1 when the model runs on the CPU).  [default: 0]")
 @click.option("--save-maps/--no-save-maps", default=None, help="Store /maps/anomaly in scores.h5.  [default: on]")
