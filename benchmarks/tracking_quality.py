@@ -3,6 +3,7 @@
     python benchmarks/tracking_quality.py [--oracle] [--weights demo] [--precision auto] [--out runs/track_eval]
         [--json FILE]
     python benchmarks/tracking_quality.py clips/*.mp4 --weights demo --out runs/track_eval
+    python benchmarks/tracking_quality.py clips/*.mp4 --set min_hits=5 --set event_min_duration_s=0.8
 
 With no clips it makes the default set first (under ``OUT/clips``, reused when there): four
 synthetic clips, ``m2a-pipe synth video --seed 101..104 --seconds 20 --fps 10 --size 640x320``
@@ -10,7 +11,8 @@ synthetic clips, ``m2a-pipe synth video --seed 101..104 --seconds 20 --fps 10 --
 temporary folder, removed at the end.
 
 Each clip (with its ``CLIP.tracks.json`` beside it) is processed once by ``m2a_pipe.process``
-with the default settings, from scratch (a rerun into the same ``--out`` overwrites its
+with the default settings (``--set KEY=VALUE``, repeatable: any other ``process`` setting, a
+field of ``ProcessConfig``, the value as JSON or a bare string), from scratch (a rerun into the same ``--out`` overwrites its
 outputs). Then, from its outputs:
 
 * **MOTA, IDF1** (py-motmetrics, IoU >= 0.5) of ``tracks.csv`` against the ground truth, over
@@ -52,10 +54,12 @@ import h5py
 import numpy as np
 
 from m2a_pipe import process
+from m2a_pipe.config import ConfigError
 from m2a_pipe.evaluation.tracking import false_events, load_gt_tracks, mot_metrics
 from m2a_pipe.evaluation.tracks import event_figures
 from m2a_pipe.inference.instances import Instance
 from m2a_pipe.pipeline.config import ProcessConfig
+from m2a_pipe.training.recipes import parse_override
 from m2a_pipe.video.events import EventBuilder, EventConfig, read_events
 
 
@@ -251,10 +255,16 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                         help="the network's precision, as process --precision [auto]")
     parser.add_argument("--oracle", action="store_true", help="ground-truth masks instead of the model")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="another process setting (a ProcessConfig field), e.g. min_hits=5; repeatable")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args()
-    config = ProcessConfig(weights=args.weights, device=args.device, short_side=args.short_side,
-                           precision=args.precision)
+    try:
+        config = ProcessConfig.from_mapping(
+            {"weights": args.weights, "device": args.device, "short_side": args.short_side,
+             "precision": args.precision, **dict(parse_override(text) for text in args.overrides)}, "--set")
+    except ConfigError as err:
+        parser.error(str(err))
     with tempfile.TemporaryDirectory(prefix="m2a-track-eval-") as tmp:
         out = args.out or Path(tmp)
         clips = args.clips or synth_clips(out / "clips", args.seeds, args.seconds, args.fps, args.size)

@@ -20,6 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import pytest
 
 from m2a_pipe.io.layout import output_name
@@ -285,17 +286,25 @@ def test_tracking_quality_oracle(oracle_run):
 
 
 def test_tracking_quality_model(oracle_run, tmp_path):
-    """The real model path (demo weights, a 64-pixel input to keep it quick) on the oracle's clip."""
+    """The real model path (demo weights, a 64-pixel input to keep it quick) on the oracle's clip,
+    with two other process settings given by --set (they reach the run's recorded config); a
+    setting that is not one is refused."""
     _, oracle_out = oracle_run
     clip = oracle_out / "clips" / CLIP_NAME
-    args = [str(clip), "--weights", "demo", "--device", "cpu", "--short-side", "64", "--out", str(tmp_path)]
+    args = [str(clip), "--weights", "demo", "--device", "cpu", "--short-side", "64", "--out", str(tmp_path),
+            "--set", "min_hits=4", "--set", "event_min_duration_s=0.8"]
     report = json.loads(run_script("tracking_quality.py", *args))
     assert_command(report["command"], "tracking_quality.py", args)
     check_tracking_report(report)
     folder = tmp_path / output_name(clip.stem, video=True)
-    assert (folder / "scores.h5").is_file()
+    with h5py.File(folder / "scores.h5", "r") as f:
+        run = json.loads(f.attrs["config"])
+    assert (run["min_hits"], run["event_min_duration_s"], run["short_side"]) == (4, 0.8, 64)
     with open(folder / "summary.json") as f:
         assert json.load(f)["status"] == "complete"
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "tracking_quality.py"), str(clip), "--set", "min_hitz=4"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "unknown setting(s) min_hitz" in done.stderr, done.stderr
 
 
 def test_ray_scaling(ray_scaling_run):
