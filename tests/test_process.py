@@ -129,6 +129,9 @@ def test_two_inputs_with_the_same_name(weights, clips, tmp_path):
     assert summary.exit_code == 0
     assert (tmp_path / "out" / "a" / "drive.m2a" / "scores.h5").is_file()
     assert (tmp_path / "out" / "b" / "drive.m2a" / "scores.h5").is_file()
+    # the summary table names each output folder under OUT, so two videos called alike stay apart
+    header, *rows = summary.table().splitlines()[:3]
+    assert header.split()[0] == "output" and [r.split()[0] for r in rows] == ["a/drive.m2a", "b/drive.m2a"]
 
 
 def test_rerun_skips_complete_and_overwrite_redoes(weights, clips, tmp_path):

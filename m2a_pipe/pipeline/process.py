@@ -62,9 +62,10 @@ class RunSummary:
         return out
 
     def table(self) -> str:
-        """A plain-text summary table: video, frames processed, processing speed (frames per
-        second of wall time, not the video's rate), events, status (with the reason of a skip)."""
-        rows = [("video", "frames", "processed/s", "events", "status")]
+        """A plain-text summary table: the video's output folder under OUT, frames processed,
+        processing speed (frames per second of wall time, not the video's rate), events, status
+        (with the reason of a skip)."""
+        rows = [("output", "frames", "processed/s", "events", "status")]
         for v in self.videos:
             status = f"{v.status} ({SKIP_REASON})" if v.status == "skipped" else v.status
             rows.append((display_path(v.rel or v.source), str(v.frames) if v.frames else "-",
