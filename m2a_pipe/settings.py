@@ -61,7 +61,7 @@ OVERLAY_X264_PARAMS = {"lean": ("ultrafast", "cabac=1:bframes=3:b-adapt=0:debloc
 ``ultrafast``'s motion search and decisions (no subpixel refinement, no adaptive B-frame
 placement, no adaptive quantisation) with the coding tools that cost little time put back: CABAC,
 3 B-frames, the deblocking filter and the 8x8 transform. On the 768x384 example overlay it takes
-about 0.65x ``superfast``'s encoder time for a file about 4 % larger at the same PSNR
+about 0.7x ``superfast``'s encoder time for a file about 8 % larger, at a higher PSNR
 (``python benchmarks/overlay_encoding.py``)."""
 OVERLAY_PRESETS = ("lean", "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
                    "veryslow")
@@ -70,7 +70,7 @@ first."""
 DEFAULT_OVERLAY_PRESET = "lean"
 """The overlay's encoder preset. The encoder shares the cores with a CPU model, so its time comes
 off the pipeline's speed: on the 768x384 example overlay, one thread of this 2-core CPU, ``lean``
-takes about 3 ms a frame, ``superfast`` 4.6-5 ms and ``veryfast`` 10 ms."""
+takes 3.2-3.6 ms a frame, ``superfast`` 4.7-5.3 ms and ``veryfast`` 9-10 ms."""
 DEFAULT_MIN_HITS = 3
 DEFAULT_MAX_MISSES = 5
 INSTANCE_GAP = 1
