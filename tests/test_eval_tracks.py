@@ -134,3 +134,23 @@ def test_events_on_boxes_too_small_to_count_are_ignored_not_false():
     everything = event_figures(events, gt, minutes=1.0, min_gt_area=0)  # every box counts
     assert (everything["gt_anomalies"], everything["found"], everything["true_events"]) == (2, 2, 2)
     assert (everything["false_events"], everything["ignored_events"]) == (1, 0)
+
+
+def test_an_event_peaking_while_its_object_is_small_is_the_objects():
+    """An object that approaches: small (below the visible-box rule) and at the left when the
+    event peaks, large and further right later in the event. The event's box at the peak covers
+    the object as it was then, so the event is that object's (true, the object found), even
+    though its box does not meet the object's later, visible boxes. An event about another,
+    never-visible object in the same span is ignored, not true."""
+    from m2a_pipe.evaluation.tracks import event_figures, event_owner
+
+    gt = {f: [(1, np.array([10.0 + 8 * f, 10, 18 + 10 * f, 18 + 2 * f]), 30 * f)] for f in range(12)}
+    for f in range(12):
+        gt[f].append((2, np.array([300.0, 10, 306, 16]), 36))
+    event = {"start_frame": 2, "end_frame": 11, "peak_frame": 2, "bbox_at_peak": [26, 10, 38, 22]}
+    assert event_owner(event, gt, min_gt_area=200) == (1, True)  # boxes of >= 200 px from frame 7 on
+    other = {**event, "bbox_at_peak": [299, 9, 305, 15]}
+    assert event_owner(other, gt, min_gt_area=200) == (2, False)
+    figures = event_figures([event, other], gt, minutes=1.0, min_gt_area=200)
+    assert (figures["gt_anomalies"], figures["found"], figures["true_events"]) == (1, 1, 1)
+    assert (figures["false_events"], figures["ignored_events"]) == (0, 1)

@@ -14,10 +14,12 @@ ignored: neither misses nor, through the predictions that only overlap them, fal
 
 Figures: MOTA, IDF1, ID switches, fragmentations (py-motmetrics, a match is IoU >= 0.5) of
 ``tracks.csv``, over the visible boxes; and event-level figures of ``events.jsonl``: an event is
-*true* when its box at the peak intersects the box of a ground-truth anomaly at the frame of its
-span nearest the peak where that anomaly is visible (:func:`event_anomaly`); *ignored* when it
-intersects only boxes too small to count (an object the ground truth has, left out by the
-rule, as MOTA leaves out the predictions on it); *false* otherwise. An anomaly is *found* when
+*true* when its box at the peak intersects the box a ground-truth anomaly has at the frame of
+the event's span nearest the peak, the anomaly being visible somewhere in the span
+(:func:`event_owner`: the object under the event at the time of its peak, however small it is
+at that moment); *ignored* when the object it meets is too small to count all through the span
+(an object the ground truth has, left out by the rule, as MOTA leaves out the predictions on
+it); *false* otherwise. An anomaly is *found* when
 at least one true event is its; recall = found / anomalies.
 """
 
@@ -85,48 +87,64 @@ def read_ground_truth(path: str | Path) -> dict[str, Any]:
     return {"frames": last, "tracks": [{"id": tid, "boxes": boxes} for tid, boxes in sorted(tracks.items())]}
 
 
-def event_anomaly(event: Event | Mapping[str, Any], gt: GtFrames, min_gt_area: int = 0) -> int | None:
-    """The ground-truth id an event is about, or None (a false event).
+def event_owner(event: Event | Mapping[str, Any], gt: GtFrames, min_gt_area: int = 0) -> tuple[int | None, bool]:
+    """``(id, counts)``: the ground-truth track an event is about, and whether it counts.
 
-    For each ground-truth track visible (area >= ``min_gt_area``) in the event's
-    ``[start_frame, end_frame]``, its box at the frame nearest ``peak_frame``; the event is that
-    track's when its ``bbox_at_peak`` intersects that box (the largest IoU wins). An event without
-    a box is the track's nearest to its peak in time."""
+    Each ground-truth track present in the event's ``[start_frame, end_frame]`` is seen at the frame
+    of the span nearest ``peak_frame`` (its box there, whatever its size: the object under the
+    event's box at the time of the peak). The event is the track's whose box there intersects the
+    event's ``bbox_at_peak``, the largest IoU winning, tracks visible in the span (a box of at least
+    ``min_gt_area``) before the others; without a box, the track nearest the peak in time.
+    ``counts`` is True when that track is visible somewhere in the span. ``(None, False)``: a false
+    event."""
     start, end, peak = (int(event_field(event, k)) for k in ("start_frame", "end_frame", "peak_frame"))
     nearest: dict[int, tuple[int, np.ndarray]] = {}
+    visible: set[int] = set()
     for frame0 in range(start, end + 1):
         for gid, box, area in gt.get(frame0, []):
             d = abs(frame0 - peak)
-            if area >= min_gt_area and (gid not in nearest or d < nearest[gid][0]):
+            if gid not in nearest or d < nearest[gid][0]:
                 nearest[gid] = (d, box)
+            if area >= min_gt_area:
+                visible.add(gid)
     if not nearest:
-        return None
+        return None, False
     bbox = event_field(event, "bbox_at_peak")
     if bbox is None:
-        return min(nearest, key=lambda gid: (nearest[gid][0], gid))
+        gid = min(nearest, key=lambda g: (g not in visible, nearest[g][0], g))
+        return gid, gid in visible
     ids = sorted(nearest)
     boxes = np.stack([nearest[gid][1] for gid in ids])
     ev_box = np.asarray(bbox, dtype=np.float64)[None]
     lo, hi = np.maximum(ev_box[:, :2], boxes[:, :2]), np.minimum(ev_box[:, 2:], boxes[:, 2:])
     touching = (hi > lo).all(axis=1)
     if not touching.any():
-        return None
-    iou = np.where(touching, box_iou(ev_box, boxes)[0], -1.0)
-    return ids[int(np.argmax(iou))]
+        return None, False
+    iou = box_iou(ev_box, boxes)[0]
+    best = max((i for i in range(len(ids)) if touching[i]), key=lambda i: (ids[i] in visible, iou[i]))
+    return ids[best], ids[best] in visible
+
+
+def event_anomaly(event: Event | Mapping[str, Any], gt: GtFrames, min_gt_area: int = 0) -> int | None:
+    """The ground-truth anomaly an event counts for (:func:`event_owner`), or None (an event that
+    is false, or only on a track too small to count)."""
+    gid, counts = event_owner(event, gt, min_gt_area)
+    return gid if counts else None
 
 
 def event_figures(events: Sequence[Event | Mapping[str, Any]], gt: GtFrames, minutes: float,
                   min_gt_area: int = 0) -> dict[str, Any]:
     """``gt_anomalies`` (tracks with a visible box), ``found`` (those with a true event),
-    ``recall``, ``true_events``, ``false_events``, ``ignored_events`` (events that meet only
-    ground-truth boxes too small to count: the visible-box rule ignores them, as MOTA does the
+    ``recall``, ``true_events``, ``false_events``, ``ignored_events`` (events about a ground-truth
+    track too small to count in their span: the visible-box rule ignores them, as MOTA does the
     predictions on such boxes), ``false_per_minute`` and ``events_per_found`` (true events /
     found)."""
     anomalies = {gid for boxes in gt.values() for gid, _, area in boxes if area >= min_gt_area}
-    owners = [event_anomaly(ev, gt, min_gt_area) for ev in events]
-    found = {gid for gid in owners if gid is not None}
-    ignored = sum(o is None and event_anomaly(ev, gt) is not None for o, ev in zip(owners, events))
-    true, false = sum(o is not None for o in owners), sum(o is None for o in owners) - ignored
+    owners = [event_owner(ev, gt, min_gt_area) for ev in events]
+    found = {gid for gid, counts in owners if counts}
+    true = sum(counts for _, counts in owners)
+    false = sum(gid is None for gid, _ in owners)
+    ignored = len(owners) - true - false
     return {"gt_anomalies": len(anomalies), "found": len(found & anomalies),
             "recall": round(len(found & anomalies) / len(anomalies), 4) if anomalies else None,
             "true_events": true, "false_events": false, "ignored_events": ignored,
