@@ -12,8 +12,14 @@ import m2a_pipe.model.ms_deform_attn as deform
 from m2a_pipe.config import BackboneConfig, ConfigError, DecoderConfig, preset
 from m2a_pipe.model.backbone import ResNet
 from m2a_pipe.model.mask2anomaly import build_model
-from m2a_pipe.model.ms_deform_attn import (MSDeformAttn, ms_deform_attn, ms_deform_attn_reference, sampling_grid,
-                                           softmax_last, use_reference_core)
+from m2a_pipe.model.ms_deform_attn import (
+    MSDeformAttn,
+    ms_deform_attn,
+    ms_deform_attn_reference,
+    sampling_grid,
+    softmax_last,
+    use_reference_core,
+)
 from m2a_pipe.model.pixel_decoder import upsample_bilinear
 from m2a_pipe.model.position_encoding import sine_position_encoding
 from m2a_pipe.model.transformer_decoder import _allow_all_if_empty

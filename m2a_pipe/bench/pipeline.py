@@ -125,8 +125,8 @@ def bench_pipeline(video: str | Path, config: ProcessConfig | None = None) -> Pi
 def summarise(runs: list[list[PipelineBench]]) -> dict[str, Any]:
     """Rounds of measurements (each a list with one :class:`PipelineBench` per precision, in
     the same order) -> ``results`` (per precision: the median of each figure over the rounds,
-    and every round's ``end_to_end_fps``, ``model_fps`` and ``efficiency``) and ``speed_ratios`` (``"bf16/fp32"``: median over
-    the rounds of the end-to-end fps ratio of each precision to the first one)."""
+    and every round's ``end_to_end_fps``, ``model_fps`` and ``efficiency``) and ``speed_ratios``
+    (``"bf16/fp32"``: median over the rounds of the end-to-end fps ratio of each precision to the first one)."""
     results = []
     for i, first in enumerate(runs[0]):
         mine = [r[i] for r in runs]

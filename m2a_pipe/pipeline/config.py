@@ -98,9 +98,10 @@ class ProcessConfig:
 
     Outputs: ``overlay`` (write overlay.mp4), ``overlay_size`` (``input``: the network input
     size, ``source``: the video's own size), ``overlay_crf``, ``overlay_preset`` (encoder
-    preset: ``lean``, the project's, or a libx264 speed preset; :data:`~m2a_pipe.settings.OVERLAY_X264_PARAMS`), ``overlay_threads`` (H.264
-    encoder threads; 0: one when the model runs on the CPU, so that the encoder does not
-    compete with it for the cores, else FFmpeg's choice), ``save_maps`` (/maps/anomaly),
+    preset: ``lean``, the project's, or a libx264 speed preset;
+    :data:`~m2a_pipe.settings.OVERLAY_X264_PARAMS`), ``overlay_threads`` (H.264 encoder threads;
+    0: one when the model runs on the CPU, so that the encoder does not compete with it for the
+    cores, else FFmpeg's choice), ``save_maps`` (/maps/anomaly),
     ``save_semantic`` (/maps/semantic), ``overwrite`` (redo complete videos), ``queue_size``
     (frames held between threads, per queue).
     """
