@@ -12,8 +12,8 @@ temporary folder, removed at the end.
 
 Each clip (with its ``CLIP.tracks.json`` beside it) is processed once by ``m2a_pipe.process``
 with the default settings (``--set KEY=VALUE``, repeatable: any other ``process`` setting, a
-field of ``ProcessConfig``, the value as JSON or a bare string), from scratch (a rerun into the same ``--out`` overwrites its
-outputs). Then, from its outputs:
+field of ``ProcessConfig``, the value as JSON or a bare string), from scratch (a rerun into the
+same ``--out`` overwrites its outputs). Then, from its outputs:
 
 * **MOTA, IDF1** (py-motmetrics, IoU >= 0.5) of ``tracks.csv`` against the ground truth, over
   every ground-truth box and over the boxes the pipeline is set to see (at least

@@ -22,7 +22,7 @@ from m2a_pipe.mining import ClipError, cut_clip, mine  # noqa: E402
 from m2a_pipe.pipeline.process import process  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = dict(short_side=64, quiet=True, instances="panoptic", event_min_score=-1.0)
+FAST = dict(short_side=64, quiet=True, instances="panoptic", event_min_score=-1.0, min_hits=3)
 CLI_FAST = ("--short-side", "64", "--device", "cpu", "-q")
 
 

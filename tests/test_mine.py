@@ -27,7 +27,7 @@ from m2a_pipe.mining.report import FIRST_THUMB_BOX, THUMB_BACKGROUND  # noqa: E4
 from m2a_pipe.pipeline import job as video_job  # noqa: E402
 from m2a_pipe.pipeline.process import process  # noqa: E402
 
-FAST = dict(short_side=64, quiet=True, instances="panoptic", event_min_score=-1.0)
+FAST = dict(short_side=64, quiet=True, instances="panoptic", event_min_score=-1.0, min_hits=3)
 MANIFEST = [("videos/car1/front.mp4", "V1", "d1"), ("videos/car2/front.mp4", "V2", "d2"),
             ("videos/car2/rear.mp4", "V2", "d3"), ("videos/car3/cut.ts", "V3", "d4")]
 COMPLETE = ("car1/front.m2a", "car2/front.m2a", "car2/rear.m2a")

@@ -77,7 +77,8 @@ def test_vfr_timestamps_and_stride(weights, clips, tmp_path):
 
 
 def test_open_set_panoptic_instances(weights, clips, tmp_path):
-    process(clips["a"], tmp_path / "out", weights=weights, instances="panoptic", event_min_score=-1.0, **FAST)
+    process(clips["a"], tmp_path / "out", weights=weights, instances="panoptic", event_min_score=-1.0, min_hits=3,
+            **FAST)
     out = tmp_path / "out" / "drive.m2a"
     with h5py.File(out / "scores.h5", "r") as f:
         n = f["frames/n_instances"][:]

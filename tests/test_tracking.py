@@ -120,7 +120,7 @@ def test_every_frame_once_in_order_and_ids_without_gaps():
 
 
 def test_death_after_max_misses_then_new_id():
-    cfg = TrackerConfig(max_misses=2, rejoin_frames=0)
+    cfg = TrackerConfig(min_hits=3, max_misses=2, rejoin_frames=0)
     # same place: a gap of 2 misses is bridged, a gap of 3 kills the track
     frames = [[inst(50, 50)]] * 4 + [[]] * 2 + [[inst(50, 50)]] * 4 + [[]] * 3 + [[inst(50, 50)]] * 4
     out = run(Tracker(cfg), frames)
@@ -129,10 +129,10 @@ def test_death_after_max_misses_then_new_id():
     assert ids[13:] == [(2,)] * 4
     # remembered for rejoin_frames: the object found again at the same place takes id 1 back,
     # but one found far away is another object
-    out = run(Tracker(TrackerConfig(max_misses=2, rejoin_frames=10)), frames)
+    out = run(Tracker(TrackerConfig(min_hits=3, max_misses=2, rejoin_frames=10)), frames)
     assert [f.track_ids for f in out][13:] == [(1,)] * 4
     far = frames[:13] + [[inst(150, 150)]] * 4
-    assert [f.track_ids for f in run(Tracker(TrackerConfig(max_misses=2)), far)][13:] == [(2,)] * 4
+    assert [f.track_ids for f in run(Tracker(TrackerConfig(min_hits=3, max_misses=2)), far)][13:] == [(2,)] * 4
 
 
 def test_frames_must_increase_and_no_update_after_finish():

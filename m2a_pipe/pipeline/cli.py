@@ -12,8 +12,17 @@ import sys
 import click
 
 from m2a_pipe.pipeline.config import ProcessConfig
-from m2a_pipe.settings import (DEFAULT_OVERLAY_PRESET, EVENT_MODES, INSTANCE_MODES, MAP_STRIDES, OVERLAY_PRESETS,
-                               OVERLAY_SIZES, PRECISIONS, SCORE_NAMES)
+from m2a_pipe.settings import (
+    DEFAULT_MIN_HITS,
+    DEFAULT_OVERLAY_PRESET,
+    EVENT_MODES,
+    INSTANCE_MODES,
+    MAP_STRIDES,
+    OVERLAY_PRESETS,
+    OVERLAY_SIZES,
+    PRECISIONS,
+    SCORE_NAMES,
+)
 
 
 @click.command("process")
@@ -45,7 +54,8 @@ from m2a_pipe.settings import (DEFAULT_OVERLAY_PRESET, EVENT_MODES, INSTANCE_MOD
 @click.option("--instances", type=click.Choice(INSTANCE_MODES),
               help="Instances: components of the thresholded map, or open-set panoptic unknowns.  "
                    "[default: components]")
-@click.option("--min-hits", type=int, help="Detections before a track is confirmed.  [default: 3]")
+@click.option("--min-hits", type=int,
+              help=f"Consecutive detections that confirm a track.  [default: {DEFAULT_MIN_HITS}]")
 @click.option("--max-misses", type=int, help="Missed frames before a track ends.  [default: 5]")
 @click.option("--events", "event_mode", type=click.Choice(EVENT_MODES), help="Events from tracks or frame runs.")
 @click.option("--event-min-duration", "event_min_duration_s", type=float,
