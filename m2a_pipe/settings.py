@@ -89,6 +89,10 @@ the threshold, and blobs over the threshold that reach the minimum area only wit
 TRACK_MERGE_OVERLAP = 0.5
 """A detection left over with at least this fraction of its box inside a matched track's box
 (grown by a quarter of its size) is a fragment of that track's object and merged into it."""
+TRACK_MERGE_BELOW_COVER = 0.75
+"""Only a track whose detection covers less than this fraction of its predicted box takes
+fragments: a detection that covers its prediction is the whole object, and a blob beside it is
+another object (two objects that touched and part), not a piece of it."""
 TRACK_REJOIN_FRAMES = 30
 """Frames a lost confirmed track is remembered: a new track confirmed within them near where it
 was lost takes its id back."""

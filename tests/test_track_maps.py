@@ -112,3 +112,24 @@ def test_refined_box_follows_the_true_edge_and_weak_blobs_are_apart():
     (weak,) = weak_instances(amap, TRACK_WEAK_RATIO * THRESHOLD, THRESHOLD)
     assert weak.bbox[0] >= 58 and weak.peak_score == pytest.approx(0.4)
     assert anomaly_instances(amap, THRESHOLD)[0].fine_bbox is None  # not refined unless asked
+
+
+def test_two_objects_that_touch_then_part_keep_apart():
+    """A large object moving left and a small still one at its edge, touching at first (one blob
+    in the map), then parting: the large one's detection still covers most of its predicted box,
+    so the small one is no fragment of it; once apart it is its own track, and the large one's box
+    is its own width (fragments are merged only into a detection that misses a good part of its
+    track's box: here the small one would have ridden on the large one's track to the end)."""
+    maps = []
+    for t in range(30):
+        amap = np.zeros(SHAPE, np.float32)
+        blob(amap, 60 - 1.0 * t, 30, 24, 14)       # spans x 48..72 at t = 0
+        blob(amap, 73, 33, 3, 3)                   # x 71.5..74.5: inside the large one's edge at t = 0
+        maps.append(amap)
+    assert len(anomaly_instances(maps[0], THRESHOLD, gap=INSTANCE_GAP)) == 1  # touching: one blob
+    assert len(anomaly_instances(maps[5], THRESHOLD, gap=INSTANCE_GAP)) == 2  # apart from frame 5 on
+    frames = track_maps(maps)
+    for t, f in enumerate(frames[10:], start=10):
+        assert len(f) == 2 and len({tid for tid, _ in f}) == 2 and 0 not in {tid for tid, _ in f}, (t, f)
+        (_, large), = [d for d in f if d[1][0] < 60]
+        assert large[2] - large[0] == pytest.approx(24, abs=1), (t, large)

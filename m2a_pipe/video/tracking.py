@@ -24,7 +24,9 @@ detections (blobs the model is unsure of, see :func:`m2a_pipe.inference.instance
    a few frames keeps its track and its boxes.
 3. **Merge fragments**: a detection left over with at least ``merge_overlap`` of its box inside
    the box of a track matched in this frame (the union of its prediction and its detection, grown
-   by a quarter of its size) is a piece of the same object and is merged into that detection
+   by a quarter of its size), where that track's detection covers less than ``merge_below_cover``
+   of its predicted box (a piece of the object is missing from it), is a piece of the same object
+   and is merged into that detection
    (:func:`~m2a_pipe.inference.instances.merged_instance`), so one object never starts a second
    track.
 4. **Correct** matched tracks: ``r = z - x_pred; x = x_pred + alpha * r; v = v + beta / dt * r``
@@ -61,6 +63,7 @@ from m2a_pipe.inference.instances import Instance, merged_instance
 from m2a_pipe.settings import (
     DEFAULT_MAX_MISSES,
     DEFAULT_MIN_HITS,
+    TRACK_MERGE_BELOW_COVER,
     TRACK_MERGE_OVERLAP,
     TRACK_REJOIN_DISTANCE,
     TRACK_REJOIN_FRAMES,
@@ -88,7 +91,8 @@ class TrackerConfig:
     ``alpha`` / ``beta``: alpha-beta filter gains on the state and its velocity, in (0, 1].
     ``coast_slack``: growth of the distance scale per missed call of a coasting track.
     ``merge_overlap``: fraction of a left-over detection's box inside a matched track's grown box
-    that makes it a fragment of that track's object (> 1: never merge).
+    that makes it a fragment of that track's object (> 1: never merge); ``merge_below_cover``: only
+    a track whose detection covers less than this fraction of its predicted box takes fragments.
     ``rejoin_frames`` / ``rejoin_distance``: how long (frame keys) a lost track is remembered and
     how near (mean box diagonals) a new track must be confirmed to take its id (0: never rejoin).
     """
@@ -103,6 +107,7 @@ class TrackerConfig:
     beta: float = 0.2
     coast_slack: float = 0.5
     merge_overlap: float = TRACK_MERGE_OVERLAP
+    merge_below_cover: float = TRACK_MERGE_BELOW_COVER
     rejoin_frames: int = TRACK_REJOIN_FRAMES
     rejoin_distance: float = TRACK_REJOIN_DISTANCE
 
@@ -116,6 +121,8 @@ class TrackerConfig:
             raise ValueError(f"need 0 < alpha <= 1 and 0 <= beta <= 1, got {self.alpha}, {self.beta}")
         if self.coast_slack < 0 or self.merge_overlap <= 0 or self.rejoin_frames < 0 or self.rejoin_distance < 0:
             raise ValueError("coast_slack, rejoin_frames, rejoin_distance must be >= 0 and merge_overlap > 0")
+        if not 0 < self.merge_below_cover <= 1:
+            raise ValueError(f"merge_below_cover must be in (0, 1], got {self.merge_below_cover}")
 
 
 @dataclass(frozen=True)
@@ -340,16 +347,22 @@ class Tracker:
     def _merge_fragments(self, instances: list[Instance | None], free: list[int], owners: list[_Track | None],
                          predicted: dict[int, np.ndarray]) -> list[int]:
         """Merge each free instance lying mostly inside a matched track's box into that track's
-        instance (the merged one takes the matched one's place; the fragment's becomes None)."""
+        instance (the merged one takes the matched one's place; the fragment's becomes None), when
+        that track's own detection covers less than ``merge_below_cover`` of its predicted box:
+        a piece of the object is missing from it. A detection that covers its prediction is the
+        whole object, and what lies beside it another one (two objects that touched and part)."""
+        matched = {}  # instance index -> (track's predicted box, its detection's box as associated)
+        for m, track in enumerate(owners):
+            if track is not None and instances[m] is not None:
+                pred = state_boxes(predicted[track.serial][None])[0]
+                det = np.array(instances[m].box, dtype=np.float64)
+                if inside_fraction(pred, det) < self.config.merge_below_cover:
+                    matched[m] = (pred, det)
         still_free = []
         for d in free:
             box = np.array(instances[d].box, dtype=np.float64)
             best, best_share = None, self.config.merge_overlap
-            for m, track in enumerate(owners):
-                if track is None or instances[m] is None or m == d:
-                    continue
-                pred = state_boxes(predicted[track.serial][None])[0]
-                det = np.array(instances[m].box, dtype=np.float64)
+            for m, (pred, det) in matched.items():
                 region = grown_box(np.concatenate([np.minimum(pred[:2], det[:2]), np.maximum(pred[2:], det[2:])]),
                                    0.25)
                 share = inside_fraction(box, region)
