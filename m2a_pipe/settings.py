@@ -92,7 +92,7 @@ TRACK_MERGE_OVERLAP = 0.5
 TRACK_MERGE_BELOW_COVER = 0.75
 """Only a track whose detection covers less than this fraction of its predicted box takes
 fragments: a detection that covers its prediction is the whole object, and a blob beside it is
-another object (two objects that touched and part), not a piece of it."""
+another object (two objects that touched and parted), not a piece of it."""
 TRACK_REJOIN_FRAMES = 30
 """Frames a lost confirmed track is remembered: a new track confirmed within them near where it
 was lost takes its id back."""

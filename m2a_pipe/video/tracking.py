@@ -350,7 +350,7 @@ class Tracker:
         instance (the merged one takes the matched one's place; the fragment's becomes None), when
         that track's own detection covers less than ``merge_below_cover`` of its predicted box:
         a piece of the object is missing from it. A detection that covers its prediction is the
-        whole object, and what lies beside it another one (two objects that touched and part)."""
+        whole object, and what lies beside it another one (two objects that touched and parted)."""
         matched = {}  # instance index -> (track's predicted box, its detection's box as associated)
         for m, track in enumerate(owners):
             if track is not None and instances[m] is not None:
