@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import video_fixtures as vf  # noqa: E402
 
 from m2a_pipe.cli import cli  # noqa: E402
+from m2a_pipe.inference.forward import precision_for  # noqa: E402
 from m2a_pipe.io.video_reader import VideoReader  # noqa: E402
 from m2a_pipe.pipeline.process import ProcessError, process  # noqa: E402
 
@@ -60,6 +61,9 @@ def test_outputs_of_one_video(weights, clips, tmp_path):
         assert json.loads(f.attrs["config"])["short_side"] == 64
         assert f.attrs["width"] == 96 and f.attrs["height"] == 64
         assert f["instances"].shape[0] == f["frames/n_instances"][:].sum()
+        # the precision as run, not the option: auto is bf16 on a CPU with bf16 instructions, else fp32
+        assert json.loads(f.attrs["config"])["precision"] == "auto"
+        assert f.attrs["precision"] == precision_for("cpu", "auto").name in ("bf16", "fp32")
     overlay = source_frames(out / "overlay.mp4")
     assert len(overlay) == len(src)
     np.testing.assert_allclose([t for _, t in overlay], [t for _, t in src], atol=1e-3)

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import video_fixtures as vf  # noqa: E402
 
 from m2a_pipe.cli import cli  # noqa: E402
+from m2a_pipe.inference.forward import precision_for  # noqa: E402
 from m2a_pipe.pipeline.config import RayConfig  # noqa: E402
 from m2a_pipe.pipeline.process import process  # noqa: E402
 
@@ -90,6 +91,7 @@ def test_two_workers_give_the_local_outputs(cluster, fleet, local_out, weights, 
     assert (tmp_path / "out" / "v1" / "long.m2a" / "overlay.mp4").stat().st_size > 0
     with h5py.File(tmp_path / "out" / "v2" / "drive.m2a" / "scores.h5", "r") as f:
         assert f.attrs["extra_vehicle"] == "car-2" and f.attrs["extra_drive_id"] == "d3"
+        assert f.attrs["precision"] == precision_for("cpu", json.loads(f.attrs["config"])["precision"]).name
     line = next(m for m in messages if m.startswith("ray: 2 worker(s)"))
     assert "0 restarted, 0 lost" in line
     batches = [int(n) for n in line.rsplit(" ", 1)[1].split("/")]

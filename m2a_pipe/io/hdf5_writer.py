@@ -15,7 +15,8 @@ processed frame, in processing order):
   (source frame index), ``track_id`` (0 = not part of a confirmed track), box ``x0, y0, x1,
   y1`` and ``area`` in source pixels (x1, y1 exclusive), ``score_mean``, ``score_max``;
 * root attributes: ``format_version``, ``source``, ``source_fingerprint``, ``fps``, ``width``,
-  ``height``, ``n_frames``, ``weights``, ``weights_sha256``, ``config`` (JSON),
+  ``height``, ``n_frames``, ``weights``, ``weights_sha256``, ``precision`` (the network's, as
+  run), ``config`` (JSON),
   ``m2a_pipe_version``, ``status`` (``complete`` / ``partial``, ``running`` while written) and
   ``error`` (the reason when partial), plus any extra attributes given (manifest columns).
 

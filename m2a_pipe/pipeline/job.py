@@ -52,6 +52,9 @@ class ModelInfo:
     threshold: float
     note: str = ""
     """The weights' notice (the demo weights: trained on a synthetic world only), stored with the outputs."""
+    precision: str = ""
+    """The network's precision as the model stage runs it (``fp32``, ``bf16``, ``fp16``; ``auto``
+    resolved), stored with the outputs; empty while not known (the option's value is stored then)."""
 
 
 @dataclass
@@ -157,7 +160,8 @@ class VideoJob:
                  "codec": info.codec, "weights": model.weights, "weights_sha256": model.sha256,
                  "weights_note": model.note,
                  "config": cfg.to_json(), "model_config": model.config.to_json(), "m2a_pipe_version": __version__,
-                 "score": cfg.effective_score, "threshold": model.threshold, "input_height": input_size[0],
+                 "score": cfg.effective_score, "precision": model.precision or cfg.precision,
+                 "threshold": model.threshold, "input_height": input_size[0],
                  "input_width": input_size[1], "extra": json.dumps(dict(self.video.extra), sort_keys=True),
                  **{f"extra_{k}": v for k, v in self.video.extra.items()}}
         self.analysis = VideoAnalysis(self.workdir, settings, cfg, attrs)

@@ -35,7 +35,7 @@ import socket
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -113,7 +113,8 @@ class InferenceWorker:
     def stats(self) -> dict[str, Any]:
         """Batches and frames since this process started, its pid and device (a new pid
         means Ray restarted the actor). Answers while a batch runs (its own concurrency group)."""
-        return {"batches": self.batches, "frames": self.frames, "pid": os.getpid(), "device": str(self.stage.device)}
+        return {"batches": self.batches, "frames": self.frames, "pid": os.getpid(), "device": str(self.stage.device),
+                "precision": self.stage.core.precision.name}
 
 
 class WeightsHolder:
@@ -278,15 +279,18 @@ class InferencePool:
                            name=f"{WORKER_NAME}-{self.run_id}-{i}")
             self.actors.append(cls.options(**options).remote(holder, config, plan.gpus > 0, threads))
         self.pids: list[int] = []
+        self.precisions: list[str] = []
         self.closed = False
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
         """Block until every actor has loaded its replica; PoolError when one cannot."""
         try:
-            self.pids = [s["pid"] for s in ray.get([a.stats.remote() for a in self.actors], timeout=timeout_s)]
+            stats = ray.get([a.stats.remote() for a in self.actors], timeout=timeout_s)
         except RayError as err:
             cause = getattr(err, "cause", None) or err
             raise PoolError(f"an inference worker could not start: {first_line(cause)}") from None
+        self.pids = [s["pid"] for s in stats]
+        self.precisions = sorted({s["precision"] for s in stats})  # several on a mixed cluster
 
     def stats(self, timeout_s: float = 10.0) -> list[dict[str, Any] | None]:
         """Each actor's :meth:`InferenceWorker.stats`, None for one that is gone."""
@@ -434,6 +438,7 @@ def run_on_ray(videos: Sequence[VideoInput], output: Path, config: ProcessConfig
         config = config.for_device("cuda" if plan.gpus > 0 else "cpu")
         pool = InferencePool(weights, config, plan, ray_config.worker_restarts)
         pool.wait_ready()
+        model = replace(model, precision=",".join(pool.precisions))
         task = ray.remote(_video_task).options(num_cpus=ray_config.cpus_per_job, max_retries=JOB_RETRIES,
                                                scheduling_strategy="SPREAD")
         queue = deque(videos)
