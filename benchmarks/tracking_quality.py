@@ -54,7 +54,7 @@ import h5py
 import numpy as np
 
 from m2a_pipe import process
-from m2a_pipe.config import ConfigError
+from m2a_pipe.errors import UsageError
 from m2a_pipe.evaluation.tracking import false_events, load_gt_tracks, mot_metrics
 from m2a_pipe.evaluation.tracks import event_figures
 from m2a_pipe.inference.instances import Instance
@@ -263,7 +263,7 @@ def main() -> None:
         config = ProcessConfig.from_mapping(
             {"weights": args.weights, "device": args.device, "short_side": args.short_side,
              "precision": args.precision, **dict(parse_override(text) for text in args.overrides)}, "--set")
-    except ConfigError as err:
+    except UsageError as err:  # a ConfigError, or a value a setting's own check refuses
         parser.error(str(err))
     with tempfile.TemporaryDirectory(prefix="m2a-track-eval-") as tmp:
         out = args.out or Path(tmp)

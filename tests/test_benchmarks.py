@@ -302,9 +302,10 @@ def test_tracking_quality_model(oracle_run, tmp_path):
     assert (run["min_hits"], run["event_min_duration_s"], run["short_side"]) == (4, 0.8, 64)
     with open(folder / "summary.json") as f:
         assert json.load(f)["status"] == "complete"
-    done = subprocess.run([sys.executable, str(BENCHMARKS / "tracking_quality.py"), str(clip), "--set", "min_hitz=4"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "unknown setting(s) min_hitz" in done.stderr, done.stderr
+    for bad, why in (("min_hitz=4", "unknown setting(s) min_hitz"), ("min_hits=0", "min_hits: must be >= 1")):
+        done = subprocess.run([sys.executable, str(BENCHMARKS / "tracking_quality.py"), str(clip), "--set", bad],
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and why in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 def test_ray_scaling(ray_scaling_run):
