@@ -8,6 +8,7 @@ them with :func:`make_stage`.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import cv2
@@ -89,6 +90,8 @@ def make_stage(model: Any, config: ProcessConfig, device: torch.device | str) ->
 
 
 def load_stage(config: ProcessConfig, device: torch.device) -> tuple[ModelStage, ModelInfo]:
-    """Load and verify the weights, build the model stage. Raises ProcessError (one line)."""
+    """Load and verify the weights, build the model stage; the :class:`ModelInfo` carries the
+    precision the stage runs at. Raises ProcessError (one line)."""
     model, info = load_checked_model(config)
-    return make_stage(model, config, device), info
+    stage = make_stage(model, config, device)
+    return stage, replace(info, precision=stage.core.precision.name)

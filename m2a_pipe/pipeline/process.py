@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -198,7 +198,6 @@ def _process_locally(todo: list[VideoInput], output: Path, config: ProcessConfig
                      on_batch: Callable[[VideoInput, int], None] | None) -> None:
     config, device = prepare_runtime(config)
     stage, model_info = load_stage(config, device)
-    model_info = replace(model_info, precision=stage.core.precision.name)
     batch = config.batch_size or default_batch_size(device.type)
     for video in todo:
         finished(_run_one(video, output, config, stage, model_info, batch, quiet, on_batch))
