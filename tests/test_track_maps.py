@@ -133,3 +133,26 @@ def test_two_objects_that_touch_then_part_keep_apart():
         assert len(f) == 2 and len({tid for tid, _ in f}) == 2 and 0 not in {tid for tid, _ in f}, (t, f)
         (_, large), = [d for d in f if d[1][0] < 60]
         assert large[2] - large[0] == pytest.approx(24, abs=1), (t, large)
+
+
+def test_a_wide_band_never_takes_a_small_objects_track():
+    """A small object tracked for 12 frames, then missed for two while a wide band lights up
+    along the bottom of the map (as a model may light up the road's edge): the band is far
+    apart in size, so it neither continues the small track nor, found again later, takes its id;
+    the small object keeps its id when it comes back."""
+    maps = []
+    for t in range(30):
+        amap = np.zeros(SHAPE, np.float32)
+        if not 12 <= t < 14:
+            blob(amap, 30 + 0.5 * t, 20, 4, 4)
+        if t >= 12:
+            blob(amap, 50, 54, 90, 6)
+        maps.append(amap)
+    frames = track_maps(maps)
+    small = [[tid for tid, box in f if box[2] - box[0] < 10] for f in frames]
+    band = {tid for f in frames for tid, box in f if box[2] - box[0] > 80}
+    assert small[:12] == [[1]] * 12 and small[14:] == [[1]] * 16
+    assert band == {2}
+    # without the size gate, the coasting small track takes the band the first frame it misses
+    frames = track_maps(maps, TrackerConfig(max_size_change=1e9))
+    assert [tid for tid, box in frames[12] if box[2] - box[0] > 80] == [1]

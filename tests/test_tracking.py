@@ -7,7 +7,7 @@ import pytest
 
 from m2a_pipe.inference.instances import Instance
 from m2a_pipe.video.detections import Detections
-from m2a_pipe.video.tracking import FrameTracks, Tracker, TrackerConfig, association_cost, box_iou
+from m2a_pipe.video.tracking import FrameTracks, Tracker, TrackerConfig, association_cost, box_iou, size_ratio
 
 
 def inst(cx: float, cy: float, w: float = 10, h: float = 10, score: float = 0.9) -> Instance:
@@ -35,6 +35,24 @@ def test_box_iou_and_cost():
     np.testing.assert_allclose(box_iou(a, b), [[1.0, 50 / 150, 0.0]])
     cost = association_cost(a, b, 1.0, 0.5)
     assert cost[0, 0] == 0.0 and cost[0, 0] < cost[0, 1] < cost[0, 2]
+
+
+def test_size_ratio_is_the_larger_side_ratio_either_way():
+    a = np.array([[0, 0, 10, 10]], float)
+    b = np.array([[0, 0, 10, 10], [0, 0, 30, 12], [5, 5, 7.5, 10], [0, 0, 0.2, 10]], float)
+    np.testing.assert_allclose(size_ratio(a, b), [[1.0, 3.0, 4.0, 10.0]])  # a sliver counts as 1 px
+    np.testing.assert_allclose(size_ratio(b, a), size_ratio(a, b).T)
+    with pytest.raises(ValueError, match="max_size_change"):
+        TrackerConfig(max_size_change=0.5)
+
+
+def test_a_detection_three_times_wider_is_another_object():
+    # a 10x10 object tracked for 8 frames, then only a 40x10 blob over it: not its continuation
+    frames = [[inst(50 + t, 50)] for t in range(8)] + [[inst(58 + t, 50, 40, 10)] for t in range(8)]
+    out = run(Tracker(TrackerConfig(max_misses=2)), frames)
+    assert [f.track_ids for f in out] == [(1,)] * 8 + [(2,)] * 8
+    out = run(Tracker(TrackerConfig(max_misses=2, max_size_change=5.0)), frames)
+    assert [f.track_ids for f in out] == [(1,)] * 16
 
 
 def test_crossing_objects_keep_ids():

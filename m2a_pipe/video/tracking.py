@@ -16,7 +16,9 @@ detections (blobs the model is unsure of, see :func:`m2a_pipe.inference.instance
    no longer overlaps its detection can still match when it is within about one box size; ``s``
    is multiplied by ``first_match_slack`` for a track seen once (velocity still unknown) and by
    ``1 + coast_slack * misses`` for a track coasting through misses. Pairs with
-   ``cost > max_cost`` are never matched (gating).
+   ``cost > max_cost`` are never matched (gating), nor pairs whose boxes differ in width or in
+   height by more than ``max_size_change`` times (:func:`size_ratio`: a wide band the model lights
+   up along the road is no continuation of a small object's track, however near its centre).
    (a) confirmed tracks (coasting ones included) take detections first, (b) tentative tracks get
    the detections left over, so a fresh false positive cannot steal an established object's
    detection, (c) confirmed tracks still unmatched take weak detections (two-stage association
@@ -38,7 +40,8 @@ detections (blobs the model is unsure of, see :func:`m2a_pipe.inference.instance
    its prediction; nothing is emitted for it then) and is then *lost*: remembered for
    ``rejoin_frames`` frame keys.
 6. **Rejoin**: a track confirmed within ``rejoin_distance`` mean box diagonals of a lost or
-   coasting confirmed track (the nearest) is the same object found again: it takes that track's
+   coasting confirmed track (the nearest), its box within ``max_size_change`` of that track's
+   in width and height, is the same object found again: it takes that track's
    id (and a coasting one is ended), so a re-found object continues its track and its event.
 
 Ids are 1, 2, 3, ... given **at confirmation** to tracks that rejoin none, in confirmation order
@@ -63,6 +66,7 @@ from m2a_pipe.inference.instances import Instance, merged_instance
 from m2a_pipe.settings import (
     DEFAULT_MAX_MISSES,
     DEFAULT_MIN_HITS,
+    TRACK_MAX_SIZE_CHANGE,
     TRACK_MERGE_BELOW_COVER,
     TRACK_MERGE_OVERLAP,
     TRACK_REJOIN_DISTANCE,
@@ -95,6 +99,8 @@ class TrackerConfig:
     a track whose detection covers less than this fraction of its predicted box takes fragments.
     ``rejoin_frames`` / ``rejoin_distance``: how long (frame keys) a lost track is remembered and
     how near (mean box diagonals) a new track must be confirmed to take its id (0: never rejoin).
+    ``max_size_change``: the largest width or height ratio (>= 1) between a track's predicted box
+    and a detection it takes, and between a new track's box and the lost one it rejoins.
     """
 
     min_hits: int = DEFAULT_MIN_HITS
@@ -110,6 +116,7 @@ class TrackerConfig:
     merge_below_cover: float = TRACK_MERGE_BELOW_COVER
     rejoin_frames: int = TRACK_REJOIN_FRAMES
     rejoin_distance: float = TRACK_REJOIN_DISTANCE
+    max_size_change: float = TRACK_MAX_SIZE_CHANGE
 
     def __post_init__(self) -> None:
         check_track_lifetimes(self.min_hits, self.max_misses)
@@ -121,6 +128,8 @@ class TrackerConfig:
             raise ValueError(f"need 0 < alpha <= 1 and 0 <= beta <= 1, got {self.alpha}, {self.beta}")
         if self.coast_slack < 0 or self.merge_overlap <= 0 or self.rejoin_frames < 0 or self.rejoin_distance < 0:
             raise ValueError("coast_slack, rejoin_frames, rejoin_distance must be >= 0 and merge_overlap > 0")
+        if not self.max_size_change >= 1:
+            raise ValueError(f"max_size_change must be >= 1, got {self.max_size_change}")
         if not 0 < self.merge_below_cover <= 1:
             raise ValueError(f"merge_below_cover must be in (0, 1], got {self.merge_below_cover}")
 
@@ -199,6 +208,16 @@ def association_cost(pred: np.ndarray, det: np.ndarray, iou_weight: float, dista
     diag_d = np.hypot(*(det[:, 2:] - det[:, :2]).T)
     scale = np.maximum((diag_p[:, None] + diag_d[None]) / 2, _MIN_SIZE_PX) * np.reshape(slack, (-1, 1))
     return iou_weight * (1.0 - iou) + distance_weight * dist / scale
+
+
+def size_ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """How far apart in size (N, 4) and (M, 4) float (x0, y0, x1, y1) boxes are -> (N, M) float64:
+    the larger of their width ratio and height ratio, each taken >= 1 (larger over smaller; sides
+    under a pixel count as one pixel)."""
+    sa = np.maximum(np.asarray(a, np.float64)[:, 2:] - np.asarray(a, np.float64)[:, :2], _MIN_SIZE_PX)
+    sb = np.maximum(np.asarray(b, np.float64)[:, 2:] - np.asarray(b, np.float64)[:, :2], _MIN_SIZE_PX)
+    ratio = sa[:, None, :] / sb[None, :, :]
+    return np.maximum(ratio, 1 / ratio).max(axis=2)
 
 
 def gated_assignment(cost: np.ndarray, max_cost: float) -> list[tuple[int, int]]:
@@ -338,6 +357,7 @@ class Tracker:
         slack = np.array([cfg.first_match_slack if t.hits == 1 else 1.0 + cfg.coast_slack * t.misses
                           for t in tracks])
         cost = association_cost(pred, det, cfg.iou_weight, cfg.distance_weight, slack)
+        cost[size_ratio(pred, det) > cfg.max_size_change] = np.inf  # gated: another size
         taken = set()
         for r, c in gated_assignment(cost, cfg.max_cost):
             owners[free[c]] = tracks[r]
@@ -386,7 +406,7 @@ class Tracker:
             old_box = state_boxes(old.state[None])[0]
             diag = (np.hypot(*(box[2:] - box[:2])) + np.hypot(*(old_box[2:] - old_box[:2]))) / 2
             d = float(np.hypot(*(track.state[:2] - old.state[:2]))) / max(diag, _MIN_SIZE_PX)
-            if d <= best_d:
+            if d <= best_d and size_ratio(box[None], old_box[None])[0, 0] <= cfg.max_size_change:
                 best, best_d = old, d
         if best is None:
             track.track_id = self._next_id
