@@ -1,7 +1,7 @@
 """Tracking and event quality on synthetic clips with ground-truth tracks.
 
-    python benchmarks/tracking_quality.py [--oracle] [--weights demo] [--precision auto] [--out runs/track_eval]
-        [--json FILE]
+    python benchmarks/tracking_quality.py [--oracle | --replay DIR] [--weights demo] [--precision auto]
+        [--out runs/track_eval] [--json FILE]
     python benchmarks/tracking_quality.py clips/*.mp4 --weights demo --out runs/track_eval
     python benchmarks/tracking_quality.py clips/*.mp4 --set min_hits=5 --set event_min_duration_s=0.8
 
@@ -39,6 +39,12 @@ figures measure what comes after the model (instances at 1/4 resolution, the tra
 event rules) with a perfect detector. A clip whose ``CLIP.gt.h5`` is not beside it (such as
 examples/drive.mp4) gets it rendered again from the seed, length, rate and size its
 ``CLIP.tracks.json`` records, under ``OUT/gt/``.
+
+``--replay DIR`` replaces the model by the anomaly maps an earlier run stored
+(``DIR/STEM.m2a/scores.h5``, as this script with ``--weights`` leaves them under its ``--out``),
+at that run's threshold: another tracker, instance or event setting (``--set``, or the code)
+is scored on the same maps in seconds. The stored maps are rounded to steps of 1/255, so a
+replay's figures can differ from the run's by a borderline track.
 
 Prints one JSON object: the command line, then the figures per clip and pooled (MOTA pooled over
 all frames of all clips).
@@ -132,6 +138,35 @@ class OracleStage:
                 yield batch, maps
 
 
+class ReplayStage:
+    """Stands in for the ModelStage as :class:`OracleStage` does: the anomaly map a run stored for
+    each frame (``/maps/anomaly`` of its ``scores.h5``, value = stored x ``scale``), looked up by
+    the frame's source index."""
+
+    def __init__(self, scores_h5: Path, map_shape: tuple[int, int]) -> None:
+        self.scores_h5, self.map_shape = Path(scores_h5), tuple(map_shape)
+
+    def map_batches(self, batches):
+        """(batch, maps) for each batch of (index, pts, image) frames, in order."""
+        from m2a_pipe.inference.stage import FrameMaps
+
+        with h5py.File(self.scores_h5, "r") as f:
+            stored = f["maps/anomaly"]
+            scale = float(stored.attrs["scale"])
+            row = {int(index): k for k, index in enumerate(f["frames/index"][:])}
+            if tuple(stored.shape[1:]) != self.map_shape:
+                raise SystemExit(f"{self.scores_h5}: maps of {tuple(stored.shape[1:])}, this run's are "
+                                 f"{self.map_shape} (another input size or map stride)")
+            for batch in batches:
+                maps = []
+                for index, _pts, _image in batch:
+                    if index not in row:
+                        raise SystemExit(f"{self.scores_h5}: no stored map of frame {index}")
+                    anomaly = stored[row[index]].astype(np.float32) * scale
+                    maps.append(FrameMaps(anomaly=anomaly, semantic=np.zeros(anomaly.shape, np.uint8)))
+                yield batch, maps
+
+
 def ground_truth_masks(clip: Path, out: Path) -> Path:
     """``CLIP.gt.h5`` beside the clip, else rendered again (``OUT/gt/STEM.mp4`` and its ground truth)
     from the synthesis parameters its ``CLIP.tracks.json`` records."""
@@ -151,8 +186,9 @@ def ground_truth_masks(clip: Path, out: Path) -> Path:
     return gt_paths(again)[0]
 
 
-def run_oracle(clip: Path, out: Path, config: ProcessConfig) -> Path:
-    """The pipeline's sink on one clip with :class:`OracleStage` maps; returns the output folder."""
+def run_oracle(clip: Path, out: Path, config: ProcessConfig, replay: Path | None = None) -> Path:
+    """The pipeline's sink on one clip with :class:`OracleStage` maps, or with
+    :class:`ReplayStage` maps from the run under ``replay``; returns the output folder."""
     from m2a_pipe.inference.stage import map_size
     from m2a_pipe.io.inputs import VideoInput
     from m2a_pipe.io.layout import output_name
@@ -162,18 +198,30 @@ def run_oracle(clip: Path, out: Path, config: ProcessConfig) -> Path:
     from m2a_pipe.pipeline.local import run_job
 
     model_config, _ = read_metadata(resolve(config.weights))
-    info = ModelInfo(weights="oracle", sha256="", config=model_config, threshold=0.5)
-    video = VideoInput(source=clip.resolve(), rel=output_name(clip.stem, video=True))
-    job = VideoJob(video, out, config.updated(overwrite=True), info).open()
-    stage = OracleStage(ground_truth_masks(clip, out), map_size(job.input_size, config.map_stride))
+    rel = output_name(clip.stem, video=True)
+    stored = None if replay is None else Path(replay) / rel / "scores.h5"
+    if stored is None:
+        info = ModelInfo(weights="oracle", sha256="", config=model_config, threshold=0.5)
+    elif not stored.is_file():
+        raise SystemExit(f"{clip}: no {stored} to replay")
+    else:
+        with h5py.File(stored, "r") as f:
+            info = ModelInfo(weights=f"replay of {stored}", sha256="", config=model_config,
+                             threshold=float(f.attrs["threshold"]))
+    if replay is not None and Path(replay).resolve() == Path(out).resolve():
+        raise SystemExit(f"--replay {replay}: the same folder as --out would be overwritten while read")
+    job = VideoJob(VideoInput(source=clip.resolve(), rel=rel), out, config.updated(overwrite=True), info).open()
+    shape = map_size(job.input_size, config.map_stride)
+    stage = OracleStage(ground_truth_masks(clip, out), shape) if stored is None else ReplayStage(stored, shape)
     result = run_job(job, stage, batch_size=1, queue_size=config.queue_size)
     return Path(result.out_dir)
 
 
-def evaluate_clip(clip: Path, out: Path, config: ProcessConfig, oracle: bool = False) -> dict:
+def evaluate_clip(clip: Path, out: Path, config: ProcessConfig, oracle: bool = False,
+                  replay: Path | None = None) -> dict:
     gt_json = clip.with_suffix(".tracks.json")
-    if oracle:
-        folder = run_oracle(clip, out, config)
+    if oracle or replay is not None:
+        folder = run_oracle(clip, out, config, replay)
     else:
         video = process(clip, out, config.updated(overwrite=True), quiet=True).videos[0]
         if video.status != "complete":
@@ -254,7 +302,10 @@ def main() -> None:
     parser.add_argument("--short-side", type=int, help="network input short side [the weights' test size]")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                         help="the network's precision, as process --precision [auto]")
-    parser.add_argument("--oracle", action="store_true", help="ground-truth masks instead of the model")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--oracle", action="store_true", help="ground-truth masks instead of the model")
+    source.add_argument("--replay", type=Path, metavar="DIR",
+                        help="the maps an earlier run stored under DIR (its --out) instead of the model")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="another process setting (a ProcessConfig field), e.g. min_hits=5; repeatable")
     parser.add_argument("--json", type=Path, help="also write the report here")
@@ -268,7 +319,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="m2a-track-eval-") as tmp:
         out = args.out or Path(tmp)
         clips = args.clips or synth_clips(out / "clips", args.seeds, args.seconds, args.fps, args.size)
-        results = [evaluate_clip(clip, out, config, args.oracle) for clip in clips]
+        results = [evaluate_clip(clip, out, config, args.oracle, args.replay) for clip in clips]
     report = {"command": shlex.join(["python", *sys.argv]), "pooled": pooled(results), "clips": results}
     text = json.dumps(report, indent=1, default=float)
     print(text)

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 
 from m2a_pipe.io.layout import output_name
@@ -302,6 +303,23 @@ def test_tracking_quality_model(oracle_run, tmp_path):
     assert (run["min_hits"], run["event_min_duration_s"], run["short_side"]) == (4, 0.8, 64)
     with open(folder / "summary.json") as f:
         assert json.load(f)["status"] == "complete"
+    # --replay: the maps this run stored, through the stage after the model again (min_hits as given)
+    replayed = tmp_path / "replayed"
+    args = [str(clip), "--weights", "demo", "--short-side", "64", "--replay", str(tmp_path), "--out", str(replayed),
+            "--set", "min_hits=4", "--set", "event_min_duration_s=0.8"]
+    again = json.loads(run_script("tracking_quality.py", *args))
+    check_tracking_report(again)
+    with h5py.File(replayed / output_name(clip.stem, video=True) / "scores.h5", "r") as f, \
+            h5py.File(folder / "scores.h5", "r") as g:
+        assert f.attrs["weights"].startswith("replay of ") and f.attrs["threshold"] == g.attrs["threshold"]
+        np.testing.assert_allclose(f["maps/anomaly"][:], g["maps/anomaly"][:])  # the same maps, stored again
+    assert again["pooled"]["mot_all"]["num_objects"] == report["pooled"]["mot_all"]["num_objects"]
+    for bad, why in ((["--replay", str(tmp_path / "nothing")], "no " + str(tmp_path / "nothing")),
+                     (["--replay", str(tmp_path), "--oracle"], "not allowed with argument")):
+        done = subprocess.run([sys.executable, str(BENCHMARKS / "tracking_quality.py"), str(clip), "--short-side", "64",
+                               "--out", str(tmp_path / "x"), *bad], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode != 0 and why in done.stderr and "Traceback" not in done.stderr, done.stderr
     for bad, why in (("min_hitz=4", "unknown setting(s) min_hitz"), ("min_hits=0", "min_hits: must be >= 1")):
         done = subprocess.run([sys.executable, str(BENCHMARKS / "tracking_quality.py"), str(clip), "--set", bad],
                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
