@@ -208,8 +208,6 @@ def run_oracle(clip: Path, out: Path, config: ProcessConfig, replay: Path | None
         with h5py.File(stored, "r") as f:
             info = ModelInfo(weights=f"replay of {stored}", sha256="", config=model_config,
                              threshold=float(f.attrs["threshold"]))
-    if replay is not None and Path(replay).resolve() == Path(out).resolve():
-        raise SystemExit(f"--replay {replay}: the same folder as --out would be overwritten while read")
     job = VideoJob(VideoInput(source=clip.resolve(), rel=rel), out, config.updated(overwrite=True), info).open()
     shape = map_size(job.input_size, config.map_stride)
     stage = OracleStage(ground_truth_masks(clip, out), shape) if stored is None else ReplayStage(stored, shape)
@@ -316,6 +314,8 @@ def main() -> None:
              "precision": args.precision, **dict(parse_override(text) for text in args.overrides)}, "--set")
     except UsageError as err:  # a ConfigError, or a value a setting's own check refuses
         parser.error(str(err))
+    if args.replay is not None and args.out is not None and args.replay.resolve() == args.out.resolve():
+        parser.error(f"--replay {args.replay}: the same folder as --out would be overwritten while read")
     with tempfile.TemporaryDirectory(prefix="m2a-track-eval-") as tmp:
         out = args.out or Path(tmp)
         clips = args.clips or synth_clips(out / "clips", args.seeds, args.seconds, args.fps, args.size)
