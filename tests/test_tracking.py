@@ -44,6 +44,8 @@ def test_size_ratio_is_the_larger_side_ratio_either_way():
     np.testing.assert_allclose(size_ratio(b, a), size_ratio(a, b).T)
     with pytest.raises(ValueError, match="max_size_change"):
         TrackerConfig(max_size_change=0.5)
+    with pytest.raises(ValueError, match="frame_size"):
+        Tracker(frame_size=(100, 0))
 
 
 def test_a_detection_three_times_wider_is_another_object():

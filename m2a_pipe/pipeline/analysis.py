@@ -112,7 +112,10 @@ class VideoAnalysis:
             self.workdir / SCORES_FILE, attrs,
             map_shape=s.map_shape if config.save_maps else None, bounded=s.bounded, semantic=config.save_semantic,
             map_attrs={"stride": s.map_stride, "to_source": list(self.to_source), "input_size": list(s.input_size)})
-        self.tracker = Tracker(TrackerConfig(min_hits=config.min_hits, max_misses=config.max_misses))
+        # the part of the map the frame covers (the rest is the network input's padding)
+        visible = (s.input_size[1] / s.map_stride, s.input_size[0] / s.map_stride)
+        self.tracker = Tracker(TrackerConfig(min_hits=config.min_hits, max_misses=config.max_misses),
+                               frame_size=visible)
         min_score = config.event_min_score if config.event_min_score is not None else s.threshold
         # the band rule is for blobs of the thresholded map; mined unknown instances are object masks
         widest = EVENT_MAX_WIDTH_FRACTION if config.instances == "components" else math.inf

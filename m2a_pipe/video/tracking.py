@@ -19,6 +19,9 @@ detections (blobs the model is unsure of, see :func:`m2a_pipe.inference.instance
    ``cost > max_cost`` are never matched (gating), nor pairs whose boxes differ in width or in
    height by more than ``max_size_change`` times (:func:`size_ratio`: a wide band the model lights
    up along the road is no continuation of a small object's track, however near its centre).
+   A predicted box that reaches past the frame (``frame_size``) is clipped to it first: an
+   object leaving the frame shows only its part inside, and its last boxes shrink and shift
+   towards the edge while its prediction runs on out of the frame.
    (a) confirmed tracks (coasting ones included) take detections first, (b) tentative tracks get
    the detections left over, so a fresh false positive cannot steal an established object's
    detection, (c) confirmed tracks still unmatched take weak detections (two-stage association
@@ -252,8 +255,13 @@ class Tracker:
     :meth:`finish` once; together they return every frame exactly once, in order.
     """
 
-    def __init__(self, config: TrackerConfig = TrackerConfig()) -> None:
+    def __init__(self, config: TrackerConfig = TrackerConfig(), frame_size: tuple[float, float] | None = None) -> None:
+        """``frame_size``: (width, height) of the frame in the instances' pixels; predicted boxes are
+        clipped to ``[0, width] x [0, height]`` before association (None: never clipped)."""
+        if frame_size is not None and not min(frame_size) > 0:
+            raise ValueError(f"frame_size must be positive, got {frame_size}")
         self.config = config
+        self.frame_size = frame_size
         self._tracks: list[_Track] = []  # live tracks, in birth order
         self._lost: list[_Track] = []  # confirmed tracks ended by misses, still rejoinable
         self._pending: deque[tuple[int, list[Instance], list[_Track | None]]] = deque()
@@ -352,7 +360,7 @@ class Tracker:
         if not tracks or not free:
             return free
         cfg = self.config
-        pred = state_boxes(np.stack([predicted[t.serial] for t in tracks]))
+        pred = self._visible(state_boxes(np.stack([predicted[t.serial] for t in tracks])))
         det = np.array([instances[d].box for d in free], dtype=np.float64).reshape(-1, 4)
         slack = np.array([cfg.first_match_slack if t.hits == 1 else 1.0 + cfg.coast_slack * t.misses
                           for t in tracks])
@@ -374,7 +382,7 @@ class Tracker:
         matched = {}  # instance index -> (track's predicted box, its detection's box as associated)
         for m, track in enumerate(owners):
             if track is not None and instances[m] is not None:
-                pred = state_boxes(predicted[track.serial][None])[0]
+                pred = self._visible(state_boxes(predicted[track.serial][None]))[0]
                 det = np.array(instances[m].box, dtype=np.float64)
                 if inside_fraction(pred, det) < self.config.merge_below_cover:
                     matched[m] = (pred, det)
@@ -417,6 +425,13 @@ class Tracker:
             self._lost.remove(best)
         else:
             self._tracks.remove(best)
+
+    def _visible(self, boxes: np.ndarray) -> np.ndarray:
+        """(N, 4) (x0, y0, x1, y1) boxes clipped to the frame (unchanged without ``frame_size``)."""
+        if self.frame_size is None:
+            return boxes
+        width, height = self.frame_size
+        return np.clip(boxes, 0.0, [width, height, width, height])
 
     def _correct(self, track: _Track, pred: np.ndarray, z: np.ndarray, dt: float) -> None:
         if track.hits == 1:  # second observation: the velocity is the observed displacement
