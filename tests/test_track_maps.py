@@ -137,6 +137,27 @@ def test_two_objects_that_touch_then_part_keep_apart():
         assert large[2] - large[0] == pytest.approx(24, abs=1), (t, large)
 
 
+def test_two_objects_that_overlap_then_drift_apart_part_tracks():
+    """Two objects of about one size overlapping (one blob) then drifting apart, as two objects
+    side by side on the road do while the car comes closer: their blob is one track; once the
+    gap between them is wider than the smaller one, each has its own track, and the first keeps
+    id 1. Without the gap limit the far piece is merged into the track's detection as long as it
+    lies in the track's (growing) box, and the glued track is lost once the pieces are out of it."""
+    maps = []
+    for t in range(30):
+        amap = np.zeros(SHAPE, np.float32)
+        blob(amap, 44 - 0.8 * t, 30, 9, 8)
+        blob(amap, 47 + 0.8 * t, 27, 7, 7)
+        maps.append(amap)
+    frames = track_maps(maps)
+    assert [[tid for tid, _ in f] for f in frames[:5]] == [[1]] * 5  # one blob: one object for all we know
+    for t, f in enumerate(frames[10:], start=10):
+        assert sorted(tid for tid, _ in f) == [1, 2], (t, f)
+        assert all(b[2] - b[0] < 10 for _, b in f), (t, f)  # each box one object's
+    glued = track_maps(maps, TrackerConfig(merge_max_gap=1e9))
+    assert sorted({tid for f in glued for tid, _ in f}) == [1, 2, 3]
+
+
 def test_a_wide_band_never_takes_a_small_objects_track():
     """A small object tracked for 12 frames, then missed for two while a wide band lights up
     along the bottom of the map (as a model may light up the road's edge): the band is far

@@ -7,7 +7,7 @@ import pytest
 
 from m2a_pipe.inference.instances import Instance
 from m2a_pipe.video.detections import Detections
-from m2a_pipe.video.tracking import FrameTracks, Tracker, TrackerConfig, association_cost, box_iou, size_ratio
+from m2a_pipe.video.tracking import FrameTracks, Tracker, TrackerConfig, association_cost, box_gap, box_iou, size_ratio
 
 
 def inst(cx: float, cy: float, w: float = 10, h: float = 10, score: float = 0.9) -> Instance:
@@ -44,8 +44,18 @@ def test_size_ratio_is_the_larger_side_ratio_either_way():
     np.testing.assert_allclose(size_ratio(b, a), size_ratio(a, b).T)
     with pytest.raises(ValueError, match="max_size_change"):
         TrackerConfig(max_size_change=0.5)
+    with pytest.raises(ValueError, match="merge_max_gap"):
+        TrackerConfig(merge_max_gap=-1)
     with pytest.raises(ValueError, match="frame_size"):
         Tracker(frame_size=(100, 0))
+
+
+def test_box_gap_is_the_larger_distance_between_the_sides():
+    a = np.array([0, 0, 10, 10], float)
+    assert box_gap(a, np.array([5, 5, 20, 20], float)) == 0  # overlapping
+    assert box_gap(a, np.array([10, 0, 20, 10], float)) == 0  # touching
+    assert box_gap(a, np.array([14, 12, 20, 30], float)) == 4  # 4 apart across, 2 down
+    assert box_gap(np.array([14, 12, 20, 30], float), a) == 4
 
 
 def test_a_detection_three_times_wider_is_another_object():

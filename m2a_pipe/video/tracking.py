@@ -30,8 +30,10 @@ detections (blobs the model is unsure of, see :func:`m2a_pipe.inference.instance
 3. **Merge fragments**: a detection left over with at least ``merge_overlap`` of its box inside
    the box of a track matched in this frame (the union of its prediction and its detection, grown
    by a quarter of its size), where that track's detection covers less than ``merge_below_cover``
-   of its predicted box (a piece of the object is missing from it), is a piece of the same object
-   and is merged into that detection
+   of its predicted box (a piece of the object is missing from it), and which lies within
+   ``merge_max_gap`` times the smaller one's size of that detection (two objects that touched
+   drift apart; the pieces of one stay close), is a piece of the same object and is merged into
+   that detection
    (:func:`~m2a_pipe.inference.instances.merged_instance`), so one object never starts a second
    track.
 4. **Correct** matched tracks: ``r = z - x_pred; x = x_pred + alpha * r; v = v + beta / dt * r``
@@ -71,6 +73,7 @@ from m2a_pipe.settings import (
     DEFAULT_MIN_HITS,
     TRACK_MAX_SIZE_CHANGE,
     TRACK_MERGE_BELOW_COVER,
+    TRACK_MERGE_MAX_GAP,
     TRACK_MERGE_OVERLAP,
     TRACK_REJOIN_DISTANCE,
     TRACK_REJOIN_FRAMES,
@@ -99,7 +102,9 @@ class TrackerConfig:
     ``coast_slack``: growth of the distance scale per missed call of a coasting track.
     ``merge_overlap``: fraction of a left-over detection's box inside a matched track's grown box
     that makes it a fragment of that track's object (> 1: never merge); ``merge_below_cover``: only
-    a track whose detection covers less than this fraction of its predicted box takes fragments.
+    a track whose detection covers less than this fraction of its predicted box takes fragments;
+    ``merge_max_gap``: nor a fragment further from that detection than this many times the longer
+    side of the smaller of the two (:func:`box_gap`).
     ``rejoin_frames`` / ``rejoin_distance``: how long (frame keys) a lost track is remembered and
     how near (mean box diagonals) a new track must be confirmed to take its id (0: never rejoin).
     ``max_size_change``: the largest width or height ratio (>= 1) between a track's predicted box
@@ -120,6 +125,7 @@ class TrackerConfig:
     rejoin_frames: int = TRACK_REJOIN_FRAMES
     rejoin_distance: float = TRACK_REJOIN_DISTANCE
     max_size_change: float = TRACK_MAX_SIZE_CHANGE
+    merge_max_gap: float = TRACK_MERGE_MAX_GAP
 
     def __post_init__(self) -> None:
         check_track_lifetimes(self.min_hits, self.max_misses)
@@ -133,6 +139,8 @@ class TrackerConfig:
             raise ValueError("coast_slack, rejoin_frames, rejoin_distance must be >= 0 and merge_overlap > 0")
         if not self.max_size_change >= 1:
             raise ValueError(f"max_size_change must be >= 1, got {self.max_size_change}")
+        if not self.merge_max_gap >= 0:
+            raise ValueError(f"merge_max_gap must be >= 0, got {self.merge_max_gap}")
         if not 0 < self.merge_below_cover <= 1:
             raise ValueError(f"merge_below_cover must be in (0, 1], got {self.merge_below_cover}")
 
@@ -233,6 +241,17 @@ def gated_assignment(cost: np.ndarray, max_cost: float) -> list[tuple[int, int]]
     gated = np.where(cost <= max_cost, cost, _UNMATCHABLE)
     rows, cols = linear_sum_assignment(gated)
     return [(int(r), int(c)) for r, c in zip(rows, cols) if cost[r, c] <= max_cost]
+
+
+def box_gap(a: np.ndarray, b: np.ndarray) -> float:
+    """The gap between two (4,) (x0, y0, x1, y1) boxes: the largest of the horizontal and the
+    vertical distance between them (0 for boxes that touch or overlap)."""
+    return float(max(a[0] - b[2], b[0] - a[2], a[1] - b[3], b[1] - a[3], 0.0))
+
+
+def longer_side(box: np.ndarray) -> float:
+    """The longer of a (4,) (x0, y0, x1, y1) box's width and height."""
+    return float(max(box[2] - box[0], box[3] - box[1]))
 
 
 def grown_box(box: np.ndarray, fraction: float) -> np.ndarray:
@@ -378,7 +397,9 @@ class Tracker:
         instance (the merged one takes the matched one's place; the fragment's becomes None), when
         that track's own detection covers less than ``merge_below_cover`` of its predicted box:
         a piece of the object is missing from it. A detection that covers its prediction is the
-        whole object, and what lies beside it another one (two objects that touched and parted)."""
+        whole object, and what lies beside it another one (two objects that touched and parted);
+        nor when the instance lies further from that detection than ``merge_max_gap`` times the
+        longer side of the smaller of the two: two objects drifting apart."""
         matched = {}  # instance index -> (track's predicted box, its detection's box as associated)
         for m, track in enumerate(owners):
             if track is not None and instances[m] is not None:
@@ -394,7 +415,8 @@ class Tracker:
                 region = grown_box(np.concatenate([np.minimum(pred[:2], det[:2]), np.maximum(pred[2:], det[2:])]),
                                    0.25)
                 share = inside_fraction(box, region)
-                if share >= best_share:
+                if share >= best_share and box_gap(box, det) <= self.config.merge_max_gap * min(
+                        longer_side(box), longer_side(det)):
                     best, best_share = m, share
             if best is None:
                 still_free.append(d)
