@@ -158,6 +158,23 @@ def test_two_objects_that_overlap_then_drift_apart_part_tracks():
     assert sorted({tid for f in glued for tid, _ in f}) == [1, 2, 3]
 
 
+def test_a_coasting_track_takes_no_faint_blob_away_from_its_prediction():
+    """An object hidden from frame 12 on; 2.6 of its diagonals away another one shows faintly
+    (under the threshold) from frame 15, while the hidden one's track still coasts, then clearly
+    from frame 18. Weak detections are matched without the coasting slack, so the faint blob
+    does not carry the hidden object's id: it is a new object, 2."""
+    maps = []
+    for t in range(30):
+        amap = np.zeros(SHAPE, np.float32)
+        if t < 12:
+            blob(amap, 30, 30, 6, 6)
+        if t >= 15:
+            blob(amap, 52, 31, 6, 6, peak=0.4 if t < 18 else 0.9)
+        maps.append(amap)
+    frames = track_maps(maps)
+    assert [[tid for tid, _ in f] for f in frames] == [[1]] * 12 + [[]] * 6 + [[2]] * 12
+
+
 def test_a_wide_band_never_takes_a_small_objects_track():
     """A small object tracked for 12 frames, then missed for two while a wide band lights up
     along the bottom of the map (as a model may light up the road's edge): the band is far

@@ -26,7 +26,9 @@ detections (blobs the model is unsure of, see :func:`m2a_pipe.inference.instance
    the detections left over, so a fresh false positive cannot steal an established object's
    detection, (c) confirmed tracks still unmatched take weak detections (two-stage association
    with low-score detections): a small or faint object whose score dips under the threshold for
-   a few frames keeps its track and its boxes.
+   a few frames keeps its track and its boxes. Weak detections are matched at the track's own
+   distance scale, without the coasting slack: a faint blob keeps a track where it is predicted,
+   and does not carry a coasting one's id onto another object nearby.
 3. **Merge fragments**: a detection left over with at least ``merge_overlap`` of its box inside
    the box of a track matched in this frame (the union of its prediction and its detection, grown
    by a quarter of its size), where that track's detection covers less than ``merge_below_cover``
@@ -324,7 +326,7 @@ class Tracker:
         weak = list(weak)
         weak_owners: list[_Track | None] = [None] * len(weak)
         self._associate([t for t in confirmed if t not in owners], weak, list(range(len(weak))), predicted,
-                        weak_owners)
+                        weak_owners, slack=False)
         free = self._merge_fragments(instances, free, owners, predicted)
         for track, inst in [(t, instances[d]) for d, t in enumerate(owners) if t is not None] + \
                 [(t, weak[d]) for d, t in enumerate(weak_owners) if t is not None]:
@@ -373,17 +375,17 @@ class Tracker:
     # -- internals ---------------------------------------------------------------------
 
     def _associate(self, tracks: list[_Track], instances: list[Instance | None], free: list[int],
-                   predicted: dict[int, np.ndarray], owners: list[_Track | None]) -> list[int]:
+                   predicted: dict[int, np.ndarray], owners: list[_Track | None], slack: bool = True) -> list[int]:
         """Match ``tracks`` to the ``free`` instances (gated Hungarian); sets ``owners``, returns the
-        instances still free."""
+        instances still free. ``slack``: widen the distance scale of tracks seen once or coasting."""
         if not tracks or not free:
             return free
         cfg = self.config
         pred = self._visible(state_boxes(np.stack([predicted[t.serial] for t in tracks])))
         det = np.array([instances[d].box for d in free], dtype=np.float64).reshape(-1, 4)
-        slack = np.array([cfg.first_match_slack if t.hits == 1 else 1.0 + cfg.coast_slack * t.misses
-                          for t in tracks])
-        cost = association_cost(pred, det, cfg.iou_weight, cfg.distance_weight, slack)
+        scale = np.array([cfg.first_match_slack if t.hits == 1 else 1.0 + cfg.coast_slack * t.misses
+                          for t in tracks]) if slack else 1.0
+        cost = association_cost(pred, det, cfg.iou_weight, cfg.distance_weight, scale)
         cost[size_ratio(pred, det) > cfg.max_size_change] = np.inf  # gated: another size
         taken = set()
         for r, c in gated_assignment(cost, cfg.max_cost):
