@@ -33,6 +33,12 @@ same ``--out`` overwrites its outputs). Then, from its outputs:
   ``false_per_minute``, as ``m2a-pipe evaluate tracks`` counts them
   (:func:`m2a_pipe.evaluation.tracks.event_figures`, visible boxes only).
 
+* **Instances** (``instances``, per clip and pooled): ``gt_boxes`` (visible ground-truth boxes),
+  ``matched`` (those an instance of their frame matches at IoU >= 0.5, whatever its track) and
+  ``recall``: the most MOTA on the visible boxes any tracker could reach with these instances
+  (:func:`m2a_pipe.evaluation.tracking.instance_recall`), so what the instances lose and what
+  the tracker loses are told apart.
+
 ``--oracle`` replaces the model by the ground truth: the anomaly map of each frame is the
 clip's ground-truth anomaly mask (``CLIP.gt.h5``) averaged down to the map resolution, so the
 figures measure what comes after the model (instances at 1/4 resolution, the tracker, the
@@ -61,7 +67,7 @@ import numpy as np
 
 from m2a_pipe import process
 from m2a_pipe.errors import UsageError
-from m2a_pipe.evaluation.tracking import false_events, load_gt_tracks, mot_metrics
+from m2a_pipe.evaluation.tracking import false_events, instance_recall, load_gt_tracks, mot_metrics
 from m2a_pipe.evaluation.tracks import event_figures
 from m2a_pipe.inference.instances import Instance
 from m2a_pipe.pipeline.config import ProcessConfig
@@ -241,7 +247,20 @@ def evaluate_clip(clip: Path, out: Path, config: ProcessConfig, oracle: bool = F
     gt, _ = load_gt_tracks(gt_json)
     figures = event_figures(ways["tracked_events"], gt, result["minutes"], min_gt_area)
     result["events"] = {k: figures[k] for k in EVENT_KEYS}
+    result["instances"] = frame_instance_recall(folder / "scores.h5", gt, min_gt_area)
     return result
+
+
+def frame_instance_recall(scores_h5: Path, gt, min_gt_area: int) -> dict:
+    """:func:`m2a_pipe.evaluation.tracking.instance_recall` of the run's ``/instances`` (every
+    detection, source pixels, by source frame index) over the frames it processed."""
+    with h5py.File(scores_h5, "r") as f:
+        rows, frames = f["instances"][:], [int(i) for i in f["frames/index"][:]]
+    boxes: dict[int, list] = {}
+    for row in rows:
+        boxes.setdefault(int(row["frame"]), []).append([row["x0"], row["y0"], row["x1"], row["y1"]])
+    figures = instance_recall({k: np.array(v) for k, v in boxes.items()}, gt, frames, min_gt_area=min_gt_area)
+    return {"gt_boxes": figures["gt_boxes"], "matched": figures["matched"], "recall": round(figures["recall"], 4)}
 
 
 EVENT_KEYS = ("gt_anomalies", "found", "true_events", "false_events", "ignored_events", "false_per_minute")
@@ -262,6 +281,8 @@ def pooled(results: list[dict]) -> dict:
         out[name] = {"alarms": total, "false": false, "false_per_minute": round(false / minutes, 2)}
     events = {k: sum(r["events"][k] for r in results) for k in EVENT_KEYS[:-1]}
     out["events"] = {**events, "false_per_minute": round(events["false_events"] / minutes, 3)}
+    boxes, matched = (sum(r["instances"][k] for r in results) for k in ("gt_boxes", "matched"))
+    out["instances"] = {"gt_boxes": boxes, "matched": matched, "recall": round(matched / max(boxes, 1), 4)}
     return out
 
 

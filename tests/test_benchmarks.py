@@ -268,6 +268,13 @@ def check_tracking_report(report: dict) -> None:
     assert events["true_events"] + events["false_events"] + events["ignored_events"] \
         == pooled["tracked_events"]["alarms"]
     assert events["false_per_minute"] == pytest.approx(events["false_events"] / clip["minutes"], abs=0.01)
+    instances = pooled["instances"]
+    assert instances == clip["instances"] and set(instances) == {"gt_boxes", "matched", "recall"}
+    assert instances["gt_boxes"] == pooled["mot_visible"]["num_objects"]  # the same visible boxes
+    assert 0 <= instances["matched"] <= instances["gt_boxes"]
+    assert instances["recall"] == pytest.approx(instances["matched"] / instances["gt_boxes"], abs=1e-4)
+    # the tracks' boxes are instances' boxes: no tracker beats what its instances allow
+    assert pooled["mot_visible"]["mota"] <= instances["recall"] + 1e-4
 
 
 def test_tracking_quality_oracle(oracle_run):

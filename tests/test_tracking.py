@@ -353,3 +353,21 @@ def test_tracker_lifetimes_checked_once_for_the_process_settings_and_the_tracker
         with pytest.raises(UsageError) as from_settings:
             ProcessConfig(**bad)
         assert str(from_tracker.value) == str(from_settings.value) and next(iter(bad)) in str(from_tracker.value)
+
+
+def test_instance_recall_counts_visible_boxes_any_instance_matches():
+    from m2a_pipe.evaluation.tracking import instance_recall
+
+    a, b, tiny = np.array([0, 0, 10, 10.]), np.array([20, 0, 30, 10.]), np.array([50, 50, 52, 52.])
+    gt = {0: [(1, a, 100), (2, b, 100), (3, tiny, 4)], 1: [(1, a, 100)], 2: [(1, a, 100)]}
+    instances = {
+        0: np.array([[1, 0, 10, 10], [0, 0, 30, 10], [50, 50, 52, 52]], float),  # a; a blob over a and b; tiny
+        1: np.array([[0, 0, 4, 10]], float),  # IoU 0.4 with a: no match
+        2: np.array([[0, 0, 10, 10]], float),  # frame 2 was not processed: not counted
+    }
+    got = instance_recall(instances, gt, frames=[0, 1], min_gt_area=10)
+    assert got == {"gt_boxes": 3, "matched": 1, "recall": pytest.approx(1 / 3)}
+    # one instance matches one box only, however well it fits two
+    twin = {0: [(1, a, 100), (2, a + 0.5, 100)]}
+    assert instance_recall({0: a[None]}, twin, frames=[0])["matched"] == 1
+    assert np.isnan(instance_recall({}, {}, frames=[0])["recall"])

@@ -119,6 +119,35 @@ def mot_metrics(pred_tracks_csv: str | Path, gt_tracks_json: str | Path | Mappin
     return out
 
 
+def instance_recall(instances: Mapping[int, np.ndarray], gt: GtFrames, frames: Sequence[int], *,
+                    min_gt_area: int = 0, iou_threshold: float = 0.5) -> dict[str, float]:
+    """How many visible ground-truth boxes an instance of their frame matches, whatever its track.
+
+    ``instances``: 0-based frame -> (N, 4) float (x0, y0, x1, y1) boxes of every detection of that
+    frame (``/instances``, track id 0 included), in the ground truth's pixels; ``frames``: the
+    frames that were processed (the others are not counted). Each frame's boxes of at least
+    ``min_gt_area`` pixels are matched one to one with its instances (Hungarian, as many pairs of
+    IoU >= ``iou_threshold`` as there can be). A tracker that kept every matching instance and
+    dropped every other would reach MOTA = ``recall`` on the visible boxes: the stage after the
+    instances can do no better. Returns ``gt_boxes``, ``matched`` (ints) and ``recall`` (float,
+    NaN without boxes).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    n_boxes = n_matched = 0
+    for frame0 in frames:
+        boxes = np.array([b for _, b, area in gt.get(frame0, []) if area >= min_gt_area]).reshape(-1, 4)
+        found = np.asarray(instances.get(frame0, np.zeros((0, 4))), np.float64).reshape(-1, 4)
+        n_boxes += len(boxes)
+        if not len(boxes) or not len(found):
+            continue
+        iou = box_iou(boxes, found)
+        passing = iou >= iou_threshold
+        rows, cols = linear_sum_assignment(-(passing + 1e-3 * iou))  # most passing pairs, then the best IoU
+        n_matched += int(passing[rows, cols].sum())
+    return {"gt_boxes": n_boxes, "matched": n_matched, "recall": n_matched / n_boxes if n_boxes else float("nan")}
+
+
 # --------------------------------------------------------------------------------------
 # False events
 # --------------------------------------------------------------------------------------
