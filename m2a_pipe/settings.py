@@ -116,7 +116,7 @@ a new track's box against a lost one it rejoins. A model may light up a wide ban
 or a whole facade for a frame: with the size-normalised distance alone such a box was close
 enough to any small object's track to take it (the track then jumped between the object and the
 band, and its event peaked on the band). 3 keeps a piece of an object (its middle dropped out)
-on its track. Replaying the stored maps of 37 demo-weights clips (21 the stage was tuned on,
+on its track. Replaying (at commit 3379ca7) the stored maps of 37 demo-weights clips (21 the stage was tuned on,
 16 newer; ``benchmarks/tracking_quality.py --replay``) with 2, 3 and 4: found 92, 95 and 98 of
 137 anomalies (none: 88) with 10, 18 and 25 false events (none: 28); 2 loses a halved object's
 pieces (tests/test_track_maps.py)."""
