@@ -100,7 +100,8 @@ part drift apart (the gap is the larger of the horizontal and the vertical dista
 boxes). Of the merges the tracker made on 45 clips, 29 of the 32 that joined pieces of one
 object (ground truth as the maps) lay within 1.0, 9 of the 18 that joined two objects beyond it;
 with the demo weights' maps 127 of 150 and 0 of 5. On those clips ``--oracle`` MOTA 0.863 ->
-0.867 (0.5: 0.870, but one anomaly and, with the demo weights' maps, one false event more)."""
+0.867 at commit 7571ac2 (0.5: 0.870, but one anomaly and, with the demo weights' maps, one false
+event more)."""
 TRACK_REJOIN_FRAMES = 30
 """Frames a lost confirmed track is remembered: a new track confirmed within them near where it
 was lost takes its id back."""
@@ -116,8 +117,8 @@ a new track's box against a lost one it rejoins. A model may light up a wide ban
 or a whole facade for a frame: with the size-normalised distance alone such a box was close
 enough to any small object's track to take it (the track then jumped between the object and the
 band, and its event peaked on the band). 3 keeps a piece of an object (its middle dropped out)
-on its track. Replaying (at commit 3379ca7) the stored maps of 37 demo-weights clips (21 the stage was tuned on,
-16 newer; ``benchmarks/tracking_quality.py --replay``) with 2, 3 and 4: found 92, 95 and 98 of
+on its track. Replaying (at commit 3379ca7) the stored maps of 37 demo-weights clips (21 the
+stage was tuned on, 16 newer; ``benchmarks/tracking_quality.py --replay``) with 2, 3 and 4: found 92, 95 and 98 of
 137 anomalies (none: 88) with 10, 18 and 25 false events (none: 28); 2 loses a halved object's
 pieces (tests/test_track_maps.py)."""
 
