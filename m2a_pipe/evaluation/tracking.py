@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 from m2a_pipe.video.events import Event, event_field
 from m2a_pipe.video.mot import read_tracks_csv
@@ -132,8 +133,6 @@ def instance_recall(instances: Mapping[int, np.ndarray], gt: GtFrames, frames: S
     instances can do no better. Returns ``gt_boxes``, ``matched`` (ints) and ``recall`` (float,
     NaN without boxes).
     """
-    from scipy.optimize import linear_sum_assignment
-
     n_boxes = n_matched = 0
     for frame0 in frames:
         boxes = np.array([b for _, b, area in gt.get(frame0, []) if area >= min_gt_area]).reshape(-1, 4)
